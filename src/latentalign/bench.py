@@ -1,0 +1,217 @@
+"""GenEval-style benchmark on the Shapes world: generate every (prompt, seed) of the suites, check each image.
+
+Results go to `results.jsonl`, one row per (prompt, seed), written whole and flushed, so an interrupted run
+resumes without losing or duplicating a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from itertools import chain, zip_longest
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+from tqdm import tqdm
+
+from .generate import generate, resolve, sampling_defaults
+from .pipeline import SHAPES, SHAPES_WEIGHTS
+from .world import SUITE_NAMES, check, suite
+
+RESULTS = "results.jsonl"
+GRID_ROWS = 8  # prompts shown in grid.png
+GRID_COLS = 8  # seeds shown in grid.png
+GRID_SCALE = 4
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n (Wilson, 1927)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def file_stem(prompt: str, seed: int) -> str:
+    """A file name for one sample: the prompt as a slug, and the seed."""
+    return f"{re.sub(r'[^a-z0-9]+', '_', prompt.lower()).strip('_')[:80]}_s{seed}"
+
+
+def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts: int | None = None) -> list[tuple]:
+    """The (suite, prompt, seed) jobs of a run, validated; each suite's prompts in a fixed shuffled order."""
+    names = list(dict.fromkeys(SUITE_NAMES if "all" in suites else suites))
+    if not names:
+        raise ValueError("no suite given")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
+    if limit_prompts is not None and limit_prompts < 1:
+        raise ValueError(f"limit_prompts must be >= 1, got {limit_prompts}")
+    jobs = []
+    for name in names:
+        prompts = suite(name, split)
+        random.Random(0).shuffle(prompts)  # so that --limit-prompts K is a prefix of the full run
+        jobs += [(name, p, s) for p in prompts[:limit_prompts] for s in range(seeds)]
+    return jobs
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows already written; a trailing partial line (an interrupted write) is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    rows, end = [], 0
+    for line in data.splitlines(keepends=True):
+        try:
+            if not line.endswith(b"\n"):
+                raise ValueError("partial line")
+            rows.append(json.loads(line))
+        except ValueError:
+            if end + len(line) < len(data):
+                raise ValueError(f"{path}: row {len(rows) + 1} is unreadable and not the last line") from None
+            break
+        end += len(line)
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    return rows
+
+
+def _model_id(pipe) -> str:
+    path = Path(str(getattr(pipe, "name_or_path", "") or ""))
+    if not path.exists():
+        return str(path)
+    return SHAPES if path.resolve() == SHAPES_WEIGHTS.resolve() else str(path.resolve())
+
+
+def summarise(rows: list[dict], suites: list[str]) -> list[dict]:
+    """Accuracy per suite and overall, with 95% Wilson intervals."""
+    table = []
+    for name in [*suites, "all"]:
+        group = [r for r in rows if name == "all" or r["suite"] == name]
+        n, k = len(group), sum(r["ok"] for r in group)
+        lo, hi = wilson_interval(k, n)
+        table.append({"suite": name, "n": n, "correct": k, "accuracy": k / n if n else 0.0, "ci95": [lo, hi]})
+    return table
+
+
+def format_table(table: list[dict]) -> str:
+    lines = ["| suite | n | accuracy | 95% CI |", "|---|---:|---:|---|"]
+    for t in table:
+        lo, hi = t["ci95"]
+        lines.append(f"| {t['suite']} | {t['n']} | {t['accuracy']:.3f} | [{lo:.3f}, {hi:.3f}] |")
+    return "\n".join(lines)
+
+
+def _grid(out: Path, jobs: list[tuple], rows: dict) -> Image.Image:
+    """Samples as a grid: prompts (round-robin over suites) down, seeds across; green border ok, red failed."""
+    by_suite: dict[str, list[str]] = {}
+    for name, prompt, _ in jobs:
+        if prompt not in by_suite.setdefault(name, []):
+            by_suite[name].append(prompt)
+    prompts = [p for p in chain.from_iterable(zip_longest(*by_suite.values())) if p][:GRID_ROWS]
+    seeds = sorted({s for _, _, s in jobs})[:GRID_COLS]
+    font = ImageFont.load_default()
+    cell, border, pad = 32 * GRID_SCALE, 2, 2
+    label_w = int(max(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(p, font=font) for p in prompts)) + 2 * pad
+    step = cell + 2 * border + pad
+    grid = Image.new("RGB", (label_w + step * len(seeds) + pad, step * len(prompts) + pad), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, prompt in enumerate(prompts):
+        y = pad + i * step
+        draw.text((pad, y + step // 2), prompt, fill="black", font=font, anchor="lm")
+        for j, seed in enumerate(seeds):
+            row = rows.get((prompt, seed))
+            if row is None or not (out / row["image"]).exists():
+                continue
+            x = label_w + j * step
+            edge = cell + 2 * border - 1
+            draw.rectangle([x, y, x + edge, y + edge], fill="green" if row["ok"] else "red")
+            img = Image.open(out / row["image"]).convert("RGB")
+            grid.paste(img.resize((cell, cell), Image.Resampling.NEAREST), (x + border, y + border))
+    return grid
+
+
+def run_bench(
+    pipe,
+    suites: list[str],
+    seeds: int,
+    *,
+    split: str = "heldout",
+    limit_prompts: int | None = None,
+    out: str | Path = "runs/bench",
+    steps: int | None = None,
+    guidance: float | None = None,
+    batch: int = 32,
+) -> dict:
+    """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary."""
+    if sampling_defaults(pipe).world != "shapes":
+        raise ValueError("the benchmark needs a Shapes-world pipeline (its latentalign.json must say world: shapes)")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    jobs = plan(suites, seeds, split=split, limit_prompts=limit_prompts)
+    _, _, steps, guidance = resolve(pipe, jobs[0][1], 0, steps, guidance)
+    settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": _model_id(pipe)}
+
+    out = Path(out)
+    results = out / RESULTS
+    existing = read_rows(results)
+    for row in existing:
+        if row["settings"] != settings:
+            raise ValueError(
+                f"{results} holds results made with {row['settings']}, not {settings}; "
+                "use another --out or the same settings"
+            )
+    done = {(r["prompt"], r["seed"]): r for r in existing}
+    todo = [j for j in jobs if (j[1], j[2]) not in done]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    with results.open("a") as f, tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="bench", unit="img") as bar:
+        for i in range(0, len(todo), batch):
+            chunk = todo[i : i + batch]
+            result = generate(
+                pipe,
+                [p for _, p, _ in chunk],
+                seed=[s for _, _, s in chunk],
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+            )
+            # Cost is reported per batch; every image in a batch costs the same, so split it evenly.
+            cost = {k: round(v / len(chunk), 6) for k, v in result.cost.to_dict().items()}
+            for (name, prompt, seed), image in zip(chunk, result.images, strict=True):
+                verdict = check(image, prompt)
+                image_path = f"images/{file_stem(prompt, seed)}.png"
+                image.save(out / image_path)
+                row = {
+                    "suite": name,
+                    "prompt": prompt,
+                    "seed": seed,
+                    "ok": verdict.ok,
+                    "failures": [fl.kind for fl in verdict.failures],
+                    "cost": cost,
+                    "settings": settings,
+                    "image": image_path,
+                }
+                f.write(json.dumps(row) + "\n")  # one write per row, flushed: a row is never half-written
+                f.flush()
+                done[(prompt, seed)] = row
+                bar.update(1)
+
+    rows = [done[(p, s)] for _, p, s in jobs]
+    names = list(dict.fromkeys(name for name, _, _ in jobs))
+    summary = {
+        "settings": settings,
+        "split": split,
+        "seeds": seeds,
+        "limit_prompts": limit_prompts,
+        "categories": summarise(rows, names),
+        "cost_per_image": {k: sum(r["cost"][k] for r in rows) / len(rows) for k in rows[0]["cost"]},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "summary.md").write_text(format_table(summary["categories"]) + "\n")
+    _grid(out, jobs, done).save(out / "grid.png")
+    return summary

@@ -1,0 +1,78 @@
+"""Atomic, pickle-free training checkpoints: tensors in safetensors, everything else in JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    sd = opt.state_dict()
+    tensors = {f"{idx}.{k}": v.contiguous() for idx, st in sd["state"].items() for k, v in st.items()}
+    return tensors, sd["param_groups"]
+
+
+def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+def save_checkpoint(
+    directory: str | Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None, meta: dict
+) -> None:
+    """Write every module, the optimizer and `meta` to a fresh folder, then swap it in with one rename."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}-"))
+    try:
+        for name, module in modules.items():
+            save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(tmp / f"{name}.safetensors"))
+        if opt is not None:
+            tensors, groups = optimizer_tensors(opt)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            meta = {**meta, "param_groups": groups}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    recover_checkpoint(directory)
+    old = _old(directory)
+    if directory.exists():
+        os.replace(directory, old)
+    os.replace(tmp, directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _old(directory: Path) -> Path:
+    return directory.with_name(f".{directory.name}-old")
+
+
+def recover_checkpoint(directory: str | Path) -> None:
+    """Undo a save killed between its two renames (bring the previous checkpoint back), or clear its leftovers."""
+    directory = Path(directory)
+    old = _old(directory)
+    if old.exists() and not directory.exists():
+        os.replace(old, directory)
+    else:
+        shutil.rmtree(old, ignore_errors=True)  # a save killed mid-cleanup; os.replace cannot overwrite it
+
+
+def load_checkpoint(
+    directory: str | Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None
+) -> dict:
+    directory = Path(directory)
+    meta = json.loads((directory / "meta.json").read_text())
+    for name, module in modules.items():
+        module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+    if opt is not None:
+        load_optimizer(opt, load_file(str(directory / "optimizer.safetensors")), meta["param_groups"])
+    return meta

@@ -1,0 +1,211 @@
+"""The `latentalign` command line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+from pathlib import Path
+
+
+def _train_world(args: argparse.Namespace) -> int:
+    import torch
+
+    from .pipeline import SHAPES_WEIGHTS
+    from .training.world import WorldTrainConfig, train_world
+
+    torch.set_num_threads(args.threads)
+    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
+    final = train_world(args.out, cfg)
+    if args.ship:
+        if SHAPES_WEIGHTS.exists():
+            shutil.rmtree(SHAPES_WEIGHTS)
+        shutil.copytree(final, SHAPES_WEIGHTS)
+        print(f"shipped to {SHAPES_WEIGHTS}")
+    return 0
+
+
+def _user_errors(command):
+    """Bad input ends a command with a one-line `error: ...` and exit code 2, not a traceback."""
+
+    @functools.wraps(command)
+    def wrapped(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return wrapped
+
+
+def _world_of(model: str) -> str | None:
+    """The world a model draws, from its folder's latentalign.json, without importing torch or loading it."""
+    if model == "shapes":  # the embedded pipeline
+        return "shapes"
+    defaults = Path(model).expanduser() / "latentalign.json"
+    return json.loads(defaults.read_text()).get("world") if defaults.is_file() else None
+
+
+def _check_settings(args: argparse.Namespace) -> None:
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.guidance is not None and args.guidance < 0:
+        raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
+
+
+@_user_errors
+def _generate(args: argparse.Namespace) -> int:
+    if not args.prompt.strip():
+        raise ValueError("empty prompt")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    _check_settings(args)
+    shapes = _world_of(args.model) == "shapes"
+    if shapes:
+        from .world import parse
+
+        parse(args.prompt)
+
+    from PIL import Image
+
+    from .bench import file_stem
+    from .generate import generate
+    from .pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    result = generate(pipe, args.prompt, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    image = result.images[0]
+    record = {
+        "prompt": args.prompt,
+        "seed": args.seed,
+        "model": args.model,
+        "settings": result.settings,
+        "cost": result.cost.to_dict(),
+    }
+    if shapes:
+        from .world import check
+
+        record["verdict"] = check(image, args.prompt).to_dict()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / file_stem(args.prompt, args.seed)
+    image.save(f"{stem}.png")
+    image.resize((image.width * 8, image.height * 8), Image.Resampling.NEAREST).save(f"{stem}_x8.png")
+    Path(f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    judged = ""
+    if shapes:
+        kinds = [f["kind"] for f in record["verdict"]["failures"]]
+        judged = " failed: " + ", ".join(kinds) if kinds else " ok"
+    print(f"{stem}.png{judged} ({result.cost.seconds:.2f}s)")
+    return 0
+
+
+@_user_errors
+def _check(args: argparse.Namespace) -> int:
+    from PIL import Image, UnidentifiedImageError
+
+    from .world import check, parse
+
+    parse(args.prompt)
+    try:
+        image = Image.open(args.image)
+    except UnidentifiedImageError:
+        raise ValueError(f"{args.image} is not an image") from None
+    verdict = check(image, args.prompt)
+    if args.json:
+        print(json.dumps(verdict.to_dict()))
+    else:
+        print(f"{'ok' if verdict.ok else 'failed'}: {args.prompt}")
+        for f in verdict.failures:
+            print(f"  {f.kind}: {f.detail}")
+    return 0 if verdict.ok else 1
+
+
+@_user_errors
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, plan, run_bench
+
+    suites = args.suite or ["all"]
+    plan(suites, args.seeds, split=args.split, limit_prompts=args.limit_prompts)  # validate before loading
+    _check_settings(args)
+    if args.batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if args.model != "shapes" and not Path(args.model).expanduser().is_dir():
+        raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
+    if _world_of(args.model) != "shapes":
+        raise ValueError(f"{args.model!r} is not a Shapes-world pipeline: its latentalign.json must say world: shapes")
+
+    from .pipeline import load_pipeline
+
+    pipe = load_pipeline(args.model)
+    summary = run_bench(
+        pipe,
+        suites,
+        args.seeds,
+        split=args.split,
+        limit_prompts=args.limit_prompts,
+        out=args.out,
+        steps=args.steps,
+        guidance=args.guidance,
+        batch=args.batch,
+    )
+    print(format_table(summary["categories"]))
+    print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
+    return 0
+
+
+def _add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="shapes", help="'shapes' (embedded), a pipeline folder or a Hub id")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentalign", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="train the embedded Shapes models")
+    train_sub = train.add_subparsers(dest="what", required=True)
+    tw = train_sub.add_parser("world", help="train the tiny Shapes latent diffusion pipeline from scratch (resumable)")
+    tw.add_argument("--out", default="runs/world", help="working folder: checkpoint/ and the final pipeline/")
+    tw.add_argument("--vae-steps", type=int, default=1200)
+    tw.add_argument("--unet-steps", type=int, default=3500)
+    tw.add_argument("--seed", type=int, default=0)
+    tw.add_argument("--threads", type=int, default=2)
+    tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
+    tw.set_defaults(func=_train_world)
+
+    gen = sub.add_parser("generate", help="generate one image; on the Shapes world, also check it")
+    gen.add_argument("prompt")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--out", default="runs/generate", help="folder for <slug>_s<seed>.png, _x8.png and .json")
+    _add_sampling_args(gen)
+    gen.set_defaults(func=_generate)
+
+    chk = sub.add_parser("check", help="judge a Shapes image against a prompt; exit 0 if it follows it, 1 if not")
+    chk.add_argument("image")
+    chk.add_argument("prompt")
+    chk.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    chk.set_defaults(func=_check)
+
+    bench = sub.add_parser("bench", help="GenEval-style accuracy on the Shapes suites (resumable)")
+    bench.add_argument("--suite", action="append", help="a suite name or 'all' (repeatable; default all)")
+    bench.add_argument("--seeds", type=int, required=True, help="seeds 0..N-1 per prompt")
+    bench.add_argument("--split", default="heldout", choices=["train", "heldout", "all"])
+    bench.add_argument("--limit-prompts", type=int, default=None, help="first K prompts per suite (fixed shuffle)")
+    bench.add_argument("--out", default="runs/bench", help="folder for results.jsonl, summary.*, grid.png, images/")
+    bench.add_argument("--batch", type=int, default=32, help="images per generate call")
+    _add_sampling_args(bench)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Plain generation on the shared loop, with the result type every method returns."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from .adapters import Denoiser
+from .cost import Cost
+from .sampling import StepCallback, sample
+
+DEFAULTS_FILE = "latentalign.json"  # shipped beside model_index.json: recommended settings and the world
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    num_inference_steps: int = 50  # diffusers' Stable Diffusion defaults, for pipelines that ship none
+    guidance_scale: float = 7.5
+    world: str | None = None  # "shapes" when the pipeline draws the Shapes world (prompts are then validated)
+
+
+def sampling_defaults(pipe) -> SamplingDefaults:
+    """Settings a pipeline folder recommends in its `latentalign.json`, else Stable Diffusion's."""
+    name = getattr(pipe, "name_or_path", None)
+    if not name:  # built in memory: Path("") would read a latentalign.json from the working directory
+        return SamplingDefaults()
+    path = Path(str(name)) / DEFAULTS_FILE
+    if path.is_file():
+        return SamplingDefaults(**json.loads(path.read_text()))
+    return SamplingDefaults()
+
+
+@dataclass
+class GenerationResult:
+    """Images, the final latents (scaled, as the pipeline produces them) and what it cost."""
+
+    images: list[Image.Image]
+    latents: torch.Tensor
+    prompts: list[str]
+    seeds: list[int]
+    cost: Cost
+    settings: dict = field(default_factory=dict)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    arr = (images.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype("uint8")
+    return [Image.fromarray(a) for a in arr]
+
+
+def _as_list(x, n: int, name: str) -> list:
+    items = list(x) if isinstance(x, (list, tuple)) else [x] * n
+    if len(items) != n:
+        raise ValueError(f"got {len(items)} {name} for {n} prompts")
+    return items
+
+
+def resolve(pipe, prompt, seed, num_inference_steps, guidance_scale) -> tuple[list[str], list[int], int, float]:
+    """Validate inputs before any work: prompts, seeds, steps, guidance (and vocabulary on the Shapes world)."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        raise ValueError("no prompt given")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError("empty prompt")
+    defaults = sampling_defaults(pipe)
+    if defaults.world == "shapes":
+        from .world import parse
+
+        for p in prompts:
+            parse(p)
+    seeds = _as_list(seed, len(prompts), "seeds")
+    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
+        raise ValueError(f"seeds must be non-negative integers, got {seeds}")
+    steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
+    scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
+    if scale < 0:
+        raise ValueError(f"guidance_scale must be >= 0, got {scale}")
+    return prompts, seeds, steps, scale
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompt: str | list[str],
+    *,
+    seed: int | list[int] = 0,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    negative_prompt: str | list[str] | None = None,
+    callback: StepCallback | None = None,
+) -> GenerationResult:
+    """Plain text-to-image generation on latentalign's shared loop; one seed per prompt, same noise as batch of one."""
+    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
+    negatives = None if negative_prompt is None else _as_list(negative_prompt, len(prompts), "negative prompts")
+    cost = Cost()
+    with cost.timed():
+        den = Denoiser(pipe, cost)
+        cond = den.encode(prompts, scale, negatives)
+        scheduler = den.new_scheduler(steps)
+        latents = sample(den, den.initial_latents(seeds), cond, scheduler, callback=callback)
+        images = to_pil(den.decode(latents))
+    settings = {"num_inference_steps": steps, "guidance_scale": scale}
+    return GenerationResult(images, latents, prompts, seeds, cost, settings)

@@ -1,0 +1,106 @@
+"""Build, save and load pipelines: the embedded Shapes pipeline and any Stable Diffusion 1.x/2.x checkpoint."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from .tokenizer import build_clip_tokenizer
+from .world import words
+
+SHAPES = "shapes"
+SHAPES_WEIGHTS = Path(__file__).parent / "weights" / "shapes"
+SHAPES_GUIDANCE = 4.0  # classifier-free guidance scale the shipped Shapes pipeline is evaluated at
+SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
+
+
+def config(name: str) -> dict:
+    """An architecture from `latentalign/configs/<name>.json`."""
+    text = resources.files("latentalign").joinpath("configs", f"{name}.json").read_text()
+    return json.loads(text)
+
+
+def shapes_scheduler_config() -> dict:
+    """SD 1.x's training noise schedule; trailing spacing so sampling starts at the last timestep."""
+    return dict(
+        num_train_timesteps=1000,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type="epsilon",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        timestep_spacing="trailing",
+        steps_offset=1,
+    )
+
+
+def build_shapes_components(seed: int = 0) -> dict:
+    """Random-weight components of the Shapes pipeline, built from the JSON architectures and a local tokenizer."""
+    torch.manual_seed(seed)
+    tokenizer = build_clip_tokenizer(words(), model_max_length=config("shapes_text")["max_position_embeddings"])
+    text_cfg = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **config("shapes_text"),
+    )
+    return {
+        "vae": AutoencoderKL(**config("shapes_vae")),
+        "unet": UNet2DConditionModel(**config("shapes_unet")),
+        "text_encoder": CLIPTextModel(text_cfg),
+        "tokenizer": tokenizer,
+        "scheduler": DDIMScheduler(**shapes_scheduler_config()),
+    }
+
+
+def assemble(components: dict) -> StableDiffusionPipeline:
+    """A stock `StableDiffusionPipeline` from components (no safety checker: the Shapes world has no people)."""
+    return StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+
+
+def write_defaults(folder: str | Path) -> None:
+    """Write the Shapes pipeline's recommended settings beside its model_index.json."""
+    from .generate import DEFAULTS_FILE
+
+    settings = {"num_inference_steps": SHAPES_STEPS, "guidance_scale": SHAPES_GUIDANCE, "world": SHAPES}
+    (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def load_pipeline(
+    name_or_path: str | Path = SHAPES, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+) -> DiffusionPipeline:
+    """Load a diffusers pipeline: "shapes" (the embedded default), a local folder, or a Hub id."""
+    if name_or_path == SHAPES:
+        path: str | Path = SHAPES_WEIGHTS
+        if not (SHAPES_WEIGHTS / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"the embedded Shapes pipeline is missing from {SHAPES_WEIGHTS}; "
+                "rebuild it with `latentalign train world --ship`"
+            )
+    else:
+        path = name_or_path
+        p = Path(str(name_or_path)).expanduser()
+        looks_local = p.is_absolute() or str(name_or_path).startswith((".", "~")) or str(name_or_path).count("/") != 1
+        if p.exists():
+            if not (p / "model_index.json").exists():
+                raise FileNotFoundError(f"{p} has no model_index.json: not a diffusers pipeline folder")
+            path = p
+        elif looks_local:
+            raise FileNotFoundError(
+                f"no pipeline at {name_or_path!r}: not a folder, and not a Hub id of the form 'owner/name'"
+            )
+    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    if device is not None:
+        pipe = pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

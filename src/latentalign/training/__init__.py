@@ -1,0 +1,1 @@
+"""Training of the embedded Shapes pipeline and its scorers (the `train` extra)."""

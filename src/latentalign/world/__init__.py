@@ -1,0 +1,44 @@
+"""The Shapes world: compositional prompts, a procedural renderer with exact ground truth, and its checker."""
+
+from .checker import FAILURE_KINDS, Detection, Failure, Verdict, check, detect
+from .grammar import (
+    COLOURS,
+    COUNTS,
+    IMAGE_SIZE,
+    RELATIONS,
+    SHAPES,
+    ObjectSpec,
+    PromptError,
+    Scene,
+    corrupt,
+    parse,
+    vocabulary,
+    words,
+)
+from .render import render
+from .suites import SUITE_NAMES, category_of, suite
+
+__all__ = [
+    "COLOURS",
+    "COUNTS",
+    "FAILURE_KINDS",
+    "IMAGE_SIZE",
+    "RELATIONS",
+    "SHAPES",
+    "SUITE_NAMES",
+    "Detection",
+    "Failure",
+    "ObjectSpec",
+    "PromptError",
+    "Scene",
+    "Verdict",
+    "category_of",
+    "check",
+    "corrupt",
+    "detect",
+    "parse",
+    "render",
+    "suite",
+    "vocabulary",
+    "words",
+]

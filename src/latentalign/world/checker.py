@@ -1,0 +1,214 @@
+"""The exact checker: find coloured objects in a Shapes image and judge a prompt clause by clause.
+
+Shape is judged from blur-invariant quantities (soft mass, soft extents) rather than a thresholded fill
+ratio: a decoder that rounds a square's corners keeps its mass and its extents, so the square stays a square.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .grammar import COLOUR_HUES, COLOUR_VALUE, IMAGE_SIZE, Scene, parse
+
+COVERAGE_MIN = 0.5  # a pixel is foreground when at least half of it is painted
+SATURATION_MIN = 0.35
+MIN_AREA = 12  # foreground pixels; smaller specks are noise, the smallest shape covers about 35
+TRIANGLE_TOP_RATIO = 0.6  # mass in the upper half over the lower half: triangle 1/3, others 1
+SQUARE_FILL = 0.89  # soft mass over soft box area: square 1.0, circle pi/4
+
+# Failure kinds, one per clause a prompt can break.
+MISSING = "missing_object"
+WRONG_COLOUR = "wrong_colour"
+WRONG_SHAPE = "wrong_shape"
+WRONG_COUNT = "wrong_count"
+WRONG_RELATION = "wrong_relation"
+EXTRA = "extra_object"
+FAILURE_KINDS = (MISSING, WRONG_COLOUR, WRONG_SHAPE, WRONG_COUNT, WRONG_RELATION, EXTRA)
+
+
+@dataclass(frozen=True)
+class Detection:
+    colour: str
+    shape: str
+    cx: float
+    cy: float
+    area: int
+    fill: float
+    top_ratio: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The checker's judgement: `ok`, and every clause that failed."""
+
+    ok: bool
+    prompt: str
+    failures: tuple[Failure, ...] = ()
+    detections: tuple[Detection, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "failures": [{"kind": f.kind, "detail": f.detail} for f in self.failures],
+            "detections": [
+                {"colour": d.colour, "shape": d.shape, "x": round(d.cx, 2), "y": round(d.cy, 2)}
+                for d in self.detections
+            ],
+        }
+
+
+def _as_array(image) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+            image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"expected an HxWx3 image, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        arr = arr.astype(np.float32) / 255.0
+    if arr.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
+        return _as_array(Image.fromarray((np.clip(arr, 0, 1) * 255).round().astype(np.uint8)))
+    return arr.astype(np.float32)
+
+
+def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
+    """8-connected components of a boolean mask."""
+    seen = np.zeros_like(mask, dtype=bool)
+    out = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask), strict=True):
+        if seen[y0, x0]:
+            continue
+        comp, queue = [], deque([(y0, x0)])
+        seen[y0, x0] = True
+        while queue:
+            y, x = queue.popleft()
+            comp.append((y, x))
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ny, nx = y + dy, x + dx
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        queue.append((ny, nx))
+        out.append(comp)
+    return out
+
+
+def detect(image) -> list[Detection]:
+    """Every object in a Shapes image: colour by hue, shape by blur-invariant geometry."""
+    rgb = _as_array(image)
+    vmax, vmin = rgb.max(-1), rgb.min(-1)
+    coverage = np.clip(vmax / COLOUR_VALUE, 0.0, 1.0)
+    saturation = np.where(vmax > 1e-6, (vmax - vmin) / np.maximum(vmax, 1e-6), 0.0)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    hue = np.degrees(np.arctan2(np.sqrt(3.0) * (g - b), 2 * r - g - b)) % 360.0
+    names = list(COLOUR_HUES)
+    centres = np.array([COLOUR_HUES[n] for n in names])
+    dist = np.abs((hue[..., None] - centres + 180.0) % 360.0 - 180.0)
+    label = dist.argmin(-1)
+    fg = (coverage >= COVERAGE_MIN) & (saturation >= SATURATION_MIN)
+    taken = np.zeros(fg.shape, dtype=bool)
+    comps = []
+    for ci, name in enumerate(names):
+        for comp in _components(fg & (label == ci)):
+            if len(comp) >= MIN_AREA:
+                comps.append((name, comp))
+                for y, x in comp:
+                    taken[y, x] = True
+    detections = []
+    h, w = fg.shape
+    for name, comp in comps:
+        region = np.zeros(fg.shape, dtype=bool)
+        for y, x in comp:
+            region[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2] = True
+        own = np.zeros(fg.shape, dtype=bool)
+        ys, xs = zip(*comp, strict=True)
+        own[list(ys), list(xs)] = True
+        region &= ~taken | own  # the antialiased rim, but never another object's pixels
+        cov = np.where(region, coverage, 0.0)
+        mass = float(cov.sum())
+        width = float(cov.max(axis=0).sum())
+        height = float(cov.max(axis=1).sum())
+        yy, xx = np.mgrid[0:h, 0:w]
+        cy, cx = float((cov * yy).sum() / mass), float((cov * xx).sum() / mass)
+        rows = np.nonzero(cov.max(axis=1) > 0)[0]
+        mid = (rows[0] + rows[-1] + 1) / 2.0  # split the box in an upper and a lower half
+        upper = float(cov[: int(np.floor(mid))].sum() + (cov[int(np.floor(mid))].sum() * (mid % 1.0)))
+        lower = mass - upper
+        top_ratio = upper / max(lower, 1e-6)
+        fill = mass / max(width * height, 1e-6)
+        if top_ratio < TRIANGLE_TOP_RATIO:
+            shape = "triangle"
+        elif fill >= SQUARE_FILL:
+            shape = "square"
+        else:
+            shape = "circle"
+        detections.append(Detection(name, shape, cx, cy, len(comp), fill, top_ratio))
+    return detections
+
+
+def _relation_ok(a: Detection, b: Detection, relation: str) -> bool:
+    dx, dy = b.cx - a.cx, b.cy - a.cy
+    return {
+        "left of": dx > abs(dy),
+        "right of": -dx > abs(dy),
+        "above": dy > abs(dx),
+        "below": -dy > abs(dx),
+    }[relation]
+
+
+def judge(detections: list[Detection], scene: Scene) -> list[Failure]:
+    """Compare detections with a parsed scene, one failure per broken clause."""
+    failures = []
+    wanted = {(o.colour, o.shape) for o in scene.objects}
+    matches = []
+    for o in scene.objects:
+        same = [d for d in detections if (d.colour, d.shape) == (o.colour, o.shape)]
+        matches.append(same)
+        name = f"{o.colour} {o.shape}"
+        if len(same) == o.count:
+            continue
+        if same:
+            failures.append(Failure(WRONG_COUNT, f"{len(same)} {name}(s), wanted {o.count}"))
+            continue
+        stray = [d for d in detections if (d.colour, d.shape) not in wanted]
+        if any(d.shape == o.shape for d in stray):
+            got = next(d.colour for d in stray if d.shape == o.shape)
+            failures.append(Failure(WRONG_COLOUR, f"{name} is {got}"))
+        elif any(d.colour == o.colour for d in stray):
+            got = next(d.shape for d in stray if d.colour == o.colour)
+            failures.append(Failure(WRONG_SHAPE, f"{name} is a {got}"))
+        else:
+            failures.append(Failure(MISSING, f"no {name}"))
+    extras = [d for d in detections if (d.colour, d.shape) not in wanted]
+    if extras and not any(f.kind in (WRONG_COLOUR, WRONG_SHAPE) for f in failures):
+        failures.append(Failure(EXTRA, ", ".join(f"{d.colour} {d.shape}" for d in extras)))
+    if scene.relation and not failures:
+        a, b = matches[0][0], matches[1][0]
+        if not _relation_ok(a, b, scene.relation):
+            failures.append(
+                Failure(
+                    WRONG_RELATION,
+                    f"{scene.objects[0].colour} {scene.objects[0].shape} is not {scene.relation} the other",
+                )
+            )
+    return failures
+
+
+def check(image, prompt: str) -> Verdict:
+    """Judge whether a Shapes image follows its prompt (the world's exact stand-in for GenEval's detector)."""
+    scene = parse(prompt)
+    detections = detect(image)
+    failures = judge(detections, scene)
+    return Verdict(not failures, prompt, tuple(failures), tuple(detections))

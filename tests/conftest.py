@@ -1,0 +1,98 @@
+"""Tiny random-weight pipelines, built the way diffusers' tests build theirs (`get_dummy_components()`)."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from latentalign import load_pipeline
+from latentalign.pipeline import assemble, build_shapes_components
+from latentalign.tokenizer import build_clip_tokenizer
+
+TINY_WORDS = ["a", "an", "and", "photo", "of", "cat", "dog", "red", "blue", "ball", "on", "grass", "painting"]
+SHAPES_DEFAULTS = {"num_inference_steps": 3, "guidance_scale": 2.0, "world": "shapes"}
+
+
+def tiny_sd_components() -> dict:
+    """A Stable Diffusion 1.x-style pipeline's parts with random weights: 8x8 latents, 16x16 images."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+    )
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
+    torch.manual_seed(0)
+    text_config = CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": CLIPTextModel(text_config).eval(),
+        "tokenizer": tokenizer,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_pipeline() -> StableDiffusionPipeline:
+    # Like diffusers' dummy components, the scheduler leaves steps_offset at 0, so the pipeline patches it to 1
+    # (with a FutureWarning): the adapter must follow the patched config, not the class defaults.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*steps_offset", category=FutureWarning)
+        pipe = StableDiffusionPipeline(
+            **tiny_sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_path(tmp_path_factory):
+    """A saved random-weight Shapes pipeline folder, with its `latentalign.json` defaults."""
+    path = tmp_path_factory.mktemp("shapes") / "pipeline"
+    assemble(build_shapes_components(0)).save_pretrained(path, safe_serialization=True)
+    (path / "latentalign.json").write_text(json.dumps(SHAPES_DEFAULTS))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes_pipeline(tiny_shapes_path):
+    return load_pipeline(str(tiny_shapes_path))

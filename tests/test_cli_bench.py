@@ -1,0 +1,150 @@
+"""The `generate`, `check` and `bench` commands on a tiny random-weight Shapes pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import latentalign.pipeline
+from latentalign.bench import RESULTS, wilson_interval
+from latentalign.cli import main
+from latentalign.pipeline import assemble, build_shapes_components
+from latentalign.world import render
+
+torch.set_num_threads(1)
+
+PROMPT = "a red circle left of a blue square"
+
+
+@pytest.fixture(scope="module")
+def pipe_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "pipe"
+    assemble(build_shapes_components(seed=0)).save_pretrained(path, safe_serialization=True)
+    defaults = {"num_inference_steps": 2, "guidance_scale": 2.0, "world": "shapes"}  # read as a Shapes pipeline
+    (path / "latentalign.json").write_text(json.dumps(defaults))
+    return path
+
+
+def read_rows(out) -> list[dict]:
+    return [json.loads(line) for line in (out / RESULTS).read_text().splitlines()]
+
+
+def test_generate_writes_image_and_record(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", PROMPT, "--seed", "3", "--out", str(out), "--model", str(pipe_dir)]) == 0
+    stem = out / "a_red_circle_left_of_a_blue_square_s3"
+    assert stem.with_suffix(".png").exists() and capsys.readouterr().out.startswith(str(stem))
+    from PIL import Image
+
+    assert Image.open(f"{stem}.png").size == (32, 32)
+    assert Image.open(f"{stem}_x8.png").size == (256, 256)
+    record = json.loads(stem.with_suffix(".json").read_text())
+    assert record["prompt"] == PROMPT and record["seed"] == 3 and record["model"] == str(pipe_dir)
+    assert record["settings"] == {"num_inference_steps": 2, "guidance_scale": 2.0}
+    assert record["cost"]["denoiser_evals"] == 4 and record["cost"]["vae_decodes"] == 1
+    assert set(record["verdict"]) >= {"ok", "failures"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["", "--seed", "0"], "empty prompt"),
+        (["a purple dog"], "purple"),
+        ([PROMPT, "--steps", "0"], "--steps"),
+        ([PROMPT, "--seed", "-1"], "--seed"),
+    ],
+)
+def test_generate_rejects_bad_input_before_loading(pipe_dir, tmp_path, capsys, monkeypatch, argv, message):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("loaded the model before validating the input")
+
+    monkeypatch.setattr(latentalign.pipeline, "load_pipeline", no_loading)
+    out = tmp_path / "gen"
+    assert main(["generate", *argv, "--out", str(out), "--model", str(pipe_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_generate_missing_model(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", PROMPT, "--out", str(out), "--model", str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.startswith("error: no pipeline at")
+    assert not out.exists()
+
+
+def test_check_rendered_image(tmp_path, capsys):
+    path = tmp_path / "scene.png"
+    render(PROMPT, seed=0).save(path)
+    assert main(["check", str(path), PROMPT]) == 0
+    assert capsys.readouterr().out.startswith("ok")
+    assert main(["check", str(path), "a green circle left of a blue square"]) == 1
+    assert "wrong_colour: green circle is red" in capsys.readouterr().out
+    assert main(["check", str(path), "a green circle left of a blue square", "--json"]) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert not verdict["ok"] and verdict["failures"]
+    assert main(["check", str(tmp_path / "none.png"), PROMPT]) == 2
+
+
+def bench(pipe_dir, out, *extra) -> int:
+    argv = ["bench", "--suite", "single_object", "--seeds", "2", "--limit-prompts", "2", "--batch", "3"]
+    return main([*argv, "--out", str(out), "--model", str(pipe_dir), *extra])
+
+
+def test_bench_writes_rows_and_resumes(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench(pipe_dir, out) == 0
+    rows = read_rows(out)
+    assert len(rows) == 4 and len({(r["prompt"], r["seed"]) for r in rows}) == 4
+    assert {r["seed"] for r in rows} == {0, 1} and all(r["suite"] == "single_object" for r in rows)
+    assert rows[0]["cost"]["denoiser_evals"] == 4  # 2 steps x 2 (guidance), per image despite batches of 3
+    assert all((out / r["image"]).exists() for r in rows)
+    for name in ("summary.json", "summary.md", "grid.png"):
+        assert (out / name).exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert [c["suite"] for c in summary["categories"]] == ["single_object", "all"]
+    assert summary["categories"][1]["n"] == 4
+    assert "| single_object | 4 |" in capsys.readouterr().out
+
+    text = (out / RESULTS).read_text()
+    assert bench(pipe_dir, out) == 0
+    assert (out / RESULTS).read_text() == text  # nothing to do: no row added
+
+    lines = text.splitlines(keepends=True)
+    (out / RESULTS).write_text("".join(lines[:-1]))
+    assert bench(pipe_dir, out) == 0
+    restored = read_rows(out)
+    assert len(restored) == 4 and len({(r["prompt"], r["seed"]) for r in restored}) == 4
+    same = ("suite", "prompt", "seed", "settings", "ok", "failures")
+    assert [r[k] for k in same for r in restored] == [r[k] for k in same for r in rows]
+
+    (out / RESULTS).write_text("".join(lines[:-1]) + lines[-1][:25])  # an interrupted write
+    assert bench(pipe_dir, out) == 0
+    repaired = (out / RESULTS).read_text()
+    assert repaired.endswith("\n") and len(read_rows(out)) == 4
+
+
+def test_bench_refuses_mismatched_settings(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench(pipe_dir, out, "--limit-prompts", "1") == 0
+    text = (out / RESULTS).read_text()
+    assert bench(pipe_dir, out, "--steps", "1") == 2
+    assert "settings" in capsys.readouterr().err
+    assert (out / RESULTS).read_text() == text
+
+
+def test_bench_rejects_unknown_suite(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert main(["bench", "--suite", "dogs", "--seeds", "1", "--out", str(out), "--model", str(pipe_dir)]) == 2
+    assert "unknown suite" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 10)[0] == 0.0
+    assert wilson_interval(0, 10)[1] == pytest.approx(0.2775, abs=1e-4)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(10, 10)[1] == 1.0
+    assert wilson_interval(0, 0) == (0.0, 1.0)

@@ -1,0 +1,229 @@
+"""The adapter, the shared loop and plain generation, on tiny random-weight pipelines."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from latentalign import Cost, generate, load_pipeline
+from latentalign.adapters import Denoiser
+from latentalign.world import PromptError
+
+STEPS, GUIDANCE = 3, 2.0
+
+
+class WorkStarted(Exception):
+    """Raised by a patched forward: a check that should come first let the work begin."""
+
+
+def forbid_work(monkeypatch, pipe) -> None:
+    """Make any text-encoder, denoiser or VAE call fail loudly (and not as a ValueError)."""
+
+    def boom(*args, **kwargs):
+        raise WorkStarted
+
+    for module in (pipe.text_encoder, pipe.unet, pipe.vae):
+        monkeypatch.setattr(module, "forward", boom)
+    monkeypatch.setattr(pipe.vae, "decode", boom)
+
+
+def run(pipe, prompt="a red ball", **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("guidance_scale", GUIDANCE)
+    return generate(pipe, prompt, **kwargs)
+
+
+# Adapter
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_x0_prediction_matches_epsilon_formula(tiny_sd_pipeline, guidance):
+    den = Denoiser(tiny_sd_pipeline)
+    assert den.prediction_type == "epsilon"
+    cond = den.encode(["a red ball on grass"], guidance)
+    scheduler = den.new_scheduler(STEPS)
+    latents = torch.randn((1, *den.latent_shape), generator=torch.Generator().manual_seed(0))
+    alphas = tiny_sd_pipeline.scheduler.alphas_cumprod
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            eps, x0 = den.denoise(latents, t, cond)
+            a = alphas[int(t)]
+            assert torch.allclose(x0, (latents - (1 - a).sqrt() * eps) / a.sqrt(), atol=1e-5)
+            # DDIM's own x0 estimate is the same quantity.
+            ddim = scheduler.step(eps, t, latents)
+            assert torch.allclose(x0, ddim.pred_original_sample, atol=1e-4)
+            latents = ddim.prev_sample
+
+
+def test_denoiser_rejects_sdxl_like_unets(tiny_sd_pipeline):
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        norm_num_groups=32,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=80,
+    )
+    fake = SimpleNamespace(unet=unet, vae=tiny_sd_pipeline.vae, scheduler=tiny_sd_pipeline.scheduler)
+    with pytest.raises(ValueError, match="SDXL"):
+        Denoiser(fake)
+
+
+def test_denoiser_rejects_pipelines_without_a_unet(tiny_sd_pipeline):
+    with pytest.raises(ValueError, match="UNet2DConditionModel"):
+        Denoiser(SimpleNamespace(transformer=torch.nn.Linear(2, 2), scheduler=tiny_sd_pipeline.scheduler))
+
+
+def test_new_scheduler_matches_the_pipelines(tiny_sd_pipeline):
+    den = Denoiser(tiny_sd_pipeline)
+    scheduler = den.new_scheduler(STEPS)
+    assert scheduler is not tiny_sd_pipeline.scheduler
+    tiny_sd_pipeline.scheduler.set_timesteps(STEPS)
+    assert torch.equal(scheduler.timesteps, tiny_sd_pipeline.scheduler.timesteps)
+
+
+# Generation
+
+
+def test_generate_is_deterministic(tiny_sd_pipeline):
+    a, b = run(tiny_sd_pipeline, seed=3), run(tiny_sd_pipeline, seed=3)
+    assert torch.equal(a.latents, b.latents)
+    assert [im.tobytes() for im in a.images] == [im.tobytes() for im in b.images]
+    assert not torch.allclose(a.latents, run(tiny_sd_pipeline, seed=4).latents)
+
+
+def test_generate_returns_images_and_settings(tiny_sd_pipeline):
+    result = run(tiny_sd_pipeline, ["a red ball", "a blue cat"], seed=[0, 1])
+    assert result.latents.shape == (2, 4, 8, 8)
+    assert len(result.images) == 2 and result.images[0].size == (16, 16) and result.images[0].mode == "RGB"
+    assert result.prompts == ["a red ball", "a blue cat"] and result.seeds == [0, 1]
+    assert result.settings == {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE}
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_batched_equals_single(tiny_sd_pipeline, guidance):
+    prompts = ["a red ball on grass", "a painting of a dog"]
+    batched = run(tiny_sd_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
+    singles = [run(tiny_sd_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)]
+    assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_shared_loop_equals_the_stock_pipeline(tiny_sd_pipeline, guidance):
+    prompt, seed = "a photo of a cat", 5
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+    stock = tiny_sd_pipeline(
+        prompt, latents=latents, num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent"
+    ).images
+    ours = run(tiny_sd_pipeline, prompt, seed=seed, guidance_scale=guidance).latents
+    assert torch.allclose(stock, ours, atol=1e-5)
+
+
+def test_callback_sees_every_step(tiny_sd_pipeline):
+    calls = []
+    result = run(tiny_sd_pipeline, ["a red ball", "a blue dog"], seed=[0, 1], callback=calls.append)
+    assert [c["step"] for c in calls] == list(range(STEPS))
+    assert len({int(c["t"]) for c in calls}) == STEPS
+    for c in calls:
+        assert c["x0"].shape == c["latents"].shape == result.latents.shape
+        assert c["model_output"].shape == result.latents.shape
+        assert torch.isfinite(c["x0"]).all()
+
+
+@pytest.mark.parametrize("guidance, per_step", [(1.0, 1), (0.0, 1), (GUIDANCE, 2)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_cost_counts(tiny_sd_pipeline, guidance, per_step, batch):
+    result = run(tiny_sd_pipeline, ["a red ball"] * batch, seed=list(range(batch)), guidance_scale=guidance)
+    assert isinstance(result.cost, Cost)
+    assert result.cost.denoiser_evals == per_step * STEPS * batch
+    assert result.cost.vae_decodes == batch
+    assert result.cost.vae_encodes == 0
+    assert result.cost.seconds > 0
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs",
+    [
+        ("", {}),
+        ("   ", {}),
+        ([], {}),
+        (["a cat", ""], {"seed": [0, 1]}),
+        ("a cat", {"num_inference_steps": 0}),
+        ("a cat", {"num_inference_steps": -1}),
+        ("a cat", {"num_inference_steps": 2.5}),
+        ("a cat", {"seed": -1}),
+        ("a cat", {"seed": True}),
+        (["a cat", "a dog"], {"seed": [0]}),
+        (["a cat", "a dog"], {"seed": [0, 1, 2]}),
+        ("a cat", {"guidance_scale": -1.0}),
+        (["a cat", "a dog"], {"seed": [0, 1], "negative_prompt": ["blurry"]}),
+    ],
+)
+def test_bad_input_fails_before_any_work(tiny_sd_pipeline, monkeypatch, prompt, kwargs):
+    forbid_work(monkeypatch, tiny_sd_pipeline)
+    with pytest.raises(ValueError):
+        run(tiny_sd_pipeline, prompt, **kwargs)
+
+
+def test_in_memory_pipeline_ignores_the_working_directory(tiny_sd_pipeline, tmp_path, monkeypatch):
+    (tmp_path / "latentalign.json").write_text(json.dumps({"num_inference_steps": 1, "world": "shapes"}))
+    monkeypatch.chdir(tmp_path)
+    result = generate(tiny_sd_pipeline, "a photo of a cat", guidance_scale=1.0, num_inference_steps=None)
+    assert result.settings["num_inference_steps"] == 50  # diffusers' default, not the stray file's
+
+
+# Loading
+
+
+def test_load_pipeline_missing_path():
+    with pytest.raises(FileNotFoundError):
+        load_pipeline("./does/not/exist")
+
+
+def test_load_pipeline_folder_without_model_index(tmp_path):
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_index.json"):
+        load_pipeline(str(tmp_path))
+
+
+# The Shapes pipeline
+
+
+def test_shapes_pipeline_uses_its_defaults(tiny_shapes_pipeline):
+    calls = []
+    result = generate(tiny_shapes_pipeline, "a red circle", callback=calls.append)
+    assert result.settings == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    assert len(calls) == 3
+    assert result.cost.denoiser_evals == 2 * 3
+    assert result.images[0].size == (32, 32)
+
+
+@pytest.mark.parametrize("prompt", ["a purple circle", "two red circle", ["a red circle", "a red hexagon"]])
+def test_shapes_rejects_unknown_words_before_any_work(tiny_shapes_pipeline, monkeypatch, prompt):
+    forbid_work(monkeypatch, tiny_shapes_pipeline)
+    calls = []
+    seeds = list(range(len(prompt))) if isinstance(prompt, list) else 0
+    with pytest.raises(PromptError):
+        generate(tiny_shapes_pipeline, prompt, seed=seeds, callback=calls.append)
+    assert not calls
+
+
+def test_shapes_save_load_round_trip(tiny_shapes_pipeline, tmp_path):
+    tiny_shapes_pipeline.save_pretrained(tmp_path, safe_serialization=True)
+    reloaded = StableDiffusionPipeline.from_pretrained(tmp_path)
+    reloaded.set_progress_bar_config(disable=True)
+    kwargs = dict(seed=[0, 1], num_inference_steps=3, guidance_scale=2.0)
+    a = generate(tiny_shapes_pipeline, ["a red circle", "two blue squares"], **kwargs)
+    b = generate(reloaded, ["a red circle", "two blue squares"], **kwargs)
+    assert torch.equal(a.latents, b.latents)
+    assert [im.tobytes() for im in a.images] == [im.tobytes() for im in b.images]
