@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import latentalign.training.world as world_training
 from latentalign import generate
-from latentalign.checkpoint import load_checkpoint, save_checkpoint
+from latentalign.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from latentalign.training.world import WorldTrainConfig, train_world
 
 TINY = WorldTrainConfig(
@@ -119,6 +119,19 @@ def test_save_survives_a_stale_old_folder(tmp_path):
     (stale / "meta.json").write_text("{}")
     save_checkpoint(directory, {"model": small_model(1)}, None, {"step": 2})
     assert json.loads((directory / "meta.json").read_text()) == {"step": 2}
+    assert siblings(directory) == ["ckpt"]
+
+
+def test_a_save_killed_between_its_renames_is_recovered(tmp_path):
+    """Killed after moving the old checkpoint aside but before moving the new one in: the old one comes back."""
+    directory = tmp_path / "ckpt"
+    model = small_model(0)
+    save_checkpoint(directory, {"model": model}, None, {"step": 1})
+    directory.rename(tmp_path / ".ckpt-old")
+    recover_checkpoint(directory)
+    restored = small_model(1)
+    assert load_checkpoint(directory, {"model": restored}, None) == {"step": 1}
+    assert_same_tensors(model.state_dict(), restored.state_dict())
     assert siblings(directory) == ["ckpt"]
 
 
