@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +17,8 @@ import latentalign.training.world as world_training
 from latentalign import generate
 from latentalign.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from latentalign.training.world import WorldTrainConfig, train_world
+from latentalign.world import SUITE_NAMES, inverse_phrasing, suite
+from latentalign.world.dataset import sample_prompts
 
 TINY = WorldTrainConfig(
     vae_steps=4, unet_steps=4, pool_size=64, checkpoint_every=2, warmup=1, vae_batch=8, unet_batch=8
@@ -186,6 +189,15 @@ def test_resume_gives_the_same_weights(trained, tmp_path, monkeypatch, interrupt
     assert any(line.startswith("resuming") for line in logs)
     for name in WEIGHTS:
         assert_same_tensors(load_file(str(tmp_path / "pipeline" / name)), load_file(str(trained / "pipeline" / name)))
+
+
+def test_training_captions_never_use_held_out_prompts():
+    prompts = sample_prompts(3000, random.Random(0), split="train")
+    captions = world_training._captions(prompts, WorldTrainConfig())
+    heldout = {p for name in SUITE_NAMES for p in suite(name, "heldout")}
+    assert not heldout & set(captions)
+    changed = [(p, c) for p, c in zip(prompts, captions, strict=True) if p != c]
+    assert changed and all(c == inverse_phrasing(p) for p, c in changed)
 
 
 def test_resume_with_another_config_is_refused(trained, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
 from ..pipeline import assemble, build_shapes_components, shapes_scheduler_config, write_defaults
-from ..world import check
+from ..world import SUITE_NAMES, check, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
 
 
@@ -36,6 +37,10 @@ class WorldTrainConfig:
     cond_dropout: float = 0.1  # empty prompt this often, for classifier-free guidance
     ema_decay: float = 0.999
     pool_size: int = 40000  # rendered scenes reused by both phases (rendering is cheap, not free)
+    split: str = "train"  # the generator never sees held-out prompts: they are novel compositions, as in GenEval
+    # category shares of the pool (single_object, two_objects, relation, counting): relations are learnt slowest
+    category_weights: tuple[float, ...] = (0.1, 0.25, 0.4, 0.25)
+    inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often (when in the split)
     checkpoint_every: int = 250
     seed: int = 0
 
@@ -64,6 +69,23 @@ def _encode_pool(vae, pool: torch.Tensor, batch: int = 500) -> tuple[torch.Tenso
     return torch.cat(means), torch.cat(stds)
 
 
+def _config_json(cfg: WorldTrainConfig) -> dict:
+    """The config as it reads back from meta.json (tuples become lists), for the resume check."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _captions(prompts: list[str], cfg: WorldTrainConfig) -> list[str]:
+    """Training captions: a relation scene is described from either object (both phrasings are true)."""
+    rng = random.Random(cfg.seed + 2)
+    allowed = {p for name in SUITE_NAMES for p in suite(name, cfg.split)}
+    out = []
+    for p in prompts:
+        if parse(p).relation and rng.random() < cfg.inverse_phrasing and inverse_phrasing(p) in allowed:
+            p = inverse_phrasing(p)
+        out.append(p)
+    return out
+
+
 def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, log=print) -> Path:
     """Train and save the Shapes pipeline to `out/pipeline`; resumes from `out/checkpoint` when present."""
     out = Path(out)
@@ -79,7 +101,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
     recover_checkpoint(ckpt)
     if (ckpt / "meta.json").exists():
         saved = json.loads((ckpt / "meta.json").read_text())
-        if saved["config"] != asdict(cfg):
+        if saved["config"] != _config_json(cfg):
             raise ValueError(f"{ckpt} was written with another config; remove it or pass the same settings")
         if saved["phase"] == "vae":
             meta = load_checkpoint(ckpt, {"vae": vae}, vae_opt)
@@ -88,8 +110,9 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
         log(f"resuming from {ckpt}: phase {meta['phase']}, step {meta['step']}")
     t_start = time.time() - meta["seconds"]
 
-    images, prompts = build_dataset(cfg.pool_size, seed=cfg.seed)
+    images, prompts = build_dataset(cfg.pool_size, seed=cfg.seed, split=cfg.split, weights=list(cfg.category_weights))
     pool = _to_tensor(images)
+    captions = _captions(prompts, cfg)
 
     if meta["phase"] == "vae":
         vae.train()
@@ -108,7 +131,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
             vae_opt.step()
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-                meta.update(step=step + 1, seconds=time.time() - t_start, config=asdict(cfg))
+                meta.update(step=step + 1, seconds=time.time() - t_start, config=_config_json(cfg))
                 meta["losses"][f"vae/{step + 1}"] = loss.item()
                 if step + 1 == cfg.vae_steps:
                     meta.update(phase="unet", step=0)
@@ -140,7 +163,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
     if meta["phase"] == "unet":
         noise_sched = DDPMScheduler(**{k: v for k, v in shapes_scheduler_config().items() if k != "set_alpha_to_one"})
         ids_all = tok(
-            prompts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+            captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids
         ids_empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
         unet.train()
@@ -173,7 +196,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
                     e.lerp_(p, 1 - decay)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-                meta.update(step=step + 1, seconds=time.time() - t_start, config=asdict(cfg))
+                meta.update(step=step + 1, seconds=time.time() - t_start, config=_config_json(cfg))
                 meta["losses"][f"unet/{step + 1}"] = loss.item()
                 if step + 1 == cfg.unet_steps:
                     meta["phase"] = "done"

@@ -18,7 +18,11 @@ COVERAGE_MIN = 0.5  # a pixel is foreground when at least half of it is painted
 SATURATION_MIN = 0.35
 MIN_AREA = 12  # foreground pixels; smaller specks are noise, the smallest shape covers about 35
 TRIANGLE_TOP_RATIO = 0.6  # mass in the upper half over the lower half: triangle 1/3, others 1
-SQUARE_FILL = 0.89  # soft mass over soft box area: square 1.0, circle pi/4
+# fill = soft mass over soft box area (square 1, disc pi/4, diamond 1/2) and moment = E[x^2 y^2] / (E[x^2] E[y^2])
+# about the centroid (square 1, disc 2/3, diamond 2/5). Blur moves both towards a circle's; their sum keeps
+# the shapes apart (renders blurred by up to 1 px: diamond <= 1.32 at 0.8 px, circle 1.44-1.63, square >= 1.87).
+DIAMOND_FILL_PLUS_MOMENT = 1.40
+SQUARE_FILL_PLUS_MOMENT = 1.75
 
 # Failure kinds, one per clause a prompt can break.
 MISSING = "missing_object"
@@ -39,6 +43,7 @@ class Detection:
     area: int
     fill: float
     top_ratio: float
+    moment: float
 
 
 @dataclass(frozen=True)
@@ -148,13 +153,18 @@ def detect(image) -> list[Detection]:
         lower = mass - upper
         top_ratio = upper / max(lower, 1e-6)
         fill = mass / max(width * height, 1e-6)
+        dx, dy = xx - cx, yy - cy
+        exx, eyy = (cov * dx**2).sum() / mass, (cov * dy**2).sum() / mass
+        moment = float((cov * dx**2 * dy**2).sum() / mass / max(exx * eyy, 1e-6))
         if top_ratio < TRIANGLE_TOP_RATIO:
             shape = "triangle"
-        elif fill >= SQUARE_FILL:
+        elif fill + moment < DIAMOND_FILL_PLUS_MOMENT:
+            shape = "diamond"
+        elif fill + moment >= SQUARE_FILL_PLUS_MOMENT:
             shape = "square"
         else:
             shape = "circle"
-        detections.append(Detection(name, shape, cx, cy, len(comp), fill, top_ratio))
+        detections.append(Detection(name, shape, cx, cy, len(comp), fill, top_ratio, moment))
     return detections
 
 

@@ -9,14 +9,14 @@ from dataclasses import dataclass, replace
 
 IMAGE_SIZE = 32  # pixels; the tiny VAE maps this to 4 x 8 x 8 latents
 
-# Hues 60 degrees apart (cyan left out), all at the same value and saturation, so a checker can
-# classify colour by hue alone, independent of antialiasing and blur.
-COLOUR_HUES = {"red": 0.0, "yellow": 60.0, "green": 120.0, "blue": 240.0, "magenta": 300.0}
+# Hues 60 degrees apart, all at the same value and saturation, so a checker can classify colour by hue
+# alone, independent of antialiasing and blur.
+COLOUR_HUES = {"red": 0.0, "yellow": 60.0, "green": 120.0, "cyan": 180.0, "blue": 240.0, "magenta": 300.0}
 COLOUR_VALUE, COLOUR_SATURATION = 0.9, 0.85
 COLOURS = tuple(COLOUR_HUES)
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square", "triangle", "diamond")
 RELATIONS = ("left of", "right of", "above", "below")
-COUNT_WORDS = {"one": 1, "two": 2, "three": 3}
+COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4}
 COUNTS = tuple(COUNT_WORDS)
 PLURALS = {s + "s": s for s in SHAPES}
 
@@ -86,7 +86,7 @@ def _object_at(tokens: list[str], i: int, prompt: str) -> tuple[ObjectSpec, int]
         raise PromptError(f"incomplete object phrase in {prompt!r}; expected e.g. 'a red circle'")
     det, colour, noun = tokens[i : i + 3]
     if det != "a" and det not in COUNT_WORDS:
-        raise PromptError(f"expected 'a' or a count word (one, two, three), got {det!r} in {prompt!r}")
+        raise PromptError(f"expected 'a' or a count word ({', '.join(COUNTS)}), got {det!r} in {prompt!r}")
     if colour not in COLOUR_HUES:
         raise PromptError(f"unknown colour {colour!r} in {prompt!r}; the Shapes world knows {', '.join(COLOURS)}")
     if noun not in SHAPES and noun not in PLURALS:
@@ -144,6 +144,18 @@ def all_scenes(category: str) -> list[Scene]:
     if category == "relation":
         return [Scene(category, p, r) for p in pairs for r in RELATIONS]
     raise ValueError(f"unknown category {category!r}")
+
+
+INVERSE_RELATIONS = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+
+
+def inverse_phrasing(prompt: str) -> str:
+    """The same relation scene described from the other object: 'a X left of a Y' -> 'a Y right of a X'."""
+    scene = parse(prompt)
+    if scene.relation is None:
+        raise ValueError(f"{prompt!r} states no relation")
+    a, b = scene.objects
+    return Scene(scene.category, (b, a), INVERSE_RELATIONS[scene.relation]).prompt()
 
 
 def corrupt(prompt: str, rng: random.Random, field: str | None = None) -> str:

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from .grammar import IMAGE_SIZE, Scene, colour_rgb, parse
 
 SUPERSAMPLE = 8  # draw at 8x, then box-filter down: edges get exact coverage antialiasing
-SIZE_RANGE = (9.0, 13.0)  # object side or diameter in pixels
+SIZE_RANGE = (9.0, 13.0)  # object side or diameter in pixels (smaller when three or four objects share the scene)
 GAP = 2.0  # minimum free pixels between object boxes, so objects never touch
 MARGIN = 1.0  # minimum distance from the border
 RELATION_MARGIN = 3.0  # the relation's axis dominates the other by at least this many pixels
@@ -44,31 +44,36 @@ def _relation_holds(a: Placed, b: Placed, relation: str, margin: float) -> bool:
     raise ValueError(relation)
 
 
+def _apart(p: Placed, q: Placed) -> bool:
+    """At least GAP free pixels between the two boxes, on one axis or the other."""
+    return (
+        p.x + p.size + GAP <= q.x or q.x + q.size + GAP <= p.x or p.y + p.size + GAP <= q.y or q.y + q.size + GAP <= p.y
+    )
+
+
 def layout(scene: Scene, rng: random.Random, max_tries: int = 2000) -> list[Placed]:
     """Random sizes and non-touching positions satisfying the scene's relation."""
     kinds = [(o.colour, o.shape) for o in scene.objects for _ in range(o.count)]
     lo, hi = SIZE_RANGE
-    if len(kinds) >= 3:
+    if len(kinds) == 3:
         hi = lo + 2.0  # three objects need room
+    elif len(kinds) >= 4:
+        lo, hi = lo - 1.0, lo + 1.0
     for _ in range(max_tries):
         placed: list[Placed] = []
         for colour, shape in kinds:
             s = rng.uniform(lo, hi)
-            p = Placed(
-                colour,
-                shape,
-                rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
-                rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
-                s,
-            )
-            if all(
-                p.x + p.size + GAP <= q.x
-                or q.x + q.size + GAP <= p.x
-                or p.y + p.size + GAP <= q.y
-                or q.y + q.size + GAP <= p.y
-                for q in placed
-            ):
-                placed.append(p)
+            for _ in range(100):  # try positions for this object before starting the scene over
+                p = Placed(
+                    colour,
+                    shape,
+                    rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
+                    rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
+                    s,
+                )
+                if all(_apart(p, q) for q in placed):
+                    placed.append(p)
+                    break
             else:
                 break
         if len(placed) != len(kinds):
@@ -91,8 +96,11 @@ def draw(placed: list[Placed]) -> Image.Image:
             d.ellipse((x0, y0, x1, y1), fill=fill)
         elif p.shape == "square":
             d.rectangle((x0, y0, x1, y1), fill=fill)
-        else:  # triangle, pointing up
+        elif p.shape == "triangle":  # pointing up
             d.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=fill)
+        else:  # diamond: a square standing on a corner, filling its box's inscribed rhombus
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+            d.polygon([(cx, y0), (x1, cy), (cx, y1), (x0, cy)], fill=fill)
     return big.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
 
 
