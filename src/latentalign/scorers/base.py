@@ -1,0 +1,126 @@
+"""One interface for CLIP-style alignment scorers that read pixels, clean latents or noisy latents."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel
+from transformers.utils import cached_file
+
+from ..cost import Cost
+
+SPACES = ("pixels", "latents", "noisy_latents")
+# The RGB statistics OpenAI CLIP was trained with; used when a checkpoint ships no preprocessor_config.json.
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def image_stats(name_or_path: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """`image_mean` and `image_std` from a checkpoint's preprocessor_config.json, else OpenAI CLIP's."""
+    path = cached_file(name_or_path, "preprocessor_config.json", _raise_exceptions_for_missing_entries=False)
+    if path is None:
+        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    cfg = json.loads(Path(path).read_text())
+    return tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)), tuple(cfg.get("image_std", OPENAI_CLIP_STD))
+
+
+def clip_preprocess(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """CLIP's resize-shorter-side, centre-crop and normalise, on tensors so gradients flow (as ReNO does)."""
+    h, w = x.shape[-2:]
+    if (h, w) != (size, size):
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        x = x[..., top : top + size, left : left + size]
+    return (x - mean) / std
+
+
+def as_prompts(prompts: str | list[str], batch: int | None = None) -> list[str]:
+    """Validate prompts: a string or a non-empty list of strings, of length 1 or `batch`."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if not isinstance(prompts, list | tuple) or not prompts:
+        raise ValueError("prompts must be a string or a non-empty list of strings")
+    if not all(isinstance(p, str) for p in prompts):
+        raise ValueError("every prompt must be a string")
+    if batch is not None and len(prompts) not in (1, batch):
+        raise ValueError(f"got {len(prompts)} prompts for a batch of {batch}: pass one prompt or one per input")
+    return list(prompts)
+
+
+class Scorer(nn.Module):
+    """CLIPScore (Hessel et al., 2021): cosine similarity of L2-normalised CLIP image and text embeddings."""
+
+    space: str = ""  # one of SPACES: what `score` reads
+    kind: str = ""  # the name `save_scorer` records: "pixel", "latent" or "noisy"
+    needs_t: bool = False
+
+    def __init__(self, clip: CLIPModel, tokenizer):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.cost = Cost()
+
+    @property
+    def in_channels(self) -> int:
+        return self.clip.config.vision_config.num_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
+
+    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
+        """Raise a short ValueError for input this scorer cannot read."""
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
+            raise ValueError(f"{type(self).__name__} takes a float NCHW tensor ({self.space})")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"{type(self).__name__} reads {self.in_channels}-channel {self.space}, got {x.shape[1]}")
+        if self.needs_t and t is None:
+            raise ValueError(f"{type(self).__name__} scores noisy latents: pass the timestep t")
+        if t is not None and isinstance(t, torch.Tensor) and t.numel() not in (1, x.shape[0]):
+            raise ValueError(f"got {t.numel()} timesteps for a batch of {x.shape[0]}")
+
+    def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
+        """Unnormalised projected image embeddings of checked input."""
+        raise NotImplementedError
+
+    def embed_images(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> torch.Tensor:
+        """L2-normalised image embeddings, (batch, projection_dim)."""
+        self.check_input(x, t)
+        self.cost.scorer_calls += x.shape[0]
+        return F.normalize(self.image_features(x, t), dim=-1)
+
+    def embed_text(self, prompts: str | list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings, (len(prompts), projection_dim)."""
+        prompts = as_prompts(prompts)
+        max_length = self.clip.config.text_config.max_position_embeddings
+        tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        out = self.clip.get_text_features(
+            input_ids=tokens.input_ids.to(self.device), attention_mask=tokens.attention_mask.to(self.device)
+        )
+        return F.normalize(out.pooler_output, dim=-1)
+
+    def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Cosine similarity in [-1, 1] of each input with its prompt (or the one prompt), shape (batch,).
+
+        `t` (an int, or one timestep per input) is read by noisy-latent scorers only; the others ignore it.
+        """
+        self.check_input(x, t)
+        prompts = as_prompts(prompts, x.shape[0])
+        return (self.embed_images(x, t) * self.embed_text(prompts)).sum(-1)
+
+    def classify(self, x: torch.Tensor, labels: list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Zero-shot label probabilities, softmax(logit_scale.exp() * img @ txt.T), shape (batch, len(labels))."""
+        self.check_input(x, t)
+        labels = as_prompts(labels)
+        logits = self.clip.logit_scale.exp() * self.embed_images(x, t) @ self.embed_text(labels).T
+        return logits.softmax(-1)
+
+    def scorer_config(self) -> dict:
+        """The JSON-able constructor arguments `save_scorer` records besides the CLIPModel and tokenizer."""
+        return {}

@@ -1,0 +1,89 @@
+"""Build the Shapes-world scorers from their JSON architectures; save and load any scorer as safetensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+
+from ..pipeline import config
+from ..tokenizer import build_clip_tokenizer
+from ..world import words
+from .base import Scorer
+from .latent_clip import LatentCLIPScorer
+from .noisy_clip import NoisyCLIPScorer
+from .pixel_clip import PixelCLIPScorer
+
+KINDS: dict[str, type[Scorer]] = {"pixel": PixelCLIPScorer, "latent": LatentCLIPScorer, "noisy": NoisyCLIPScorer}
+SCORER_FILE = "latentalign_scorer.json"
+TIMESTEP_FILE = "timestep_embedding.safetensors"
+
+
+def build_shapes_scorer(
+    kind: str,
+    vae_scaling_factor: float,
+    *,
+    vae=None,
+    preview_map: tuple[torch.Tensor, torch.Tensor] | None = None,
+    seed: int = 0,
+) -> Scorer:
+    """A random-weight Shapes scorer from `configs/shapes_clip_<kind>.json` and the Shapes tokenizer.
+
+    `vae` is optional for "pixel" (needed only by `score_latents`); "noisy" needs the `preview_map` of the
+    Shapes VAE (see `fit_preview_map`).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown scorer kind {kind!r}: choose from {sorted(KINDS)}")
+    if kind == "noisy" and preview_map is None:
+        raise ValueError("a noisy scorer needs the VAE's preview_map=(matrix, bias), e.g. from fit_preview_map")
+    arch = config(f"shapes_clip_{kind}")
+    tokenizer = build_clip_tokenizer(words(), model_max_length=arch["text_config"]["max_position_embeddings"])
+    text = dict(
+        arch["text_config"],
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    clip = CLIPModel(
+        CLIPConfig(text_config=text, vision_config=arch["vision_config"], projection_dim=arch["projection_dim"])
+    )
+    if kind == "pixel":
+        return PixelCLIPScorer(clip, tokenizer, vae=vae, vae_scaling_factor=vae_scaling_factor).eval()
+    if kind == "latent":
+        return LatentCLIPScorer(clip, tokenizer, vae_scaling_factor).eval()
+    return NoisyCLIPScorer(clip, tokenizer, vae_scaling_factor, *preview_map).eval()
+
+
+def save_scorer(scorer: Scorer, folder: str | Path) -> None:
+    """Write the CLIPModel (safetensors), its tokenizer and `latentalign_scorer.json` into `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    scorer.clip.save_pretrained(folder)  # transformers 5 always writes model.safetensors
+    scorer.tokenizer.save_pretrained(folder)
+    if isinstance(scorer, NoisyCLIPScorer):
+        save_file(
+            {k: v.contiguous() for k, v in scorer.timestep_embedding.state_dict().items()}, folder / TIMESTEP_FILE
+        )
+    (folder / SCORER_FILE).write_text(json.dumps({"kind": scorer.kind, **scorer.scorer_config()}, indent=1) + "\n")
+
+
+def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
+    """Load a scorer written by `save_scorer` (`vae` re-attaches a pixel scorer's decoder)."""
+    folder = Path(folder)
+    if not (folder / SCORER_FILE).exists():
+        raise FileNotFoundError(f"{folder} has no {SCORER_FILE}: not a saved latentalign scorer")
+    settings = json.loads((folder / SCORER_FILE).read_text())
+    kind = settings.pop("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{folder / SCORER_FILE} names an unknown scorer kind {kind!r}")
+    clip = CLIPModel.from_pretrained(folder)
+    extra = {"vae": vae} if kind == "pixel" else {}
+    scorer = KINDS[kind](clip, CLIPTokenizer.from_pretrained(folder), **settings, **extra)
+    if kind == "noisy" and (folder / TIMESTEP_FILE).exists():
+        scorer.timestep_embedding.load_state_dict(load_file(folder / TIMESTEP_FILE))
+    return scorer.eval()

@@ -1,0 +1,123 @@
+"""NoisyCLIP: CLIP on a fixed linear RGB preview of the noisy latent z_t, conditioned on the timestep."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import CLIPModel, CLIPTokenizer
+
+from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, clip_preprocess, image_stats
+
+# The community SDXL "latent preview" factors (0-255 RGB per latent channel, applied to the pipeline's scaled
+# latents), the map the published NoisyCLIP was trained with. They fit SDXL's VAE only: users of another VAE
+# should pass their own map, e.g. from `fit_preview_map`.
+SDXL_PREVIEW_MATRIX = ((60.0, -60.0, 25.0, -70.0), (60.0, -5.0, 15.0, -50.0), (60.0, 10.0, -5.0, -35.0))
+SDXL_PREVIEW_BIAS = (150.0, 140.0, 130.0)
+SDXL_SCALING_FACTOR = 0.13025
+
+
+def sdxl_preview_map() -> tuple[torch.Tensor, torch.Tensor]:
+    """The SDXL preview factors as a map from unscaled latents to [0, 1] RGB: `(matrix (3, 4), bias (3,))`."""
+    return torch.tensor(SDXL_PREVIEW_MATRIX) * SDXL_SCALING_FACTOR / 255, torch.tensor(SDXL_PREVIEW_BIAS) / 255
+
+
+def fit_preview_map(latents: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares linear map from unscaled latents (N, C, h, w) to images (N, 3, H, W) area-downsampled to h x w."""
+    if latents.ndim != 4 or images.ndim != 4 or latents.shape[0] != images.shape[0] or images.shape[1] != 3:
+        raise ValueError("fit_preview_map takes latents (N, C, h, w) and RGB images (N, 3, H, W)")
+    target = F.adaptive_avg_pool2d(images.double(), latents.shape[-2:])
+    z = latents.double().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+    design = torch.cat([z, torch.ones_like(z[:, :1])], dim=1)
+    solution = torch.linalg.lstsq(design, target.permute(0, 2, 3, 1).reshape(-1, 3)).solution
+    return solution[:-1].T.float().contiguous(), solution[-1].float().contiguous()
+
+
+class TimestepEmbedding(torch.nn.Module):
+    """Fourier features of t/1000 through an MLP whose output layer starts at zero, so it starts as a no-op."""
+
+    def __init__(self, width: int, features: int = 16):
+        super().__init__()
+        self.register_buffer("frequencies", torch.logspace(0, 3, features), persistent=False)
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(2 * features, width), torch.nn.SiLU(), torch.nn.Linear(width, width)
+        )
+        torch.nn.init.zeros_(self.mlp[-1].weight)
+        torch.nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        angles = (t.float() / 1000)[:, None] * self.frequencies
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+
+
+class NoisyCLIPScorer(Scorer):
+    """NoisyCLIP (Ramos et al., arXiv 2512.08505): alignment of noisy latents z_t, via a latent preview."""
+
+    space = "noisy_latents"
+    kind = "noisy"
+    needs_t = True
+
+    def __init__(
+        self,
+        clip: CLIPModel,
+        tokenizer,
+        vae_scaling_factor: float,
+        preview_matrix: torch.Tensor | list,
+        preview_bias: torch.Tensor | list,
+        image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
+        image_std: tuple[float, ...] = OPENAI_CLIP_STD,
+    ):
+        super().__init__(clip, tokenizer)
+        matrix, bias = torch.as_tensor(preview_matrix, dtype=torch.float32), torch.as_tensor(preview_bias).float()
+        rgb = clip.config.vision_config.num_channels
+        if matrix.ndim != 2 or matrix.shape[0] != rgb or bias.shape != (rgb,):
+            raise ValueError(f"preview map must be a ({rgb}, C) matrix and a ({rgb},) bias, got {tuple(matrix.shape)}")
+        self.vae_scaling_factor = float(vae_scaling_factor)
+        self.register_buffer("preview_matrix", matrix, persistent=False)
+        self.register_buffer("preview_bias", bias, persistent=False)
+        self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std).view(1, -1, 1, 1), persistent=False)
+        self.timestep_embedding = TimestepEmbedding(clip.config.vision_config.hidden_size)
+
+    @property
+    def in_channels(self) -> int:
+        return self.preview_matrix.shape[1]
+
+    def preview(self, z: torch.Tensor) -> torch.Tensor:
+        """The pipeline's (scaled) latents -> the fixed linear RGB preview in [0, 1], at latent resolution."""
+        rgb = torch.einsum("oc,nchw->nohw", self.preview_matrix.to(z.dtype), z / self.vae_scaling_factor)
+        return (rgb + self.preview_bias.to(z.dtype)[:, None, None]).clamp(0, 1)
+
+    def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
+        size = self.clip.config.vision_config.image_size
+        pixels = clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
+        t = torch.as_tensor(t, device=x.device).flatten().expand(x.shape[0])
+        vision = self.clip.vision_model
+        h = vision.embeddings(pixels)
+        h = torch.cat([h[:, :1] + self.timestep_embedding(t)[:, None].to(h.dtype), h[:, 1:]], dim=1)
+        h = vision.encoder(inputs_embeds=vision.pre_layrnorm(h)).last_hidden_state
+        return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
+
+    def scorer_config(self) -> dict:
+        return {
+            "vae_scaling_factor": self.vae_scaling_factor,
+            "preview_matrix": self.preview_matrix.tolist(),
+            "preview_bias": self.preview_bias.tolist(),
+            "image_mean": self.image_mean.flatten().tolist(),
+            "image_std": self.image_std.flatten().tolist(),
+        }
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        preview_map: tuple[torch.Tensor, torch.Tensor] | None = None,
+        vae_scaling_factor: float = SDXL_SCALING_FACTOR,
+        **kwargs,
+    ) -> NoisyCLIPScorer:
+        """The published NoisyCLIP layout (a CLIPModel, e.g. "asiimo/noisyclip") plus a preview map on unscaled
+        latents (default: SDXL's). Published models have no timestep embedding: it stays zero."""
+        clip = CLIPModel.from_pretrained(name_or_path, **kwargs).eval()
+        tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
+        mean, std = image_stats(name_or_path)
+        matrix, bias = preview_map if preview_map is not None else sdxl_preview_map()
+        return cls(clip, tokenizer, vae_scaling_factor, matrix, bias, image_mean=mean, image_std=std)
