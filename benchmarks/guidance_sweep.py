@@ -1,6 +1,6 @@
 """Choose the Shapes pipeline's default guidance scale on TRAIN-split prompts (never on held-out ones).
 
-    python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
+python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
 """
 
 from __future__ import annotations
@@ -31,7 +31,12 @@ def main() -> None:
     table = {}
     for scale in args.scales:
         summary = run_bench(
-            pipe, ["all"], args.seeds, split="train", limit_prompts=args.limit_prompts, out=out / f"g{scale}",
+            pipe,
+            ["all"],
+            args.seeds,
+            split="train",
+            limit_prompts=args.limit_prompts,
+            out=out / f"g{scale}",
             guidance=scale,
         )
         table[scale] = {c["suite"]: c for c in summary["categories"]}

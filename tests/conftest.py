@@ -18,20 +18,23 @@ TINY_WORDS = ["a", "an", "and", "photo", "of", "cat", "dog", "red", "blue", "bal
 SHAPES_DEFAULTS = {"num_inference_steps": 3, "guidance_scale": 2.0, "world": "shapes"}
 
 
+TINY_UNET = dict(
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    cross_attention_dim=32,
+    norm_num_groups=32,
+)
+
+
 def tiny_sd_components() -> dict:
     """A Stable Diffusion 1.x-style pipeline's parts with random weights: 8x8 latents, 16x16 images."""
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

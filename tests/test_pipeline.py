@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import TINY_UNET
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from latentalign import Cost, generate, load_pipeline
@@ -61,15 +62,7 @@ def test_x0_prediction_matches_epsilon_formula(tiny_sd_pipeline, guidance):
 
 def test_denoiser_rejects_sdxl_like_unets(tiny_sd_pipeline):
     unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        norm_num_groups=32,
+        **TINY_UNET,
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         projection_class_embeddings_input_dim=80,
