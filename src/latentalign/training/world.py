@@ -80,8 +80,9 @@ def _captions(prompts: list[str], cfg: WorldTrainConfig) -> list[str]:
     allowed = {p for name in SUITE_NAMES for p in suite(name, cfg.split)}
     out = []
     for p in prompts:
-        if parse(p).relation and rng.random() < cfg.inverse_phrasing and inverse_phrasing(p) in allowed:
-            p = inverse_phrasing(p)
+        if parse(p).relation and rng.random() < cfg.inverse_phrasing:
+            inverse = inverse_phrasing(p)
+            p = inverse if inverse in allowed else p
         out.append(p)
     return out
 
