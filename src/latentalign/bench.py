@@ -37,6 +37,24 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def auroc(scores, labels) -> float:
+    """Area under the ROC curve: the probability a positive outscores a negative (ties count half)."""
+    import numpy as np
+
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels, dtype=bool)
+    pos, neg = scores[labels], scores[~labels]
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError("AUROC needs both positive and negative examples")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    ranks[order] = np.arange(1, len(order) + 1)
+    values = np.concatenate([pos, neg])
+    for v in np.unique(values):  # average ranks over ties
+        tie = values == v
+        ranks[tie] = ranks[tie].mean()
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
 def file_stem(prompt: str, seed: int) -> str:
     """A file name for one sample: the prompt as a slug, and the seed."""
     return f"{re.sub(r'[^a-z0-9]+', '_', prompt.lower()).strip('_')[:80]}_s{seed}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +25,39 @@ def _train_world(args: argparse.Namespace) -> int:
             shutil.rmtree(SHAPES_WEIGHTS)
         shutil.copytree(final, SHAPES_WEIGHTS)
         print(f"shipped to {SHAPES_WEIGHTS}")
+    return 0
+
+
+def _train_scorer(args: argparse.Namespace) -> int:
+    from .training.scorer import ScorerTrainConfig
+
+    cfg = ScorerTrainConfig(  # validates before any work
+        kind=args.kind,
+        steps=args.steps,
+        batch=args.batch,
+        pool_size=args.pool_size,
+        trajectories=args.trajectories,
+        eval_per_suite=args.eval_per_suite,
+        seed=args.seed,
+    )
+
+    import torch
+
+    from .pipeline import SHAPES_SCORERS, load_pipeline
+    from .training.scorer import train_scorer
+
+    if os.environ.get("WORLD_SIZE", "1") == "1":  # one process owns the threads; under accelerate, one each
+        torch.set_num_threads(args.threads)
+    else:
+        torch.set_num_threads(1)
+    out = Path(args.out or f"runs/scorer_{args.kind}")
+    final = train_scorer(out, cfg, load_pipeline(args.model))
+    if args.ship and os.environ.get("RANK", "0") == "0":
+        target = SHAPES_SCORERS / args.kind
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(final, target)
+        print(f"shipped to {target}")
     return 0
 
 
@@ -62,6 +96,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("empty prompt")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.n is not None and args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if args.method == "plain" and (args.n is not None or args.scorer):
+        raise ValueError("--n and --scorer need --method best-of-n, early-exit or successive-halving")
     _check_settings(args)
     shapes = _world_of(args.model) == "shapes"
     if shapes:
@@ -75,16 +113,35 @@ def _generate(args: argparse.Namespace) -> int:
     from .generate import generate
     from .pipeline import load_pipeline
 
+    options = {}
+    if args.method != "plain":
+        options = {"n": 4 if args.n is None else args.n, "scorer": args.scorer, "max_batch": args.max_batch}
     pipe = load_pipeline(args.model)
-    result = generate(pipe, args.prompt, seed=args.seed, num_inference_steps=args.steps, guidance_scale=args.guidance)
+    result = generate(
+        pipe,
+        args.prompt,
+        seed=args.seed,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        method=args.method,
+        **options,
+    )
     image = result.images[0]
     record = {
         "prompt": args.prompt,
         "seed": args.seed,
         "model": args.model,
+        "method": args.method,
         "settings": result.settings,
         "cost": result.cost.to_dict(),
     }
+    if args.method != "plain":
+        record.update(
+            chosen=result.chosen[0],
+            candidate_seeds=result.candidate_seeds[0],
+            candidate_scores=result.scores[0],
+            pruned_at=result.pruned_at[0],
+        )
     if shapes:
         from .world import check
 
@@ -176,11 +233,36 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
     tw.set_defaults(func=_train_world)
+    ts = train_sub.add_parser(
+        "scorer",
+        help="train a Shapes scorer: InfoNCE with grammar hard negatives (resumable; runs under accelerate launch)",
+    )
+    ts.add_argument("--kind", required=True, choices=["pixel", "latent", "noisy"])
+    ts.add_argument("--model", default="shapes", help="the pipeline whose VAE (and trajectories) the scorer reads")
+    ts.add_argument("--out", default=None, help="working folder (default runs/scorer_<kind>)")
+    ts.add_argument("--steps", type=int, default=3000)
+    ts.add_argument("--batch", type=int, default=128, help="global batch, split across processes")
+    ts.add_argument("--pool-size", type=int, default=20000, help="rendered train-split scenes")
+    ts.add_argument("--trajectories", type=int, default=3072, help="noisy: generator samples recorded per step")
+    ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--threads", type=int, default=2)
+    ts.add_argument("--ship", action="store_true", help="copy the result into the package's shipped scorers")
+    ts.set_defaults(func=_user_errors(_train_scorer))
 
     gen = sub.add_parser("generate", help="generate one image; on the Shapes world, also check it")
     gen.add_argument("prompt")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="runs/generate", help="folder for <slug>_s<seed>.png, _x8.png and .json")
+    gen.add_argument(
+        "--method",
+        default="plain",
+        choices=["plain", "best-of-n", "early-exit", "successive-halving"],
+        help="alignment method (default: plain sampling)",
+    )
+    gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
+    gen.add_argument("--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy)")
+    gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
     _add_sampling_args(gen)
     gen.set_defaults(func=_generate)
 

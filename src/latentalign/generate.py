@@ -94,8 +94,30 @@ def generate(
     guidance_scale: float | None = None,
     negative_prompt: str | list[str] | None = None,
     callback: StepCallback | None = None,
+    method: str = "plain",
+    **options,
 ) -> GenerationResult:
-    """Plain text-to-image generation on latentalign's shared loop; one seed per prompt, same noise as batch of one."""
+    """Text-to-image generation on latentalign's shared loop; one seed per prompt, same noise as a batch of one.
+
+    `method` picks an alignment method ("best-of-n", "early-exit", "successive-halving"; see
+    `latentalign.methods.run_method` for its `options`, e.g. `n=8`); "plain" is ordinary sampling.
+    """
+    if method != "plain":
+        if negative_prompt is not None or callback is not None:
+            raise ValueError(f"method {method!r} takes no negative_prompt or callback")
+        from .methods import run_method
+
+        return run_method(
+            method,
+            pipe,
+            prompt,
+            seed=seed,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            **options,
+        )
+    if options:
+        raise ValueError(f"plain generation takes no options {sorted(options)}; pass method=... to use them")
     prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
     negatives = None if negative_prompt is None else _as_list(negative_prompt, len(prompts), "negative prompts")
     cost = Cost()

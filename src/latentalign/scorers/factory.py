@@ -72,8 +72,18 @@ def save_scorer(scorer: Scorer, folder: str | Path) -> None:
     (folder / SCORER_FILE).write_text(json.dumps({"kind": scorer.kind, **scorer.scorer_config()}, indent=1) + "\n")
 
 
+SHIPPED = ("shapes-pixel", "shapes-latent", "shapes-noisy")
+
+
 def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
-    """Load a scorer written by `save_scorer` (`vae` re-attaches a pixel scorer's decoder)."""
+    """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name ("shapes-latent", ...);
+    `vae` re-attaches a pixel scorer's decoder."""
+    if str(folder) in SHIPPED:
+        from ..pipeline import SHAPES_SCORERS
+
+        folder = SHAPES_SCORERS / str(folder).split("-", 1)[1]
+        if not (folder / SCORER_FILE).exists():
+            raise FileNotFoundError(f"{folder} is missing: train it with `latentalign train scorer --ship`")
     folder = Path(folder)
     if not (folder / SCORER_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {SCORER_FILE}: not a saved latentalign scorer")

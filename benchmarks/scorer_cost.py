@@ -1,0 +1,101 @@
+"""What a scorer call costs, measured in one run: latent scorers against VAE decode + pixel CLIP.
+
+The three Shapes scorers share width and depth (configs/shapes_clip_*.json: width 64, 2 layers, 64 image tokens),
+so the difference is the decode. Also times one denoiser evaluation, the unit the methods' benchmarks convert to.
+
+python benchmarks/scorer_cost.py   # writes benchmarks/results/scorer_cost/{table.md,table.json}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from latentalign import load_pipeline
+from latentalign.adapters import Denoiser
+from latentalign.scorers import load_scorer
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/scorer_cost")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline("shapes")
+    pixel = load_scorer("shapes-pixel", vae=pipe.vae)
+    latent = load_scorer("shapes-latent")
+    noisy = load_scorer("shapes-noisy")
+    den = Denoiser(pipe)
+    z = den.initial_latents(list(range(args.batch)))
+    t = torch.full((args.batch,), 500)
+    prompts = ["a red circle left of a blue square"] * args.batch
+    cond = den.encode(prompts[:1], 1.0)  # unguided: one evaluation per latent
+    embeds = cond.prompt_embeds.expand(args.batch, -1, -1)
+
+    with torch.no_grad():
+        calls = {
+            "denoiser evaluation (UNet)": lambda: den.unet(z, 500, embeds),
+            "VAE decode": lambda: pixel.decode(z),
+            "pixel CLIP image tower (on decoded pixels)": lambda: pixel.embed_images(pixel.decode(z)),
+            "latent CLIP image tower": lambda: latent.embed_images(z),
+            "noisy CLIP image tower": lambda: noisy.embed_images(z, t),
+            "VAE decode + pixel CLIP score": lambda: pixel.score(pixel.decode(z), prompts),
+            "Latent-CLIP score": lambda: latent.score(z, prompts),
+            "NoisyCLIP score": lambda: noisy.score(z, prompts, t),
+        }
+        seconds = {name: timed(fn, args.repeats) for name, fn in calls.items()}
+        pixels = pixel.decode(z)
+        seconds["pixel CLIP image tower (on decoded pixels)"] = timed(lambda: pixel.embed_images(pixels), args.repeats)
+    per_item = {k: v / args.batch for k, v in seconds.items()}
+    unit = per_item["denoiser evaluation (UNet)"]
+    pixel_total = per_item["VAE decode + pixel CLIP score"]
+    ratios = {
+        "Latent-CLIP score / (decode + pixel CLIP score)": per_item["Latent-CLIP score"] / pixel_total,
+        "NoisyCLIP score / (decode + pixel CLIP score)": per_item["NoisyCLIP score"] / pixel_total,
+    }
+    result = {
+        "batch": args.batch,
+        "threads": args.threads,
+        "repeats": args.repeats,
+        "seconds_per_item": {k: round(v, 7) for k, v in per_item.items()},
+        "denoiser_eval_equivalents": {k: round(v / unit, 4) for k, v in per_item.items()},
+        "ratios": {k: round(v, 4) for k, v in ratios.items()},
+        "target_met": all(v <= 0.5 for v in ratios.values()),
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = [
+        f"Batch {args.batch}, {args.threads} CPU threads, median of {args.repeats} runs, no gradients.",
+        "",
+        "| call | ms per item | denoiser-evaluation equivalents |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {k} | {v * 1000:.4f} | {v / unit:.3f} |" for k, v in per_item.items()]
+    lines += ["", "| ratio | value (target <= 0.5) |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print((out / "table.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,340 @@
+"""Train the Shapes scorers (pixel CLIP, Latent-CLIP, NoisyCLIP) contrastively, with grammar hard negatives.
+
+InfoNCE (CLIP, Radford et al., 2021) where every image also faces captions that differ from its own in exactly one
+colour, shape, relation or count (as NoisyCLIP trains with corrupted prompts). The noisy scorer also learns from the
+generator's own trajectories: z_t of a sample the exact checker rejected is a hard negative image for its prompt.
+Runs as one process, or as several: `accelerate launch --multi_gpu --num_processes 2 -m latentalign.cli train
+scorer ...` (accelerate's flag; on a machine without GPUs it starts CPU processes that talk over gloo). Each process
+takes its slice of the same global batch and DDP averages the gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from ..scorers import Scorer, build_shapes_scorer, fit_preview_map, save_scorer
+from ..world import SUITE_NAMES, check, corrupt, inverse_phrasing, parse, suite
+from ..world.dataset import build_dataset
+
+KINDS = ("pixel", "latent", "noisy")
+
+
+@dataclass(frozen=True)
+class ScorerTrainConfig:
+    kind: str = "latent"  # "pixel" (rendered RGB), "latent" (VAE latents) or "noisy" (z_t and t)
+    steps: int = 3000
+    batch: int = 128  # global batch; each of P processes takes batch / P of it
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 100
+    hard_negatives: int = 3  # corrupted captions per image
+    pool_size: int = 20000  # rendered scenes
+    split: str = "train"  # never "heldout": held-out prompts are for evaluation only
+    # category shares (single_object, two_objects, relation, counting): the composite ones carry the hard cases
+    category_weights: tuple[float, ...] = (0.1, 0.3, 0.35, 0.25)
+    inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
+    trajectories: int = 3072  # noisy only: generator samples (train prompts) recorded at every step
+    trajectory_share: float = 0.5  # noisy only: share of each batch drawn from trajectories, the rest noised renders
+    checkpoint_every: int = 250
+    eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown scorer kind {self.kind!r}: choose from {', '.join(KINDS)}")
+        if self.split == "heldout":
+            raise ValueError("scorers never train on the held-out split")
+        if self.steps < 1 or self.batch < 2 or self.hard_negatives < 0:
+            raise ValueError("steps must be >= 1, batch >= 2 and hard_negatives >= 0")
+        if not 0 <= self.trajectory_share <= 1:
+            raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
+
+
+class ContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE with hard-negative captions and images that share no positive (open_clip-style dict)."""
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor,
+        captions: list[str],
+        aligned: torch.Tensor,
+        logit_scale: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """`image` (B, D) and `text` (T >= B, D) are L2-normalised; text row i < B is image i's caption, rows >= B
+        are hard negatives. Images with `aligned` False have no positive: they only serve as negatives for their
+        own caption (and any other)."""
+        b = image.shape[0]
+        logits = logit_scale * image @ text.T
+        same = torch.tensor([[a == c for c in captions[:b]] for a in captions[:b]], device=image.device)
+        eye = torch.eye(b, dtype=torch.bool, device=image.device)
+        rows = aligned.nonzero().flatten()
+        # image -> text: another copy of my own caption is not a negative
+        i2t = logits.clone()
+        i2t[:, :b] = i2t[:, :b].masked_fill(same & ~eye, float("-inf"))
+        image_to_text = F.cross_entropy(i2t[rows], rows)
+        # text -> image: an aligned image with my caption is not a negative; a misaligned one is a hard negative
+        t2i = logits[:, :b].T.masked_fill(same & ~eye & aligned[None, :], float("-inf"))
+        text_to_image = F.cross_entropy(t2i[rows], rows)
+        loss = (image_to_text + text_to_image) / 2
+        return {"loss": loss, "image_to_text": image_to_text.detach(), "text_to_image": text_to_image.detach()}
+
+
+class _Pair(nn.Module):
+    """Image and text towers in one forward, so DistributedDataParallel sees one call per step."""
+
+    def __init__(self, scorer: Scorer):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | None, captions: list[str]):
+        return self.scorer.embed_images(x, t), self.scorer.embed_text(captions), self.scorer.clip.logit_scale.exp()
+
+
+def _lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _caption(prompt: str, rng: random.Random, share: float, allowed: set[str]) -> str:
+    if parse(prompt).relation and rng.random() < share:
+        inverse = inverse_phrasing(prompt)
+        return inverse if inverse in allowed else prompt
+    return prompt
+
+
+def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
+    """Generator trajectories on train prompts, labelled by the exact checker; cached atomically at `path`."""
+    if path.exists():
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:  # safetensors keeps str metadata in the header
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return {**tensors, "prompts": json.loads(header["__metadata__"]["prompts"])}
+    from ..trajectories import record_trajectories
+    from ..world.dataset import sample_prompts
+
+    rng = random.Random(cfg.seed + 7)
+    categories = SUITE_NAMES
+    prompts = sample_prompts(cfg.trajectories, rng, split=cfg.split, weights=list(cfg.category_weights))
+    seeds = [10_000_000 + cfg.seed * cfg.trajectories + i for i in range(len(prompts))]  # never a bench seed
+    traj = record_trajectories(pipe, prompts, seeds)
+    aligned = torch.tensor([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
+    log(f"trajectories: {len(prompts)} samples over {len(categories)} categories, {aligned.float().mean():.3f} aligned")
+    tensors = {"latents": traj.latents, "timesteps": traj.timesteps, "aligned": aligned}
+    _save_tensors_atomic(path, tensors, {"prompts": json.dumps(prompts)})
+    return {**tensors, "prompts": prompts}
+
+
+def _pool(cfg: ScorerTrainConfig, vae, scaling: float | None):
+    """Rendered scenes as the scorer reads them: [0, 1] pixels, or the VAE posterior (mean, std) in latent units."""
+    weights = list(cfg.category_weights)
+    images, prompts = build_dataset(cfg.pool_size, seed=cfg.seed + 11, split=cfg.split, weights=weights)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    if vae is None:
+        return pixels, None, prompts
+    means, stds = [], []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(pixels), 500), desc="encode pool"):
+            dist = vae.encode(pixels[i : i + 500] * 2 - 1).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    return torch.cat(means), torch.cat(stds), prompts
+
+
+def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None]:
+    """A random-weight Shapes scorer of `cfg.kind` matched to `pipe`'s VAE (and its preview map, for noisy)."""
+    scaling = float(pipe.vae.config.scaling_factor)
+    preview = None
+    if cfg.kind == "noisy":
+        images, _ = build_dataset(512, seed=cfg.seed + 13, split=cfg.split, progress=False)
+        pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        with torch.no_grad():
+            latents = pipe.vae.encode(pixels * 2 - 1).latent_dist.mean
+        preview = fit_preview_map(latents, pixels)
+    return build_shapes_scorer(cfg.kind, scaling, preview_map=preview, seed=cfg.seed), preview
+
+
+def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=None, log=print) -> Path:
+    """Train a Shapes scorer for `pipe` into `out/scorer` (resumes from `out/checkpoint`); returns that folder."""
+    from accelerate import Accelerator
+
+    acc = accelerator or Accelerator(cpu=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    if acc.num_processes > 1 and cfg.batch % acc.num_processes:
+        raise ValueError(f"batch {cfg.batch} does not split over {acc.num_processes} processes")
+    main = acc.is_main_process
+    pipe.vae.requires_grad_(False)
+    scaling = float(pipe.vae.config.scaling_factor)
+    scorer, _ = build_scorer_for(cfg, pipe)
+    scorer.train()
+    opt = torch.optim.AdamW(scorer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    meta = {"step": 0, "seconds": 0.0, "losses": {}, "config": json.loads(json.dumps(asdict(cfg)))}
+    if main:
+        recover_checkpoint(ckpt)
+    acc.wait_for_everyone()
+    if (ckpt / "meta.json").exists():
+        saved = json.loads((ckpt / "meta.json").read_text())
+        if saved["config"] != meta["config"]:
+            raise ValueError(f"{ckpt} was written with another config; remove it or pass the same settings")
+        meta = load_checkpoint(ckpt, {"scorer": scorer}, opt)
+        log(f"resuming from {ckpt} at step {meta['step']}")
+    t_start = time.time() - meta["seconds"]
+
+    first, second, prompts = _pool(cfg, None if cfg.kind == "pixel" else pipe.vae, scaling)
+    allowed = {p for name in SUITE_NAMES for p in suite(name, cfg.split)}
+    traj = None
+    if cfg.kind == "noisy" and cfg.trajectory_share > 0:
+        if main:
+            trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
+        acc.wait_for_everyone()
+        traj = trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
+    n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
+    noise_sched = None
+    if cfg.kind == "noisy":
+        from diffusers import DDPMScheduler
+
+        noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
+
+    model = acc.prepare(_Pair(scorer))
+    loss_fn = ContrastiveLoss()
+    share = cfg.batch // acc.num_processes
+    local = slice(acc.process_index * share, (acc.process_index + 1) * share)
+    bar = tqdm(
+        range(meta["step"], cfg.steps),
+        desc=f"train {cfg.kind} scorer",
+        initial=meta["step"],
+        total=cfg.steps,
+        disable=not main,
+    )
+    for step in bar:
+        # The global batch is drawn from (seed, step) alone: every process sees the same draw, keeps its slice.
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        rng = random.Random(cfg.seed * 1_000_003 + step)
+        n_render = cfg.batch - n_traj
+        idx = torch.randint(0, len(prompts), (n_render,), generator=g)
+        captions = [_caption(prompts[i], rng, cfg.inverse_phrasing, allowed) for i in idx.tolist()]
+        aligned = torch.ones(cfg.batch, dtype=torch.bool)
+        t = None
+        if cfg.kind == "pixel":
+            x = first[idx]
+        else:
+            x = (first[idx] + second[idx] * torch.randn(first[idx].shape, generator=g)) * scaling
+        if cfg.kind == "noisy":
+            t = torch.randint(0, noise_sched.config.num_train_timesteps, (n_render,), generator=g)
+            x = noise_sched.add_noise(x, torch.randn(x.shape, generator=g), t)
+            if n_traj:
+                j = torch.randint(0, len(traj["prompts"]), (n_traj,), generator=g)
+                s = torch.randint(0, traj["latents"].shape[1], (n_traj,), generator=g)
+                x = torch.cat([x, traj["latents"][j, s]])
+                t = torch.cat([t, traj["timesteps"][s].long()])
+                captions += [traj["prompts"][k] for k in j.tolist()]
+                aligned[n_render:] = traj["aligned"][j]
+        order = torch.randperm(cfg.batch, generator=g)  # mix renders and trajectories across processes
+        x, aligned = x[order], aligned[order]
+        t = t[order] if t is not None else None
+        captions = [captions[i] for i in order.tolist()]
+        negatives = [corrupt(c, rng) for c in captions for _ in range(cfg.hard_negatives)]
+        # this process's share: its images, its captions and its images' hard negatives
+        x, aligned = x[local], aligned[local]
+        t = t[local] if t is not None else None
+        mine = captions[local]
+        negs = negatives[local.start * cfg.hard_negatives : local.stop * cfg.hard_negatives]
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        image, text, scale = model(x, t, mine + negs)
+        terms = loss_fn(image, text, mine, aligned, scale)
+        opt.zero_grad(set_to_none=True)
+        acc.backward(terms["loss"])
+        torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            scorer.clip.logit_scale.clamp_(0, math.log(100))
+        bar.set_postfix(loss=f"{terms['loss'].item():.3f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            meta.update(step=step + 1, seconds=time.time() - t_start)
+            meta["losses"][str(step + 1)] = round(terms["loss"].item(), 4)
+            if main:
+                save_checkpoint(ckpt, {"scorer": scorer}, opt, meta)
+            acc.wait_for_everyone()
+
+    final = out / "scorer"
+    if main:
+        scorer.eval()
+        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".scorer-"))
+        save_scorer(scorer, tmp)
+        report = {k: v for k, v in meta.items() if k != "param_groups"}
+        report["processes"] = acc.num_processes
+        report["seconds"] = round(time.time() - t_start, 1)
+        report["zero_shot"] = zero_shot_accuracy(scorer, pipe, split="heldout", per_suite=cfg.eval_per_suite)
+        (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        log(f"saved {final} after {report['seconds'] / 60:.1f} min; zero-shot {report['zero_shot']}")
+    acc.wait_for_everyone()
+    return final
+
+
+@torch.no_grad()
+def zero_shot_accuracy(
+    scorer: Scorer, pipe, *, split: str = "heldout", per_suite: int = 200, labels: int = 6, seed: int = 123
+) -> dict[str, float]:
+    """Zero-shot classification of renders of `split` prompts: the true prompt against `labels - 1` corruptions
+    (one colour, shape, relation or count changed); per suite, the share where the true prompt wins. Latent and
+    noisy scorers read the VAE latents of the render (noisy at the smallest timestep of the default schedule)."""
+    rng = random.Random(seed)
+    result = {}
+    scaling = float(pipe.vae.config.scaling_factor)
+    for name in SUITE_NAMES:
+        prompts = [rng.choice(suite(name, split)) for _ in range(per_suite)]
+        from ..world.render import render, to_array
+
+        pixels = (
+            torch.from_numpy(np.stack([to_array(render(p, rng.randrange(2**31))) for p in prompts]))
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255
+        )
+        if scorer.space == "pixels":
+            x, t = pixels, None
+        else:
+            x, t = pipe.vae.encode(pixels * 2 - 1).latent_dist.mean * scaling, None
+            if scorer.space == "noisy_latents":
+                t = torch.zeros(len(prompts), dtype=torch.long)
+        correct = 0
+        for i, p in enumerate(prompts):
+            options = [p]
+            while len(options) < labels:
+                c = corrupt(p, rng)
+                if c not in options:
+                    options.append(c)
+            ti = None if t is None else t[i : i + 1]
+            correct += int(scorer.classify(x[i : i + 1], options, ti).argmax() == 0)
+        result[name] = round(correct / len(prompts), 4)
+    return result

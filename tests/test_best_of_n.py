@@ -1,0 +1,118 @@
+"""Best-of-N and early exit on tiny components: N=1 is plain generation, batching and memory limits change
+nothing, pruning follows its schedule, cost adds up, bad options fail before any work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latentalign import generate
+from latentalign.bench import auroc
+from latentalign.methods import PruneSchedule, best_of_n, early_exit_schedule, successive_halving_schedule
+from latentalign.methods.best_of_n import SEED_STRIDE
+from latentalign.scorers import build_shapes_scorer, fit_preview_map
+
+
+@pytest.fixture(scope="module")
+def scorers(tiny_shapes_pipeline):
+    vae = tiny_shapes_pipeline.vae
+    scale = vae.config.scaling_factor
+    preview = fit_preview_map(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 32, 32))
+    return {
+        "pixel": build_shapes_scorer("pixel", scale, vae=vae),
+        "latent": build_shapes_scorer("latent", scale),
+        "noisy": build_shapes_scorer("noisy", scale, preview_map=preview),
+    }
+
+
+def _pixels(result) -> list[np.ndarray]:
+    return [np.asarray(im) for im in result.images]
+
+
+def test_n1_equals_plain_generation(tiny_shapes_pipeline, scorers):
+    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
+    bon = best_of_n(tiny_shapes_pipeline, prompts, scorer=scorers["pixel"], n=1, seed=seeds)
+    for i, (p, s) in enumerate(zip(prompts, seeds, strict=True)):  # Best-of-N denoises one prompt at a time
+        plain = generate(tiny_shapes_pipeline, p, seed=s)
+        assert torch.equal(plain.latents[0], bon.latents[i])
+        assert (_pixels(plain)[0] == _pixels(bon)[i]).all()
+    assert bon.chosen == [0, 0] and bon.cost.scorer_calls == 0
+
+
+def test_chosen_candidate_is_the_best_scored_and_reproducible(tiny_shapes_pipeline, scorers):
+    bon = best_of_n(tiny_shapes_pipeline, "a red circle", scorer=scorers["latent"], n=4, seed=1)
+    finals = [s["final"] for s in bon.scores[0]]
+    assert bon.chosen[0] == int(np.argmax(finals))
+    winner = generate(tiny_shapes_pipeline, "a red circle", seed=1 + bon.chosen[0] * SEED_STRIDE)
+    assert torch.allclose(winner.latents, bon.latents, rtol=1e-4, atol=1e-3)
+    again = best_of_n(tiny_shapes_pipeline, "a red circle", scorer=scorers["latent"], n=4, seed=1)
+    assert again.scores == bon.scores
+
+
+def test_max_batch_changes_nothing(tiny_shapes_pipeline, scorers):
+    schedule = PruneSchedule((1,), (2,))
+    kwargs = dict(scorer=scorers["noisy"], n=4, seed=0, schedule=schedule)
+    big = best_of_n(tiny_shapes_pipeline, "a red circle left of a blue square", max_batch=64, **kwargs)
+    small = best_of_n(tiny_shapes_pipeline, "a red circle left of a blue square", max_batch=1, **kwargs)
+    assert big.chosen == small.chosen and big.pruned_at == small.pruned_at
+    assert torch.allclose(big.latents, small.latents, rtol=1e-4, atol=1e-3)
+
+
+def test_early_exit_prunes_on_schedule_and_counts_cost(tiny_shapes_pipeline, scorers):
+    steps, n = 3, 4  # the tiny pipeline's default schedule has 3 steps, guidance 2.0 (two evaluations a step)
+    schedule = PruneSchedule((1, 2), (2, 1))
+    r = best_of_n(tiny_shapes_pipeline, "two red circles", scorer=scorers["noisy"], n=n, seed=0, schedule=schedule)
+    pruned = r.pruned_at[0]
+    assert sorted(p for p in pruned if p is not None) == [1, 1, 2] and pruned.count(None) == 1
+    assert pruned[r.chosen[0]] is None
+    assert all("step 1" in s for s in r.scores[0]) and sum("step 2" in s for s in r.scores[0]) == 2
+    assert r.cost.denoiser_evals == 2 * (n * 1 + 2 * 1 + 1 * (steps - 2))
+    assert r.cost.scorer_calls == n + 2 and r.cost.vae_decodes == 1
+
+
+def test_full_pixel_best_of_n_decodes_every_candidate(tiny_shapes_pipeline, scorers):
+    r = best_of_n(tiny_shapes_pipeline, "a red circle", scorer=scorers["pixel"], n=3, seed=0)
+    assert r.cost.vae_decodes == 3 + 1 and r.cost.scorer_calls == 3 and r.cost.denoiser_evals == 2 * 3 * 3
+
+
+def test_generate_dispatches_methods(tiny_shapes_pipeline, scorers):
+    r = generate(tiny_shapes_pipeline, "a red circle", seed=0, method="early-exit", n=4, scorer=scorers["noisy"])
+    assert r.settings["prune_steps"] == [1] and r.settings["keep"] == [1]
+    with pytest.raises(ValueError, match="unknown method"):
+        generate(tiny_shapes_pipeline, "a red circle", method="best-of-all")
+    with pytest.raises(ValueError, match="no options"):
+        generate(tiny_shapes_pipeline, "a red circle", n=4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n=0), "n must be"),
+        (dict(n=4, schedule=PruneSchedule((1,), (5,))), "keep counts"),
+        (dict(n=4, schedule=PruneSchedule((3,), (1,))), "prune steps"),
+        (dict(n=4, schedule=PruneSchedule((2, 1), (2, 1))), "prune steps"),
+        (dict(n=4, schedule=PruneSchedule((1,), ())), "differ in length"),
+        (dict(n=4, max_batch=0), "max_batch"),
+    ],
+)
+def test_bad_options_fail_before_work(tiny_shapes_pipeline, scorers, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        best_of_n(tiny_shapes_pipeline, "a red circle", scorer=scorers["noisy"], **kwargs)
+
+
+def test_schedules():
+    assert early_exit_schedule(1, 20) == PruneSchedule()
+    assert early_exit_schedule(8, 20) == PruneSchedule((5,), (2,))
+    halving = successive_halving_schedule(8, 20)
+    assert halving.keep == (4, 2, 1) and len(halving.steps) == 3
+    halving.validate(8, 20)
+
+
+def test_auroc():
+    assert auroc([0.9, 0.8, 0.1, 0.2], [1, 1, 0, 0]) == 1.0
+    assert auroc([0.1, 0.2, 0.9, 0.8], [1, 1, 0, 0]) == 0.0
+    assert auroc([0.5, 0.5], [1, 0]) == 0.5
+    assert auroc([0.3, 0.1, 0.2, 0.4], [1, 0, 1, 0]) == 0.5
+    with pytest.raises(ValueError):
+        auroc([0.1, 0.2], [1, 1])
