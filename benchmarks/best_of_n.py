@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
 from latentalign.bench import read_rows, wilson_interval
-from latentalign.generate import sampling_defaults
+from latentalign.generate import sampling_defaults, to_pil
 from latentalign.methods import PruneSchedule, best_of_n, successive_halving_schedule
 from latentalign.methods.best_of_n import SEED_STRIDE
 from latentalign.scorers import load_scorer
@@ -80,6 +80,7 @@ def run_candidates(pipe, scorers, jobs, out: Path, state: PartialState) -> list[
     shard = out / f"candidates.rank{state.process_index}.jsonl"
     done = {key(r) for path in out.glob("candidates.rank*.jsonl") for r in read_rows(path)}
     mine = [j for j in jobs[state.process_index :: state.num_processes] if (j[1], j[2]) not in done]
+    state.wait_for_everyone()  # every shard is read (and a torn last line cut) before anyone appends
     with shard.open("a") as f:
         for name, prompt, group in tqdm(mine, desc=f"candidates (rank {state.process_index})"):
             f.write(json.dumps(candidate_row(pipe, scorers, name, prompt, group)) + "\n")
@@ -97,13 +98,14 @@ def unit_costs(pipe, scorers, repeats: int = 10) -> dict[str, float]:
     embeds = den.encode([prompt], 1.0).prompt_embeds.expand(MAX_N, -1, -1)
     t = torch.full((MAX_N,), 500)
     pixels = scorers["pixel"].decode(z)
+    images = to_pil(pixels)
     calls = {
         "denoiser_eval": lambda: den.unet(z, 500, embeds),
         "vae_decode": lambda: den.decode(z),
         "pixel_score": lambda: scorers["pixel"].score(pixels, prompt),
         "latent_score": lambda: scorers["latent"].score(z, prompt),
         "noisy_score": lambda: scorers["noisy"].score(z, prompt, t),
-        "check": lambda: [check(im, prompt) for im in [pixels]],
+        "check": lambda: [check(im, prompt) for im in images],
     }
     result = {}
     with torch.no_grad():
@@ -129,7 +131,7 @@ def methods_for(n: int, steps: int) -> dict[str, dict]:
     }
     for frac in (0.1, 0.2, 0.3, 0.4):
         k = max(1, round(frac * steps))
-        for keep in sorted({1, max(1, n // 4), max(1, n // 2)}):
+        for keep in sorted({1, max(1, n // 4), max(1, 3 * n // 8), max(1, n // 2)}):
             for scorer in ("noisy", "latent_x0"):
                 label = "NoisyCLIP" if scorer == "noisy" else "Latent-CLIP on x0"
                 m[f"early exit, {label}, k={k}, m={keep}"] = {
@@ -196,7 +198,13 @@ def compute(method: dict, n: int, steps: int, guided: bool, unit: dict[str, floa
         if alive > 1:
             final = method["final"].split("_")[0]
             calls[final] = calls.get(final, 0) + alive
-    cost_key = {"noisy": "noisy_score", "latent": "latent_score", "pixel": "pixel_score", "check": "check"}
+    cost_key = {
+        "noisy": "noisy_score",
+        "latent": "latent_score",
+        "latent_x0": "latent_score",
+        "pixel": "pixel_score",
+        "check": "check",
+    }
     seconds = evals * unit["denoiser_eval"] + decodes * unit["vae_decode"]
     seconds += sum(c * unit[cost_key[s]] for s, c in calls.items())
     return {

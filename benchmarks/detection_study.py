@@ -70,7 +70,11 @@ def main() -> None:
     ap.add_argument("--prompts-per-suite", type=int, default=48)
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/results/detection")
+    ap.add_argument("--report-only", action="store_true", help="redraw table.md and auroc.png from table.json")
     args = ap.parse_args()
+    if args.report_only:
+        write_report(Path(args.out), json.loads((Path(args.out) / "table.json").read_text()))
+        return
     torch.manual_seed(0)
     pipe = load_pipeline("shapes")
     scorers = {name: load_scorer(key, vae=pipe.vae) for name, (key, _) in SCORERS.items()}
@@ -99,29 +103,36 @@ def main() -> None:
         }
         print(name, table[name]["auroc"], "final", table[name]["final_auroc"])
 
-    reference = table["pixel CLIP on decoded x0"]["final_auroc"]
-    target_step = int(np.ceil(0.4 * steps))  # steps done when 40% of the schedule has run
-    noisy = table["NoisyCLIP on z_t"]["auroc"]
-    # the score at step s reads z_t before update s, i.e. after s steps of denoising
-    reached = next((s for s, a in enumerate(noisy) if a >= 0.9 * reference), None)
     summary = {
         "candidates": len(prompts),
         "aligned_share": round(float(labels.mean()), 4),
         "per_suite_aligned": {n: round(float(labels[np.array(suites) == n].mean()), 4) for n in SUITE_NAMES},
         "steps": steps,
-        "reference_final_pixel_auroc": reference,
-        "noisy_reaches_0.9_reference_at_step": reached,
-        "noisy_auroc_at_40pct": noisy[target_step],
-        "target_met": reached is not None and reached <= target_step,
         "scorers": table,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_report(out, summary)
+
+
+def target(summary: dict, key: str) -> dict:
+    """When NoisyCLIP on z_t first reaches 0.9 of the final pixel-CLIP AUROC (`key`: pooled or within prompt)."""
+    steps = summary["steps"]
+    reference = summary["scorers"]["pixel CLIP on decoded x0"][f"final_{key}"]
+    noisy = summary["scorers"]["NoisyCLIP on z_t"][key]
+    by = int(np.ceil(0.4 * steps))  # z_t at step s has seen s denoising steps
+    reached = next((s for s, a in enumerate(noisy) if a >= 0.9 * reference), None)
+    return {"reference": reference, "reached_at": reached, "by": by, "met": reached is not None and reached <= by}
+
+
+def write_report(out: Path, summary: dict) -> None:
+    steps, table = summary["steps"], summary["scorers"]
     lines = [
-        f"{len(prompts)} held-out candidates ({labels.mean():.1%} aligned by the exact checker), {steps} DDIM steps.",
-        "AUROC at the start of step s (after s of the steps have run): pooled over all candidates"
-        " / mean within prompt.",
+        f"{summary['candidates']} held-out candidates ({summary['aligned_share']:.1%} aligned by the exact checker; "
+        f"per suite {json.dumps(summary['per_suite_aligned'])}), {steps} DDIM steps.",
+        "AUROC of aligned vs misaligned at the start of step s (after s steps): pooled over all candidates / mean "
+        "within prompt (over prompts with both kinds; the Best-of-N view).",
         "",
         "| scorer | " + " | ".join(f"s={s}" for s in range(0, steps, 2)) + " | final |",
         "|---|" + "---:|" * (len(range(0, steps, 2)) + 1),
@@ -130,26 +141,31 @@ def main() -> None:
         cells = [f"{row['auroc'][s]:.3f} / {row['within_prompt_auroc'][s]:.3f}" for s in range(0, steps, 2)]
         final = f"{row['final_auroc']:.3f} / {row['final_within_prompt_auroc']:.3f}"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {final} |")
-    lines += [
-        "",
-        f"Reference: final-step pixel CLIP AUROC {reference:.3f}; 0.9 of it = {0.9 * reference:.3f}.",
-        f"NoisyCLIP reaches it at step {reached} of {steps} (target: by step {target_step}, 40%): "
-        f"{'met' if summary['target_met'] else 'NOT met'}.",
-    ]
+    lines.append("")
+    for key, label in (("auroc", "pooled"), ("within_prompt_auroc", "within prompt")):
+        t = target(summary, key)
+        lines.append(
+            f"- {label}: final pixel CLIP {t['reference']:.3f}, 0.9 of it {0.9 * t['reference']:.3f}; NoisyCLIP "
+            f"reaches it at step {t['reached_at']} (target: by step {t['by']} of {steps}): "
+            f"{'met' if t['met'] else 'NOT met'}."
+        )
     (out / "table.md").write_text("\n".join(lines) + "\n")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     frac = np.arange(steps) / steps
-    for name, row in table.items():
-        ax.plot(frac, row["auroc"], marker="o", ms=3, label=name)
-    ax.axhline(reference, color="k", ls=":", lw=1, label="pixel CLIP, final image")
-    ax.axhline(0.9 * reference, color="grey", ls="--", lw=1, label="0.9 x that")
-    ax.axvline(0.4, color="grey", lw=0.8)
-    ax.set_xlabel("fraction of denoising steps done")
-    ax.set_ylabel("AUROC aligned vs misaligned (held-out)")
-    ax.set_ylim(0.4, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    for ax, (key, label) in zip(axes, (("auroc", "pooled"), ("within_prompt_auroc", "within prompt")), strict=True):
+        for name, row in table.items():
+            ax.plot(frac, row[key], marker="o", ms=3, label=name)
+        reference = table["pixel CLIP on decoded x0"][f"final_{key}"]
+        ax.axhline(reference, color="k", ls=":", lw=1, label="pixel CLIP, final image")
+        ax.axhline(0.9 * reference, color="grey", ls="--", lw=1, label="0.9 x that")
+        ax.axvline(0.4, color="grey", lw=0.8)
+        ax.set_title(f"AUROC, {label}")
+        ax.set_xlabel("fraction of denoising steps done")
+        ax.set_ylim(0.4, 1.0)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AUROC aligned vs misaligned (held-out)")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "auroc.png", dpi=120)
     print((out / "table.md").read_text())

@@ -116,3 +116,20 @@ def test_auroc():
     assert auroc([0.3, 0.1, 0.2, 0.4], [1, 0, 1, 0]) == 0.5
     with pytest.raises(ValueError):
         auroc([0.1, 0.2], [1, 1])
+
+
+def test_trajectories_match_plain_generation(tiny_shapes_pipeline):
+    from latentalign.trajectories import record_trajectories
+
+    prompts, seeds = ["a red circle", "two blue squares", "a red circle"], [0, 1, 2]
+    traj = record_trajectories(tiny_shapes_pipeline, prompts, seeds, batch=2, progress=False)
+    plain = generate(tiny_shapes_pipeline, prompts, seed=seeds)
+    assert traj.latents.shape == (3, 3, 4, 8, 8) and traj.x0.shape == (3, 3, 4, 8, 8)
+    assert torch.allclose(traj.final, plain.latents, rtol=1e-4, atol=1e-3)
+    # step 0 sees the seed's noise; later steps differ from it
+    assert torch.equal(traj.latents[0, 0], tiny_shapes_pipeline.scheduler.init_noise_sigma * first_noise(seeds[0]))
+    assert not torch.equal(traj.latents[0, 1], traj.latents[0, 0])
+
+
+def first_noise(seed: int) -> torch.Tensor:
+    return torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))[0]

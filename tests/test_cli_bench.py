@@ -54,6 +54,8 @@ def test_generate_writes_image_and_record(pipe_dir, tmp_path, capsys):
         (["a purple dog"], "purple"),
         ([PROMPT, "--steps", "0"], "--steps"),
         ([PROMPT, "--seed", "-1"], "--seed"),
+        ([PROMPT, "--n", "4"], "--method"),
+        ([PROMPT, "--method", "early-exit", "--n", "0"], "--n"),
     ],
 )
 def test_generate_rejects_bad_input_before_loading(pipe_dir, tmp_path, capsys, monkeypatch, argv, message):
@@ -148,3 +150,19 @@ def test_wilson_interval():
     assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
     assert wilson_interval(10, 10)[1] == 1.0
     assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_generate_with_early_exit_records_candidates(pipe_dir, tmp_path, capsys):
+    from latentalign.scorers import build_shapes_scorer, fit_preview_map, save_scorer
+
+    preview = fit_preview_map(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 32, 32))
+    scorer_dir = tmp_path / "noisy"
+    save_scorer(build_shapes_scorer("noisy", 0.5, preview_map=preview), scorer_dir)
+    out = tmp_path / "gen"
+    argv = ["generate", PROMPT, "--out", str(out), "--model", str(pipe_dir), "--method", "early-exit", "--n", "4"]
+    assert main([*argv, "--scorer", str(scorer_dir)]) == 0
+    record = json.loads((out / "a_red_circle_left_of_a_blue_square_s0.json").read_text())
+    assert record["method"] == "early-exit" and len(record["candidate_scores"]) == 4
+    assert record["pruned_at"].count(None) == 1 and record["pruned_at"][record["chosen"]] is None
+    # 4 candidates for the first step, then one for the second, two evaluations each (guidance)
+    assert record["cost"]["denoiser_evals"] == 2 * (4 + 1) and record["cost"]["scorer_calls"] == 4

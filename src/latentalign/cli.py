@@ -99,7 +99,13 @@ def _generate(args: argparse.Namespace) -> int:
     if args.n is not None and args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     if args.method == "plain" and (args.n is not None or args.scorer):
-        raise ValueError("--n and --scorer need --method best-of-n, early-exit or successive-halving")
+        raise ValueError("--n and --scorer need a --method other than plain")
+    if args.method != "noise-optimization" and (args.avoid or args.iterations is not None):
+        raise ValueError("--avoid and --iterations need --method noise-optimization")
+    if args.method == "noise-optimization" and args.n is not None:
+        raise ValueError("--n is for the Best-of-N methods")
+    if args.iterations is not None and args.iterations < 0:
+        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     _check_settings(args)
     shapes = _world_of(args.model) == "shapes"
     if shapes:
@@ -114,7 +120,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .pipeline import load_pipeline
 
     options = {}
-    if args.method != "plain":
+    if args.method == "noise-optimization":
+        options = {"scorer": args.scorer, "avoid": args.avoid, "iterations": args.iterations}
+    elif args.method != "plain":
         options = {"n": 4 if args.n is None else args.n, "scorer": args.scorer, "max_batch": args.max_batch}
     pipe = load_pipeline(args.model)
     result = generate(
@@ -135,7 +143,9 @@ def _generate(args: argparse.Namespace) -> int:
         "settings": result.settings,
         "cost": result.cost.to_dict(),
     }
-    if args.method != "plain":
+    if args.method == "noise-optimization":
+        record.update(rewards=result.rewards[0], best_iteration=result.best_iteration[0])
+    elif args.method != "plain":
         record.update(
             chosen=result.chosen[0],
             candidate_seeds=result.candidate_seeds[0],
@@ -257,12 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--method",
         default="plain",
-        choices=["plain", "best-of-n", "early-exit", "successive-halving"],
+        choices=["plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization"],
         help="alignment method (default: plain sampling)",
     )
     gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
     gen.add_argument("--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy)")
     gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
+    gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
+    gen.add_argument("--iterations", type=int, default=None, help="noise-optimization iterations (default 50)")
     _add_sampling_args(gen)
     gen.set_defaults(func=_generate)
 

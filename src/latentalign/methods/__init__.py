@@ -11,10 +11,22 @@ from .best_of_n import (
     early_exit_schedule,
     successive_halving_schedule,
 )
+from .noise_optimization import (
+    NoiseOptimizationConfig,
+    NoiseOptimizationResult,
+    Reward,
+    chi_regulariser,
+    noise_optimization,
+)
 
-METHODS = ("plain", "best-of-n", "early-exit", "successive-halving")
+METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization")
 # the scorer each method uses on the Shapes world when none is given
-DEFAULT_SCORERS = {"best-of-n": "shapes-pixel", "early-exit": "shapes-noisy", "successive-halving": "shapes-noisy"}
+DEFAULT_SCORERS = {
+    "best-of-n": "shapes-pixel",
+    "early-exit": "shapes-noisy",
+    "successive-halving": "shapes-noisy",
+    "noise-optimization": "shapes-latent",
+}
 
 
 def resolve_scorer(scorer: Scorer | str | None, pipe, method: str) -> Scorer:
@@ -30,7 +42,58 @@ def resolve_scorer(scorer: Scorer | str | None, pipe, method: str) -> Scorer:
     return load_scorer(scorer, vae=pipe.vae)
 
 
-def run_method(
+def run_method(method: str, pipe, prompt: str | list[str], **options):
+    """`generate(..., method=...)`: the Best-of-N family or noise optimisation; checks options before any work."""
+    if method not in METHODS or method == "plain":
+        raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    if method == "noise-optimization":
+        return run_noise_optimization(pipe, prompt, **options)
+    return run_best_of_n(method, pipe, prompt, **options)
+
+
+def concept_texts(pipe, concept: str) -> list[str]:
+    """What an avoid reward compares against: on the Shapes world, a colour or shape word becomes every
+    single-object prompt that names it (the scorers were trained on prompts, not bare words)."""
+    if sampling_defaults(pipe).world != "shapes":
+        return [concept]
+    from ..world import suite, vocabulary
+
+    vocab = vocabulary()
+    if concept not in vocab["colours"] + vocab["shapes"]:
+        raise ValueError(f"--avoid takes a Shapes colour or shape, got {concept!r}")
+    return [p for p in suite("single_object", "all") if concept in p.split()]
+
+
+def run_noise_optimization(
+    pipe,
+    prompt: str | list[str],
+    *,
+    seed: int | list[int] = 0,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    rewards: list[Reward] | None = None,
+    scorer: Scorer | str | None = None,
+    avoid: str | None = None,
+    avoid_weight: float = 1.0,
+    iterations: int | None = None,
+    lr: float | None = None,
+) -> NoiseOptimizationResult:
+    """Noise optimisation with `rewards`, or by default the scorer's reward for the prompt (plus `avoid`)."""
+    config = NoiseOptimizationConfig()
+    changes = {"iterations": iterations, "lr": lr, "num_inference_steps": num_inference_steps}
+    config = NoiseOptimizationConfig(**{**config.__dict__, **{k: v for k, v in changes.items() if v is not None}})
+    resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)
+    if rewards is not None and (scorer is not None or avoid is not None):
+        raise ValueError("pass rewards=..., or scorer/avoid to build them, not both")
+    if rewards is None:
+        chosen = resolve_scorer(scorer, pipe, "noise-optimization")
+        rewards = [Reward(chosen)]
+        if avoid is not None:
+            rewards.append(Reward(chosen, avoid_weight, concept_texts(pipe, avoid), avoid=True))
+    return noise_optimization(pipe, prompt, rewards=rewards, seed=seed, config=config, guidance_scale=guidance_scale)
+
+
+def run_best_of_n(
     method: str,
     pipe,
     prompt: str | list[str],
@@ -45,9 +108,7 @@ def run_method(
     keep: tuple[int, ...] | None = None,
     max_batch: int = 64,
 ) -> BestOfNResult:
-    """`generate(..., method=...)` for the Best-of-N family; checks every option before any work."""
-    if method not in METHODS or method == "plain":
-        raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+    """Best-of-N, early exit or successive halving; checks every option before any work."""
     _, _, steps, _ = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -82,6 +143,13 @@ def run_method(
 
 __all__ = [
     "METHODS",
+    "NoiseOptimizationConfig",
+    "NoiseOptimizationResult",
+    "Reward",
+    "chi_regulariser",
+    "noise_optimization",
+    "run_noise_optimization",
+    "run_best_of_n",
     "BestOfNResult",
     "PruneSchedule",
     "best_of_n",

@@ -1,0 +1,122 @@
+"""Noise optimisation (ReNO) on tiny components: zero learning rate is the baseline, the regulariser stays
+finite, a one-step pipeline works, non-finite gradients never reach the noise, bad options fail first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentalign import generate
+from latentalign.methods import NoiseOptimizationConfig, Reward, chi_regulariser, noise_optimization
+from latentalign.scorers import LatentCLIPScorer, build_shapes_scorer
+
+
+@pytest.fixture(scope="module")
+def latent_scorer(tiny_shapes_pipeline):
+    return build_shapes_scorer("latent", tiny_shapes_pipeline.vae.config.scaling_factor)
+
+
+@pytest.fixture(scope="module")
+def pixel_scorer(tiny_shapes_pipeline):
+    vae = tiny_shapes_pipeline.vae
+    return build_shapes_scorer("pixel", vae.config.scaling_factor, vae=vae)
+
+
+def test_zero_learning_rate_returns_the_baseline(tiny_shapes_pipeline, latent_scorer):
+    cfg = NoiseOptimizationConfig(iterations=3, lr=0.0, num_inference_steps=2)
+    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=[Reward(latent_scorer)], seed=5, config=cfg)
+    plain = generate(tiny_shapes_pipeline, "a red circle", seed=5, num_inference_steps=2)
+    assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
+    assert r.best_iteration == [0] and len(r.rewards[0]) == 4 and len(set(r.rewards[0])) == 1
+
+
+def test_optimisation_moves_the_noise_and_keeps_the_best_iterate(tiny_shapes_pipeline, latent_scorer, pixel_scorer):
+    cfg = NoiseOptimizationConfig(iterations=4, lr=5.0, num_inference_steps=2)
+    rewards = [Reward(latent_scorer), Reward(pixel_scorer, 0.5), Reward(latent_scorer, 1.0, "a blue square", True)]
+    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=rewards, seed=0, config=cfg)
+    history = r.rewards[0]
+    assert len(set(history)) > 1  # the noise moved
+    assert history[r.best_iteration[0]] == max(history)
+    assert r.cost.denoiser_evals == 5 * 2 * 2  # iterates x steps x (guided: two evaluations)
+    assert r.cost.vae_decodes == 5 + 1 and r.skipped_updates == [0]
+
+
+@pytest.mark.parametrize("scale", [0.0, 1e-30, 1.0, 1e15])
+def test_regulariser_gradient_is_finite(scale):
+    z = (torch.randn(2, 4, 8, 8) * scale).requires_grad_(True)
+    reg = chi_regulariser(z, 0.01)
+    reg.sum().backward()
+    assert torch.isfinite(reg).all() and torch.isfinite(z.grad).all()
+
+
+def test_regulariser_is_smallest_near_the_typical_norm():
+    d = 256
+    norms = torch.tensor([1.0, (d - 1) ** 0.5, 100.0])
+    z = norms[:, None] * torch.nn.functional.normalize(torch.ones(3, d), dim=-1)
+    reg = chi_regulariser(z, 1.0)
+    assert reg[1] < reg[0] and reg[1] < reg[2]
+
+
+def test_one_step_pipeline(tiny_sd_pipeline):
+    scorer = build_shapes_scorer("latent", tiny_sd_pipeline.vae.config.scaling_factor)
+    cfg = NoiseOptimizationConfig(iterations=2, num_inference_steps=1)
+    r = noise_optimization(tiny_sd_pipeline, "a red ball", rewards=[Reward(scorer)], config=cfg, guidance_scale=0.0)
+    assert r.images[0].size == (16, 16) and len(r.rewards[0]) == 3
+    assert r.cost.denoiser_evals == 3 and torch.isfinite(r.latents).all()
+
+
+class NaNScorer(LatentCLIPScorer):
+    def score(self, x, prompts, t=None):
+        return super().score(x, prompts, t) + torch.sqrt(x.sum() * 0 - 1)
+
+
+def test_non_finite_gradients_never_reach_the_noise(tiny_shapes_pipeline, latent_scorer):
+    nan = NaNScorer(latent_scorer.clip, latent_scorer.tokenizer, latent_scorer.vae_scaling_factor)
+    cfg = NoiseOptimizationConfig(iterations=2, num_inference_steps=2)
+    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=[Reward(nan)], seed=1, config=cfg)
+    plain = generate(tiny_shapes_pipeline, "a red circle", seed=1, num_inference_steps=2)
+    assert r.skipped_updates == [2] and r.best_iteration == [0]
+    assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda s: dict(rewards=[]), "at least one"),
+        (lambda s: dict(rewards=[s]), "Reward objects"),
+        (lambda s: dict(rewards=[Reward(s)], config=NoiseOptimizationConfig(iterations=1), seed=-1), "seeds"),
+    ],
+)
+def test_bad_options(tiny_shapes_pipeline, latent_scorer, make, match):
+    with pytest.raises(ValueError, match=match):
+        noise_optimization(tiny_shapes_pipeline, "a red circle", **make(latent_scorer))
+
+
+def test_bad_config_and_rewards():
+    with pytest.raises(ValueError):
+        NoiseOptimizationConfig(lr=float("nan"))
+    with pytest.raises(ValueError):
+        NoiseOptimizationConfig(num_inference_steps=0)
+    with pytest.raises(ValueError, match="concept"):
+        Reward(build_shapes_scorer("latent", 1.0), avoid=True)
+
+
+def test_generate_dispatches_noise_optimization(tiny_shapes_pipeline, latent_scorer):
+    r = generate(
+        tiny_shapes_pipeline,
+        "a red circle",
+        method="noise-optimization",
+        scorer=latent_scorer,
+        avoid="blue",
+        iterations=1,
+    )
+    assert len(r.rewards[0]) == 2 and r.settings["rewards"][1]["avoid"]
+    with pytest.raises(ValueError, match="colour or shape"):
+        generate(
+            tiny_shapes_pipeline,
+            "a red circle",
+            method="noise-optimization",
+            scorer=latent_scorer,
+            avoid="purple",
+            iterations=1,
+        )
