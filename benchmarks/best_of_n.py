@@ -31,7 +31,7 @@ from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
 from latentalign.bench import read_rows, wilson_interval
 from latentalign.generate import sampling_defaults, to_pil
-from latentalign.methods import PruneSchedule, best_of_n, successive_halving_schedule
+from latentalign.methods import PruneSchedule, best_of_n, early_exit_schedule, successive_halving_schedule
 from latentalign.methods.best_of_n import SEED_STRIDE
 from latentalign.scorers import load_scorer
 from latentalign.trajectories import record_trajectories
@@ -140,6 +140,13 @@ def methods_for(n: int, steps: int) -> dict[str, dict]:
                     "scorer": scorer,
                     "final": "noisy_final" if scorer == "noisy" else "latent_final",
                 }
+    default = early_exit_schedule(n, steps)
+    m[f"early exit, NoisyCLIP, library default (k={default.steps[0]}, m={default.keep[0]})"] = {
+        "kind": "prune",
+        "schedule": default,
+        "scorer": "noisy",
+        "final": "noisy_final",
+    }
     halving = successive_halving_schedule(n, steps)
     m[f"successive halving, NoisyCLIP, steps={list(halving.steps)}"] = {
         "kind": "prune",

@@ -103,7 +103,7 @@ def test_bad_options_fail_before_work(tiny_shapes_pipeline, scorers, kwargs, mat
 
 def test_schedules():
     assert early_exit_schedule(1, 20) == PruneSchedule()
-    assert early_exit_schedule(8, 20) == PruneSchedule((5,), (2,))
+    assert early_exit_schedule(8, 20) == PruneSchedule((6,), (2,))
     halving = successive_halving_schedule(8, 20)
     assert halving.keep == (4, 2, 1) and len(halving.steps) == 3
     halving.validate(8, 20)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
@@ -34,3 +35,25 @@ def test_shipped_pipeline_generates_with_its_recommended_settings():
     assert [im.size for im in result.images] == [(32, 32), (32, 32)]
     assert torch.isfinite(result.latents).all()
     assert result.cost.denoiser_evals == 2 * 2 * settings["num_inference_steps"]
+
+
+@pytest.mark.parametrize("kind", ["pixel", "latent", "noisy"])
+def test_shipped_scorers_load_and_read_the_shipped_pipeline(kind):
+    from latentalign.scorers import load_scorer
+
+    pipe = latentalign.load_pipeline("shapes")
+    scorer = load_scorer(f"shapes-{kind}", vae=pipe.vae)
+    assert scorer.kind == kind
+    latents = torch.randn(2, 4, 8, 8)
+    x = scorer.decode(latents) if kind == "pixel" else latents
+    t = torch.tensor([0, 500]) if kind == "noisy" else None
+    scores = scorer.score(x, "a red circle", t)
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+    assert scorer.vae_scaling_factor == pipe.vae.config.scaling_factor
+
+
+def test_unknown_shipped_scorer_name_is_a_missing_folder():
+    from latentalign.scorers import load_scorer
+
+    with pytest.raises(FileNotFoundError):
+        load_scorer("shapes-giant")
