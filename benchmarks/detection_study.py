@@ -70,6 +70,7 @@ def main() -> None:
     ap.add_argument("--prompts-per-suite", type=int, default=48)
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/results/detection")
+    ap.add_argument("--noisy", default="shapes-noisy", help="the NoisyCLIP scorer: a shipped name or a saved folder")
     ap.add_argument("--report-only", action="store_true", help="redraw table.md and auroc.png from table.json")
     args = ap.parse_args()
     if args.report_only:
@@ -77,7 +78,8 @@ def main() -> None:
         return
     torch.manual_seed(0)
     pipe = load_pipeline("shapes")
-    scorers = {name: load_scorer(key, vae=pipe.vae) for name, (key, _) in SCORERS.items()}
+    keys = {name: args.noisy if key == "shapes-noisy" else key for name, (key, _) in SCORERS.items()}
+    scorers = {name: load_scorer(key, vae=pipe.vae) for name, key in keys.items()}
     prompts, seeds, suites = [], [], []
     for name in SUITE_NAMES:
         chosen = suite(name, "heldout")
@@ -104,6 +106,7 @@ def main() -> None:
         print(name, table[name]["auroc"], "final", table[name]["final_auroc"])
 
     summary = {
+        "noisy_scorer": args.noisy,
         "candidates": len(prompts),
         "aligned_share": round(float(labels.mean()), 4),
         "per_suite_aligned": {n: round(float(labels[np.array(suites) == n].mean()), 4) for n in SUITE_NAMES},

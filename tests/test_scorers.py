@@ -168,6 +168,21 @@ def test_noisy_scorer_needs_t_and_starts_independent_of_it(tokenizer):
         assert not torch.allclose(scorer.score(z, PROMPTS[:2], t=999), scorer.score(z, PROMPTS[:2], t=10))
 
 
+def test_noisy_scorer_without_preview_reads_the_latent_channels(tokenizer):
+    scorer = NoisyCLIPScorer(tiny_clip(tokenizer, channels=4, image_size=8, patch=2), tokenizer, SCALE)
+    assert scorer.in_channels == 4 and scorer.preview_matrix is None
+    z = 4 * torch.randn(2, 4, 8, 8)  # noisy latents far outside any preview's [0, 1] range
+    with torch.no_grad():
+        plain = scorer.clip.get_image_features(pixel_values=z / SCALE).pooler_output
+        torch.testing.assert_close(scorer.embed_images(z, t=700), torch.nn.functional.normalize(plain, dim=-1))
+    with pytest.raises(ValueError, match="8x8"):
+        scorer.score(torch.randn(2, 4, 16, 16), PROMPTS[:2], t=700)
+    with pytest.raises(ValueError, match="no preview"):
+        scorer.preview(z)
+    with pytest.raises(ValueError, match="neither"):
+        NoisyCLIPScorer(tiny_clip(tokenizer), tokenizer, SCALE, preview_matrix=PREVIEW[0])
+
+
 def test_bad_input_raises_before_any_work(tokenizer):
     pixel, latent, noisy = (make_scorer(k, tokenizer) for k in KINDS)
     images = make_input("pixel", 2)
@@ -192,19 +207,19 @@ def test_bad_input_raises_before_any_work(tokenizer):
 def test_shapes_scorers_build_save_and_load(tmp_path):
     with pytest.raises(ValueError, match="unknown"):
         build_shapes_scorer("rgb", SCALE)
-    with pytest.raises(ValueError, match="preview_map"):
-        build_shapes_scorer("noisy", SCALE)
-    for kind in KINDS:
-        scorer = build_shapes_scorer(kind, SCALE, preview_map=PREVIEW)
+    variants = [(kind, kind, PREVIEW) for kind in KINDS] + [("noisy-latents", "noisy", None)]
+    for name, kind, preview in variants:
+        scorer = build_shapes_scorer(kind, SCALE, preview_map=preview)
         if kind == "noisy":  # a trained timestep embedding must survive the round trip
             torch.nn.init.normal_(scorer.timestep_embedding.mlp[-1].weight, std=0.1)
         x = torch.rand(2, 3, 32, 32) if kind == "pixel" else make_input(kind, 2)
         prompts = ["a red circle", "two blue squares"]
-        save_scorer(scorer, tmp_path / kind)
-        assert (tmp_path / kind / "model.safetensors").exists()
-        assert json.loads((tmp_path / kind / "latentalign_scorer.json").read_text())["kind"] == kind
-        loaded = load_scorer(tmp_path / kind)
+        save_scorer(scorer, tmp_path / name)
+        assert (tmp_path / name / "model.safetensors").exists()
+        assert json.loads((tmp_path / name / "latentalign_scorer.json").read_text())["kind"] == kind
+        loaded = load_scorer(tmp_path / name)
         assert type(loaded) is type(scorer)
+        assert (getattr(loaded, "preview_matrix", None) is None) == (preview is None or kind != "noisy")
         with torch.no_grad():
             torch.testing.assert_close(loaded.score(x, prompts, t=300), scorer.score(x, prompts, t=300), atol=0, rtol=0)
     with pytest.raises(FileNotFoundError):

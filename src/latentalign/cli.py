@@ -37,6 +37,7 @@ def _train_scorer(args: argparse.Namespace) -> int:
         batch=args.batch,
         pool_size=args.pool_size,
         trajectories=args.trajectories,
+        noisy_reads=args.noisy_reads,
         eval_per_suite=args.eval_per_suite,
         seed=args.seed,
     )
@@ -254,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--batch", type=int, default=128, help="global batch, split across processes")
     ts.add_argument("--pool-size", type=int, default=20000, help="rendered train-split scenes")
     ts.add_argument("--trajectories", type=int, default=3072, help="noisy: generator samples recorded per step")
+    ts.add_argument(
+        "--noisy-reads",
+        choices=("preview", "latents"),
+        default="preview",
+        help="noisy: the clamped linear RGB preview of z_t (the published layout, shipped) or the latent channels",
+    )
     ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--threads", type=int, default=2)

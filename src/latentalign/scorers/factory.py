@@ -32,14 +32,13 @@ def build_shapes_scorer(
 ) -> Scorer:
     """A random-weight Shapes scorer from `configs/shapes_clip_<kind>.json` and the Shapes tokenizer.
 
-    `vae` is optional for "pixel" (needed only by `score_latents`); "noisy" needs the `preview_map` of the
-    Shapes VAE (see `fit_preview_map`).
+    `vae` is optional for "pixel" (needed only by `score_latents`). A "noisy" scorer reads the latent channels
+    directly (the Latent-CLIP architecture plus a timestep embedding), or, given the Shapes VAE's `preview_map`
+    (see `fit_preview_map`), its RGB preview as the published NoisyCLIP does.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown scorer kind {kind!r}: choose from {sorted(KINDS)}")
-    if kind == "noisy" and preview_map is None:
-        raise ValueError("a noisy scorer needs the VAE's preview_map=(matrix, bias), e.g. from fit_preview_map")
-    arch = config(f"shapes_clip_{kind}")
+    arch = config("shapes_clip_latent" if kind == "noisy" and preview_map is None else f"shapes_clip_{kind}")
     tokenizer = build_clip_tokenizer(words(), model_max_length=arch["text_config"]["max_position_embeddings"])
     text = dict(
         arch["text_config"],
@@ -56,7 +55,7 @@ def build_shapes_scorer(
         return PixelCLIPScorer(clip, tokenizer, vae=vae, vae_scaling_factor=vae_scaling_factor).eval()
     if kind == "latent":
         return LatentCLIPScorer(clip, tokenizer, vae_scaling_factor).eval()
-    return NoisyCLIPScorer(clip, tokenizer, vae_scaling_factor, *preview_map).eval()
+    return NoisyCLIPScorer(clip, tokenizer, vae_scaling_factor, *(preview_map or (None, None))).eval()
 
 
 def save_scorer(scorer: Scorer, folder: str | Path) -> None:

@@ -1,4 +1,8 @@
-"""NoisyCLIP: CLIP on a fixed linear RGB preview of the noisy latent z_t, conditioned on the timestep."""
+"""NoisyCLIP: CLIP on the noisy latent z_t, conditioned on the timestep.
+
+The published model reads a fixed linear RGB preview of z_t (clamped to [0, 1]); a scorer built without a
+preview map reads the (unscaled) latent channels directly, as Latent-CLIP does, so no noise is clipped away.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +54,11 @@ class TimestepEmbedding(torch.nn.Module):
 
 
 class NoisyCLIPScorer(Scorer):
-    """NoisyCLIP (Ramos et al., arXiv 2512.08505): alignment of noisy latents z_t, via a latent preview."""
+    """NoisyCLIP (Ramos et al., arXiv 2512.08505): alignment of noisy latents z_t.
+
+    With `preview_matrix`/`preview_bias` (the published layout) the vision tower reads the clamped linear RGB
+    preview of z_t; with both None it reads z_t / vae_scaling_factor channel for channel at latent resolution.
+    """
 
     space = "noisy_latents"
     kind = "noisy"
@@ -61,17 +69,23 @@ class NoisyCLIPScorer(Scorer):
         clip: CLIPModel,
         tokenizer,
         vae_scaling_factor: float,
-        preview_matrix: torch.Tensor | list,
-        preview_bias: torch.Tensor | list,
+        preview_matrix: torch.Tensor | list | None = None,
+        preview_bias: torch.Tensor | list | None = None,
         image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
         image_std: tuple[float, ...] = OPENAI_CLIP_STD,
     ):
         super().__init__(clip, tokenizer)
-        matrix, bias = torch.as_tensor(preview_matrix, dtype=torch.float32), torch.as_tensor(preview_bias).float()
-        rgb = clip.config.vision_config.num_channels
-        if matrix.ndim != 2 or matrix.shape[0] != rgb or bias.shape != (rgb,):
-            raise ValueError(f"preview map must be a ({rgb}, C) matrix and a ({rgb},) bias, got {tuple(matrix.shape)}")
         self.vae_scaling_factor = float(vae_scaling_factor)
+        if (preview_matrix is None) != (preview_bias is None):
+            raise ValueError("pass both preview_matrix and preview_bias, or neither (read the latents directly)")
+        matrix = bias = None  # None buffers: no preview, the tower reads the latents
+        if preview_matrix is not None:
+            matrix, bias = torch.as_tensor(preview_matrix, dtype=torch.float32), torch.as_tensor(preview_bias).float()
+            rgb = clip.config.vision_config.num_channels
+            if matrix.ndim != 2 or matrix.shape[0] != rgb or bias.shape != (rgb,):
+                raise ValueError(
+                    f"preview map must be a ({rgb}, C) matrix and a ({rgb},) bias, got {tuple(matrix.shape)}"
+                )
         self.register_buffer("preview_matrix", matrix, persistent=False)
         self.register_buffer("preview_bias", bias, persistent=False)
         self.register_buffer("image_mean", torch.tensor(image_mean).view(1, -1, 1, 1), persistent=False)
@@ -80,16 +94,29 @@ class NoisyCLIPScorer(Scorer):
 
     @property
     def in_channels(self) -> int:
+        if self.preview_matrix is None:
+            return self.clip.config.vision_config.num_channels
         return self.preview_matrix.shape[1]
+
+    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
+        super().check_input(x, t)
+        size = self.clip.config.vision_config.image_size
+        if self.preview_matrix is None and tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"{type(self).__name__} reads {size}x{size} latents, got {tuple(x.shape[-2:])}")
 
     def preview(self, z: torch.Tensor) -> torch.Tensor:
         """The pipeline's (scaled) latents -> the fixed linear RGB preview in [0, 1], at latent resolution."""
+        if self.preview_matrix is None:
+            raise ValueError("this NoisyCLIP reads latents directly: it has no preview map")
         rgb = torch.einsum("oc,nchw->nohw", self.preview_matrix.to(z.dtype), z / self.vae_scaling_factor)
         return (rgb + self.preview_bias.to(z.dtype)[:, None, None]).clamp(0, 1)
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
-        size = self.clip.config.vision_config.image_size
-        pixels = clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
+        if self.preview_matrix is None:
+            pixels = x / self.vae_scaling_factor
+        else:
+            size = self.clip.config.vision_config.image_size
+            pixels = clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
         t = torch.as_tensor(t, device=x.device).flatten().expand(x.shape[0])
         vision = self.clip.vision_model
         h = vision.embeddings(pixels)
@@ -100,8 +127,8 @@ class NoisyCLIPScorer(Scorer):
     def scorer_config(self) -> dict:
         return {
             "vae_scaling_factor": self.vae_scaling_factor,
-            "preview_matrix": self.preview_matrix.tolist(),
-            "preview_bias": self.preview_bias.tolist(),
+            "preview_matrix": None if self.preview_matrix is None else self.preview_matrix.tolist(),
+            "preview_bias": None if self.preview_bias is None else self.preview_bias.tolist(),
             "image_mean": self.image_mean.flatten().tolist(),
             "image_std": self.image_std.flatten().tolist(),
         }

@@ -51,6 +51,7 @@ class ScorerTrainConfig:
     inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
     trajectories: int = 3072  # noisy only: generator samples (train prompts) recorded at every step
     trajectory_share: float = 0.5  # noisy only: share of each batch drawn from trajectories, the rest noised renders
+    noisy_reads: str = "preview"  # noisy only: "preview" (published layout, shipped) or "latents" (the channels)
     checkpoint_every: int = 250
     eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
     seed: int = 0
@@ -62,6 +63,8 @@ class ScorerTrainConfig:
             raise ValueError("scorers never train on the held-out split")
         if self.steps < 1 or self.batch < 2 or self.hard_negatives < 0:
             raise ValueError("steps must be >= 1, batch >= 2 and hard_negatives >= 0")
+        if self.noisy_reads not in ("latents", "preview"):
+            raise ValueError(f"noisy_reads must be 'latents' or 'preview', got {self.noisy_reads!r}")
         if not 0 <= self.trajectory_share <= 1:
             raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
 
@@ -166,10 +169,11 @@ def _pool(cfg: ScorerTrainConfig, vae, scaling: float | None):
 
 
 def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None]:
-    """A random-weight Shapes scorer of `cfg.kind` matched to `pipe`'s VAE (and its preview map, for noisy)."""
+    """A random-weight Shapes scorer of `cfg.kind` matched to `pipe`'s VAE (and its preview map, for a noisy
+    scorer that reads the preview)."""
     scaling = float(pipe.vae.config.scaling_factor)
     preview = None
-    if cfg.kind == "noisy":
+    if cfg.kind == "noisy" and cfg.noisy_reads == "preview":
         images, _ = build_dataset(512, seed=cfg.seed + 13, split=cfg.split, progress=False)
         pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
         with torch.no_grad():
