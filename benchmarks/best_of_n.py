@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +27,7 @@ from tqdm.auto import tqdm
 
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
-from latentalign.bench import read_rows, wilson_interval
+from latentalign.bench import median_seconds, read_rows, wilson_interval
 from latentalign.generate import sampling_defaults, to_pil
 from latentalign.methods import PruneSchedule, best_of_n, early_exit_schedule, successive_halving_schedule
 from latentalign.methods.best_of_n import SEED_STRIDE
@@ -110,13 +108,7 @@ def unit_costs(pipe, scorers, repeats: int = 10) -> dict[str, float]:
     result = {}
     with torch.no_grad():
         for name, fn in calls.items():
-            fn()
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - start)
-            result[name] = statistics.median(times) / MAX_N
+            result[name] = median_seconds(fn, repeats) / MAX_N
     return result
 
 

@@ -10,26 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
+from latentalign.bench import median_seconds
 from latentalign.scorers import load_scorer
-
-
-def timed(fn, repeats: int) -> float:
-    """Median wall seconds of `fn()` over `repeats` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -62,9 +50,10 @@ def main() -> None:
             "Latent-CLIP score": lambda: latent.score(z, prompts),
             "NoisyCLIP score": lambda: noisy.score(z, prompts, t),
         }
-        seconds = {name: timed(fn, args.repeats) for name, fn in calls.items()}
+        seconds = {name: median_seconds(fn, args.repeats) for name, fn in calls.items()}
         pixels = pixel.decode(z)
-        seconds["pixel CLIP image tower (on decoded pixels)"] = timed(lambda: pixel.embed_images(pixels), args.repeats)
+        tower = median_seconds(lambda: pixel.embed_images(pixels), args.repeats)
+        seconds["pixel CLIP image tower (on decoded pixels)"] = tower
     per_item = {k: v / args.batch for k, v in seconds.items()}
     unit = per_item["denoiser evaluation (UNet)"]
     pixel_total = per_item["VAE decode + pixel CLIP score"]

@@ -42,7 +42,35 @@ def test_contrastive_loss_masks_duplicates_and_uses_misaligned_images_as_negativ
     assert far < near
 
 
-@pytest.mark.parametrize("bad", [dict(kind="clip"), dict(split="heldout"), dict(steps=0), dict(trajectory_share=2)])
+def test_verdict_term_ranks_a_caption_against_its_own_hard_negatives():
+    # Two images, one hard negative each: image 0 (aligned) looks like its caption, image 1 (misaligned) looks
+    # like its own corruption. The verdict term is small when that is so, and large when it is the other way.
+    e = torch.nn.functional.normalize(torch.eye(4)[:2] + 0.01, dim=-1)
+    other = torch.nn.functional.normalize(torch.eye(4)[2:] + 0.01, dim=-1)
+    aligned, scale = torch.tensor([True, False]), torch.tensor(20.0)
+    captions = ["x", "y"]
+    right = torch.cat([torch.stack([e[0], other[0]]), torch.stack([other[1], e[1]])])  # captions, then negatives
+    wrong = torch.cat([torch.stack([other[0], e[1]]), torch.stack([e[0], other[1]])])
+    loss = ContrastiveLoss()
+    good = loss(e, right, captions, aligned, scale, hard_negatives=1, verdict_weight=1.0)
+    bad = loss(e, wrong, captions, aligned, scale, hard_negatives=1, verdict_weight=1.0)
+    assert good["verdict"] < 0.01 < 5 < bad["verdict"]
+    plain = loss(e, right, captions, aligned, scale, hard_negatives=1)
+    assert "verdict" not in plain and torch.isclose(good["loss"] - plain["loss"], good["verdict"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(kind="clip"),
+        dict(split="heldout"),
+        dict(steps=0),
+        dict(trajectory_share=2),
+        dict(noisy_reads="rgb"),
+        dict(verdict_weight=-1),
+        dict(verdict_weight=1, hard_negatives=0),
+    ],
+)
 def test_bad_configs_fail_at_once(bad):
     with pytest.raises(ValueError):
         ScorerTrainConfig(**bad)

@@ -10,6 +10,8 @@ import json
 import math
 import random
 import re
+import statistics
+import time
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -24,6 +26,17 @@ RESULTS = "results.jsonl"
 GRID_ROWS = 8  # prompts shown in grid.png
 GRID_COLS = 8  # seeds shown in grid.png
 GRID_SCALE = 4
+
+
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall seconds of `fn()` over `repeats` runs after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

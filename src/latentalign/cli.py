@@ -38,6 +38,7 @@ def _train_scorer(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         trajectories=args.trajectories,
         noisy_reads=args.noisy_reads,
+        verdict_weight=args.verdict_weight,
         eval_per_suite=args.eval_per_suite,
         seed=args.seed,
     )
@@ -260,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("preview", "latents"),
         default="preview",
         help="noisy: the clamped linear RGB preview of z_t (the published layout, shipped) or the latent channels",
+    )
+    ts.add_argument(
+        "--verdict-weight",
+        type=float,
+        default=0.0,
+        help="weight of a logistic term ranking each image's caption against its hard negatives by its verdict",
     )
     ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     ts.add_argument("--seed", type=int, default=0)

@@ -52,6 +52,9 @@ class ScorerTrainConfig:
     trajectories: int = 3072  # noisy only: generator samples (train prompts) recorded at every step
     trajectory_share: float = 0.5  # noisy only: share of each batch drawn from trajectories, the rest noised renders
     noisy_reads: str = "preview"  # noisy only: "preview" (published layout, shipped) or "latents" (the channels)
+    # weight of a per-image verdict term: logistic loss on (score of own caption - best score of its hard
+    # negatives) against the image's aligned label, so misaligned trajectories rank below their corruptions
+    verdict_weight: float = 0.0
     checkpoint_every: int = 250
     eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
     seed: int = 0
@@ -65,6 +68,10 @@ class ScorerTrainConfig:
             raise ValueError("steps must be >= 1, batch >= 2 and hard_negatives >= 0")
         if self.noisy_reads not in ("latents", "preview"):
             raise ValueError(f"noisy_reads must be 'latents' or 'preview', got {self.noisy_reads!r}")
+        if not (math.isfinite(self.verdict_weight) and self.verdict_weight >= 0):
+            raise ValueError(f"verdict_weight must be a finite number >= 0, got {self.verdict_weight}")
+        if self.verdict_weight > 0 and self.hard_negatives < 1:
+            raise ValueError("verdict_weight needs hard_negatives >= 1")
         if not 0 <= self.trajectory_share <= 1:
             raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
 
@@ -79,10 +86,13 @@ class ContrastiveLoss(nn.Module):
         captions: list[str],
         aligned: torch.Tensor,
         logit_scale: torch.Tensor,
+        hard_negatives: int = 0,
+        verdict_weight: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """`image` (B, D) and `text` (T >= B, D) are L2-normalised; text row i < B is image i's caption, rows >= B
-        are hard negatives. Images with `aligned` False have no positive: they only serve as negatives for their
-        own caption (and any other)."""
+        are hard negatives, `hard_negatives` per image in image order. Images with `aligned` False have no
+        positive: they only serve as negatives for their own caption (and any other). With `verdict_weight`,
+        each image also gets a logistic loss on (own caption - best own hard negative) against `aligned`."""
         b = image.shape[0]
         logits = logit_scale * image @ text.T
         same = torch.tensor([[a == c for c in captions[:b]] for a in captions[:b]], device=image.device)
@@ -96,7 +106,15 @@ class ContrastiveLoss(nn.Module):
         t2i = logits[:, :b].T.masked_fill(same & ~eye & aligned[None, :], float("-inf"))
         text_to_image = F.cross_entropy(t2i[rows], rows)
         loss = (image_to_text + text_to_image) / 2
-        return {"loss": loss, "image_to_text": image_to_text.detach(), "text_to_image": text_to_image.detach()}
+        out = {"image_to_text": image_to_text.detach(), "text_to_image": text_to_image.detach()}
+        if verdict_weight > 0:
+            idx = torch.arange(b, device=image.device)
+            own_negatives = logits[idx[:, None], b + idx[:, None] * hard_negatives + torch.arange(hard_negatives)]
+            margin = logits[idx, idx] - own_negatives.max(dim=1).values
+            verdict = F.binary_cross_entropy_with_logits(margin, aligned.float())
+            loss = loss + verdict_weight * verdict
+            out["verdict"] = verdict.detach()
+        return {"loss": loss, **out}
 
 
 class _Pair(nn.Module):
@@ -272,7 +290,7 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         for group in opt.param_groups:
             group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
         image, text, scale = model(x, t, mine + negs)
-        terms = loss_fn(image, text, mine, aligned, scale)
+        terms = loss_fn(image, text, mine, aligned, scale, cfg.hard_negatives, cfg.verdict_weight)
         opt.zero_grad(set_to_none=True)
         acc.backward(terms["loss"])
         torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
