@@ -126,27 +126,22 @@ def methods_for(n: int, steps: int) -> dict[str, dict]:
         for keep in sorted({1, max(1, n // 4), max(1, 3 * n // 8), max(1, n // 2)}):
             for scorer in ("noisy", "latent_x0"):
                 label = "NoisyCLIP" if scorer == "noisy" else "Latent-CLIP on x0"
-                m[f"early exit, {label}, k={k}, m={keep}"] = {
-                    "kind": "prune",
-                    "schedule": PruneSchedule((k,), (keep,)),
-                    "scorer": scorer,
-                    "final": "noisy_final" if scorer == "noisy" else "latent_final",
-                }
+                m[f"early exit, {label}, k={k}, m={keep}"] = prune(PruneSchedule((k,), (keep,)), scorer)
     default = early_exit_schedule(n, steps)
-    m[f"early exit, NoisyCLIP, library default (k={default.steps[0]}, m={default.keep[0]})"] = {
-        "kind": "prune",
-        "schedule": default,
-        "scorer": "noisy",
-        "final": "noisy_final",
-    }
+    m[f"early exit, NoisyCLIP, library default (k={default.steps[0]}, m={default.keep[0]})"] = prune(default)
     halving = successive_halving_schedule(n, steps)
-    m[f"successive halving, NoisyCLIP, steps={list(halving.steps)}"] = {
-        "kind": "prune",
-        "schedule": halving,
-        "scorer": "noisy",
-        "final": "noisy_final",
-    }
+    m[f"successive halving, NoisyCLIP, steps={list(halving.steps)}"] = prune(halving)
     return m
+
+
+def prune(schedule: PruneSchedule, scorer: str = "noisy") -> dict:
+    """A pruning method: `scorer` ("noisy" or "latent_x0") scores at the prune steps and picks at the end."""
+    return {
+        "kind": "prune",
+        "schedule": schedule,
+        "scorer": scorer,
+        "final": "noisy_final" if scorer == "noisy" else "latent_final",
+    }
 
 
 def replay(row: dict, n: int, method: dict, rng: random.Random) -> tuple[float, int | None]:

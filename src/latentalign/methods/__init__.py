@@ -79,9 +79,8 @@ def run_noise_optimization(
     lr: float | None = None,
 ) -> NoiseOptimizationResult:
     """Noise optimisation with `rewards`, or by default the scorer's reward for the prompt (plus `avoid`)."""
-    config = NoiseOptimizationConfig()
     changes = {"iterations": iterations, "lr": lr, "num_inference_steps": num_inference_steps}
-    config = NoiseOptimizationConfig(**{**config.__dict__, **{k: v for k, v in changes.items() if v is not None}})
+    config = NoiseOptimizationConfig(**{k: v for k, v in changes.items() if v is not None})
     resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)
     if rewards is not None and (scorer is not None or avoid is not None):
         raise ValueError("pass rewards=..., or scorer/avoid to build them, not both")

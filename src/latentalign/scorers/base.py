@@ -71,6 +71,11 @@ class Scorer(nn.Module):
         return self.clip.config.vision_config.num_channels
 
     @property
+    def latent_size(self) -> int | None:
+        """The height and width of latents the vision tower reads as they are (no resizing); None if it resizes."""
+        return None
+
+    @property
     def device(self) -> torch.device:
         return self.clip.logit_scale.device
 
@@ -80,6 +85,9 @@ class Scorer(nn.Module):
             raise ValueError(f"{type(self).__name__} takes a float NCHW tensor ({self.space})")
         if x.shape[1] != self.in_channels:
             raise ValueError(f"{type(self).__name__} reads {self.in_channels}-channel {self.space}, got {x.shape[1]}")
+        size = self.latent_size
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"{type(self).__name__} reads {size}x{size} latents, got {tuple(x.shape[-2:])}")
         if self.needs_t and t is None:
             raise ValueError(f"{type(self).__name__} scores noisy latents: pass the timestep t")
         if t is not None and isinstance(t, torch.Tensor) and t.numel() not in (1, x.shape[0]):

@@ -32,11 +32,9 @@ class LatentCLIPScorer(Scorer):
         super().__init__(clip, tokenizer)
         self.vae_scaling_factor = float(vae_scaling_factor)
 
-    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
-        super().check_input(x, t)
-        size = self.clip.config.vision_config.image_size
-        if tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(f"{type(self).__name__} reads {size}x{size} latents, got {tuple(x.shape[-2:])}")
+    @property
+    def latent_size(self) -> int:
+        return self.clip.config.vision_config.image_size
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
         # Latent-CLIP was trained on raw VAE posterior samples; the pipeline's latents carry the scaling factor.

@@ -98,11 +98,10 @@ class NoisyCLIPScorer(Scorer):
             return self.clip.config.vision_config.num_channels
         return self.preview_matrix.shape[1]
 
-    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
-        super().check_input(x, t)
-        size = self.clip.config.vision_config.image_size
-        if self.preview_matrix is None and tuple(x.shape[-2:]) != (size, size):
-            raise ValueError(f"{type(self).__name__} reads {size}x{size} latents, got {tuple(x.shape[-2:])}")
+    @property
+    def latent_size(self) -> int | None:
+        # the preview is resized by CLIP preprocessing; raw latents go to the tower as they are
+        return self.clip.config.vision_config.image_size if self.preview_matrix is None else None
 
     def preview(self, z: torch.Tensor) -> torch.Tensor:
         """The pipeline's (scaled) latents -> the fixed linear RGB preview in [0, 1], at latent resolution."""
