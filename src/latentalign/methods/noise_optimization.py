@@ -86,7 +86,8 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
             x, t = pixels, None
         else:
             x = latents
-            t = torch.zeros(latents.shape[0], dtype=torch.long) if r.scorer.space == "noisy_latents" else None
+            noisy = r.scorer.space == "noisy_latents"
+            t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device) if noisy else None
         cost.scorer_calls += latents.shape[0]
         texts = [r.prompt] if isinstance(r.prompt, str) else (r.prompt or [prompt])
         scores = torch.stack([r.scorer.score(x, text, t) for text in texts], dim=0)

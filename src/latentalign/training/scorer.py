@@ -109,7 +109,8 @@ class ContrastiveLoss(nn.Module):
         out = {"image_to_text": image_to_text.detach(), "text_to_image": text_to_image.detach()}
         if verdict_weight > 0:
             idx = torch.arange(b, device=image.device)
-            own_negatives = logits[idx[:, None], b + idx[:, None] * hard_negatives + torch.arange(hard_negatives)]
+            columns = b + idx[:, None] * hard_negatives + torch.arange(hard_negatives, device=image.device)
+            own_negatives = logits[idx[:, None], columns]
             margin = logits[idx, idx] - own_negatives.max(dim=1).values
             verdict = F.binary_cross_entropy_with_logits(margin, aligned.float())
             loss = loss + verdict_weight * verdict
