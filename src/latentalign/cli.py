@@ -18,7 +18,8 @@ def _train_world(args: argparse.Namespace) -> int:
     from .training.world import WorldTrainConfig, train_world
 
     torch.set_num_threads(args.threads)
-    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
+    extra = {} if args.high_noise_share is None else {"high_noise_share": args.high_noise_share}
+    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed, **extra)
     final = train_world(args.out, cfg)
     if args.ship:
         if SHAPES_WEIGHTS.exists():
@@ -241,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--out", default="runs/world", help="working folder: checkpoint/ and the final pipeline/")
     tw.add_argument("--vae-steps", type=int, default=1200)
     tw.add_argument("--unet-steps", type=int, default=3500)
+    tw.add_argument(
+        "--high-noise-share",
+        type=float,
+        default=None,
+        help="share of each UNet batch with timesteps from the upper half, where layout (hence relations) is set"
+        " (default 0.5)",
+    )
     tw.add_argument("--seed", type=int, default=0)
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
