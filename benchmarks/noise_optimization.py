@@ -8,9 +8,10 @@ Part 2 (steering): two-object prompts where one object's colour or shape is the 
 optimisation) and after (prompt reward + avoid reward, Latent-CLIP and pixel CLIP), the rate at which the avoided
 concept still appears and how often the other object is still drawn right.
 
-python benchmarks/noise_optimization.py   # writes rows.jsonl, table.md, table.json, accuracy.png
-                                          # under benchmarks/results/noise_optimization/
-An interrupted run resumes from rows.jsonl (one line per finished prompt).
+python benchmarks/noise_optimization.py --seeds 3   # writes rows.jsonl, table.md, table.json, accuracy.png
+                                                    # under benchmarks/results/noise_optimization/
+An interrupted run resumes from rows.jsonl (one line per finished prompt and seed; more --seeds adds seeds to an
+earlier run). The steering part runs seed 0.
 """
 
 from __future__ import annotations
@@ -73,11 +74,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-suite", type=int, default=16)
     ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument("--seeds", type=int, default=1, help="part 1 runs every prompt with seeds 0 .. N-1")
     ap.add_argument("--steering-prompts", type=int, default=24)
     ap.add_argument("--out", default="benchmarks/results/noise_optimization")
     args = ap.parse_args()
-    if args.per_suite < 1 or args.iterations < 1 or args.steering_prompts < 0:
-        ap.error("--per-suite and --iterations must be >= 1, --steering-prompts >= 0")
+    if args.per_suite < 1 or args.iterations < 1 or args.seeds < 1 or args.steering_prompts < 0:
+        ap.error("--per-suite, --iterations and --seeds must be >= 1, --steering-prompts >= 0")
     torch.set_num_threads(2)
     pipe = load_pipeline("shapes")
     pixel = load_scorer("shapes-pixel", vae=pipe.vae)
@@ -87,7 +89,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     # One JSON line per finished unit of work, so an interrupted run resumes where it stopped.
     rows_path = out / "rows.jsonl"
-    rows = {(r["part"], r["prompt"]): r for r in read_rows(rows_path)}
+    rows = {row_key(r): r for r in read_rows(rows_path)}
     stale = [k for k, r in rows.items() if r["iterations"] != args.iterations]
     if stale:
         raise SystemExit(f"{rows_path} was written with other --iterations; use another --out or delete it")
@@ -95,26 +97,26 @@ def main() -> None:
     def record(row: dict) -> None:
         with rows_path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        rows[(row["part"], row["prompt"])] = row
+        rows[row_key(row)] = row
 
     # Part 1: accuracy against iterations and time; pixel and latent rewards interleaved per prompt.
-    jobs = prompts_for(args.per_suite)
-    for _, prompt in tqdm(jobs, desc="reward optimisation"):
-        if ("reward", prompt) in rows:
+    jobs = [(name, p, seed) for seed in range(args.seeds) for name, p in prompts_for(args.per_suite)]
+    for _, prompt, seed in tqdm(jobs, desc="reward optimisation"):
+        if ("reward", prompt, seed) in rows:
             continue
-        row = {"part": "reward", "prompt": prompt, "iterations": args.iterations}
+        row = {"part": "reward", "prompt": prompt, "seed": seed, "iterations": args.iterations}
         for kind, scorer in (("pixel", pixel), ("latent", latent)):
-            trace, per_iter, _ = run(pipe, prompt, 0, [Reward(scorer)], cfg)
+            trace, per_iter, _ = run(pipe, prompt, seed, [Reward(scorer)], cfg)
             row[kind] = {"correct": judge(pipe, trace, prompt), "seconds_per_iteration": per_iter}
         record(row)
-    part1 = summarise_rewards([rows[("reward", p)] for _, p in jobs], jobs, cfg, args.iterations)
+    part1 = summarise_rewards([rows[("reward", p, s)] for _, p, s in jobs], jobs, cfg, args.iterations)
 
     # Part 2: steering away from a concept, with latent and with pixel rewards (same seed, same settings).
     cfg0 = NoiseOptimizationConfig(iterations=0)
     two = suite("two_objects", "heldout")
     random.Random(2).shuffle(two)
     for i, prompt in enumerate(tqdm(two[: args.steering_prompts], desc="steering")):
-        if ("steer", prompt) in rows:  # resumed
+        if ("steer", prompt, 0) in rows:  # resumed
             continue
         a, b = parse(prompt).objects
         field = "colour" if i % 2 == 0 else "shape"
@@ -134,7 +136,7 @@ def main() -> None:
             row[f"{tag}_rest_ok"] = any(d.colour == b.colour and d.shape == b.shape for d in dets)
             row[f"{tag}_seconds"] = res.cost.seconds
         record(row)
-    steer = [rows[("steer", p)] for p in two[: args.steering_prompts]]
+    steer = [rows[("steer", p, 0)] for p in two[: args.steering_prompts]]
     steer = [r for r in steer if "skipped" not in r]
     part2 = {"prompts": len(steer), "rows": steer}
     for tag in STEER_TAGS:
@@ -147,22 +149,47 @@ def main() -> None:
     write_report(out, part1, part2)
 
 
-def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str]], cfg, iterations: int) -> dict:
+def row_key(row: dict) -> tuple:
+    """A row's identity: part, prompt and seed (rows written before --seeds existed are seed 0)."""
+    return row["part"], row["prompt"], row.get("seed", 0)
+
+
+def time_saving(curves: dict, per_iter: dict, iterations: int) -> tuple[int | None, float, float | None]:
+    """(first iteration from which the latent accuracy never again falls below the pixel reward's final accuracy,
+    pixel total seconds, latent seconds to that iteration); the first crossing alone is luck on a noisy curve."""
+    acc = {k: v.mean(axis=0) for k, v in curves.items()}
+    above = acc["latent"] >= acc["pixel"][-1] - 1e-9
+    reach = next((i for i in range(len(above)) if above[i:].all()), None)
+    pixel_total = per_iter["pixel"] * (iterations + 1)
+    return reach, pixel_total, None if reach is None else per_iter["latent"] * (reach + 1)
+
+
+def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str, int]], cfg, iterations: int) -> dict:
     curves = {k: np.array([r[k]["correct"] for r in rows], dtype=float) for k in ("pixel", "latent")}
     acc = {k: v.mean(axis=0) for k, v in curves.items()}
     per_iter = {k: float(np.mean([r[k]["seconds_per_iteration"] for r in rows])) for k in curves}
-    final_pixel = acc["pixel"][-1]
-    # The first iteration from which the latent curve never again falls below the pixel reward's final accuracy
-    # (the first crossing alone is luck on a noisy curve).
-    above = acc["latent"] >= final_pixel - 1e-9
-    reach = next((i for i in range(len(above)) if above[i:].all()), None)
-    pixel_total = per_iter["pixel"] * (iterations + 1)
-    latent_total = None if reach is None else per_iter["latent"] * (reach + 1)
+    reach, pixel_total, latent_total = time_saving(curves, per_iter, iterations)
+    # How sure is the saving? Resample (prompt, seed) rows with replacement; a resample whose latent curve never
+    # stays at the pixel reward's final accuracy counts as no saving at all (latent total = its full run).
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(1000):
+        pick = rng.integers(0, len(rows), len(rows))
+        r, p_total, l_total = time_saving({k: v[pick] for k, v in curves.items()}, per_iter, iterations)
+        boot.append(1 - (per_iter["latent"] * (iterations + 1) if r is None else l_total) / p_total)
+    seeds = sorted({s for _, _, s in jobs})
+    per_seed = {}
+    for seed in seeds:
+        m = np.array([s == seed for _, _, s in jobs])
+        r, p_total, l_total = time_saving({k: v[m] for k, v in curves.items()}, per_iter, iterations)
+        per_seed[seed] = None if r is None else round(1 - l_total / p_total, 4)
     final_k = {k: int(round(v[:, -1].sum())) for k, v in curves.items()}
-    names = [n for n, _ in jobs]
+    names = [n for n, _, _ in jobs]
     by_suite = lambda k, i, s: round(float(np.mean([c[i] for c, n in zip(curves[k], names, strict=True) if n == s])), 4)  # noqa: E731
     return {
-        "prompts": len(rows),
+        "prompts": len({p for _, p, _ in jobs}),
+        "seeds": seeds,
+        "runs": len(rows),
         "iterations": iterations,
         "config": cfg.__dict__,
         "accuracy_by_iteration": {k: [round(float(a), 4) for a in v] for k, v in acc.items()},
@@ -175,6 +202,12 @@ def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str]], cfg, iterat
         "latent_seconds_to_reach": latent_total,
         "time_saving": None if latent_total is None else round(1 - latent_total / pixel_total, 4),
         "time_saving_per_iteration": round(1 - per_iter["latent"] / per_iter["pixel"], 4),
+        "time_saving_by_seed": per_seed,
+        "time_saving_bootstrap": {
+            "median": round(float(np.median(boot)), 4),
+            "ci95": [round(float(x), 4) for x in np.percentile(boot, [2.5, 97.5])],
+            "share_at_least_0.20": round(float(np.mean(np.array(boot) >= 0.2)), 4),
+        },
     }
 
 
@@ -183,7 +216,8 @@ def write_report(out: Path, part1: dict, part2: dict) -> None:
     acc = part1["accuracy_by_iteration"]
     t = part1["seconds_per_iteration"]
     lines = [
-        f"{part1['prompts']} held-out prompts ({', '.join(SUITES)}), seed 0, 4-step DDIM generator, "
+        f"{part1['prompts']} held-out prompts ({', '.join(SUITES)}) x seeds {part1['seeds']} = {part1['runs']} runs "
+        "per reward, 4-step DDIM generator, "
         f"ReNO defaults (lr {part1['config']['lr']}, Nesterov momentum {part1['config']['momentum']}, "
         f"grad-norm clip {part1['config']['grad_clip']}, chi regulariser {part1['config']['reg_weight']}).",
         "",
@@ -203,7 +237,10 @@ def write_report(out: Path, part1: dict, part2: dict) -> None:
         f"Latent reward stays at or above the pixel reward's final accuracy ({acc['pixel'][-1]:.3f}) from iteration "
         f"{part1['latent_reaches_final_pixel_accuracy_at_iteration']}: "
         f"{part1['latent_seconds_to_reach']} s against {part1['pixel_total_seconds']:.3f} s for the pixel run "
-        f"(time saving {part1['time_saving']}; target >= 0.20).",
+        f"(time saving {part1['time_saving']}; target >= 0.20). By seed: {json.dumps(part1['time_saving_by_seed'])}; "
+        f"bootstrap over runs: median {part1['time_saving_bootstrap']['median']}, 95% interval "
+        f"{part1['time_saving_bootstrap']['ci95']}, share of resamples >= 0.20: "
+        f"{part1['time_saving_bootstrap']['share_at_least_0.20']}.",
         "",
         f"Steering, {part2['prompts']} held-out two-object prompts, avoid one object's colour or shape "
         "(prompt reward + avoid reward 1 - max score over the concept's single-object prompts, weights 1 and 1, "

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import latentalign.training.scorer as ts
 from latentalign.scorers import load_scorer
-from latentalign.training.scorer import ContrastiveLoss, ScorerTrainConfig, train_scorer
+from latentalign.training.scorer import ContrastiveLoss, ScorerTrainConfig, distillation_kl, train_scorer
 
 TINY = dict(steps=4, batch=8, pool_size=48, trajectories=8, checkpoint_every=2, eval_per_suite=3, hard_negatives=1)
 
@@ -69,6 +69,11 @@ def test_verdict_term_ranks_a_caption_against_its_own_hard_negatives():
         dict(noisy_reads="rgb"),
         dict(verdict_weight=-1),
         dict(verdict_weight=1, hard_negatives=0),
+        dict(lr=0),
+        dict(distill_weight=1, kind="latent"),
+        dict(distill_weight=1, kind="noisy", trajectory_share=0),
+        dict(distill_weight=-1, kind="noisy"),
+        dict(lr=float("nan")),
     ],
 )
 def test_bad_configs_fail_at_once(bad):
@@ -111,3 +116,48 @@ def test_resume_refuses_another_config(tiny_shapes_pipeline, tmp_path):
     train_scorer(tmp_path, ScorerTrainConfig(kind="latent", **TINY), tiny_shapes_pipeline, log=lambda *_: None)
     with pytest.raises(ValueError, match="another config"):
         train_scorer(tmp_path, ScorerTrainConfig(kind="latent", **{**TINY, "steps": 6}), tiny_shapes_pipeline)
+
+
+def test_missing_init_scorer_fails_at_once(tmp_path):
+    with pytest.raises(FileNotFoundError, match="neither a shipped scorer nor a folder"):
+        ScorerTrainConfig(init_from=str(tmp_path / "nowhere"))
+
+
+def test_fine_tuning_starts_from_the_saved_scorer(tiny_shapes_pipeline, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    base = train_scorer(tmp_path / "base", ScorerTrainConfig(kind="noisy", **TINY), tiny_shapes_pipeline, **quiet)
+    cfg = ScorerTrainConfig(kind="noisy", init_from=str(base), lr=1e-9, **{**TINY, "steps": 1})
+    tuned = train_scorer(tmp_path / "tuned", cfg, tiny_shapes_pipeline, **quiet)
+    a, b = load_scorer(base), load_scorer(tuned)
+    # a near-zero learning rate keeps the start point: the weights and the preview map are the saved scorer's
+    assert torch.allclose(a.preview_matrix, b.preview_matrix)
+    for (k, va), vb in zip(a.clip.state_dict().items(), b.clip.state_dict().values(), strict=True):
+        assert torch.allclose(va, vb, atol=1e-6), k
+    with pytest.raises(ValueError, match="is a noisy scorer, not latent"):
+        train_scorer(
+            tmp_path / "x", ScorerTrainConfig(kind="latent", init_from=str(base), **TINY), tiny_shapes_pipeline
+        )
+    with pytest.raises(ValueError, match="reads preview, not latents"):
+        bad = ScorerTrainConfig(kind="noisy", noisy_reads="latents", init_from=str(base), **TINY)
+        train_scorer(tmp_path / "y", bad, tiny_shapes_pipeline)
+
+
+def test_distillation_kl_is_zero_for_the_teachers_ranking_and_reads_only_own_columns():
+    torch.manual_seed(0)
+    b, k = 3, 2
+    teacher = torch.randn(b, b + b * k)
+    rows = torch.tensor([0, 2])
+    assert distillation_kl(teacher.clone(), teacher, rows, k).abs() < 1e-6
+    other = teacher.clone()
+    other[1] += 5.0  # row 1 has no teacher
+    other[0, 1] += 5.0  # column 1 is neither image 0's caption nor one of its hard negatives
+    assert distillation_kl(other, teacher, rows, k).abs() < 1e-6
+    other[0, b] += 3.0  # image 0's first hard negative
+    assert distillation_kl(other, teacher, rows, k) > 0.01
+
+
+def test_distilled_noisy_run_saves_a_loadable_scorer(tiny_shapes_pipeline, tmp_path):
+    cfg = ScorerTrainConfig(kind="noisy", distill_weight=1.0, **TINY)
+    final = train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
+    assert load_scorer(final).kind == "noisy"
+    assert "x0" in load_file(tmp_path / "trajectories.safetensors")

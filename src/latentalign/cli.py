@@ -36,8 +36,12 @@ def _train_scorer(args: argparse.Namespace) -> int:
         kind=args.kind,
         steps=args.steps,
         batch=args.batch,
+        lr=args.lr,
         pool_size=args.pool_size,
         trajectories=args.trajectories,
+        trajectory_share=args.trajectory_share,
+        init_from=args.init,
+        distill_weight=args.distill_weight,
         noisy_reads=args.noisy_reads,
         verdict_weight=args.verdict_weight,
         eval_per_suite=args.eval_per_suite,
@@ -262,8 +266,16 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--out", default=None, help="working folder (default runs/scorer_<kind>)")
     ts.add_argument("--steps", type=int, default=3000)
     ts.add_argument("--batch", type=int, default=128, help="global batch, split across processes")
+    ts.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule after warm-up)")
+    ts.add_argument("--init", default=None, help="fine-tune this saved scorer (folder or shapes-<kind>) instead")
     ts.add_argument("--pool-size", type=int, default=20000, help="rendered train-split scenes")
     ts.add_argument("--trajectories", type=int, default=3072, help="noisy: generator samples recorded per step")
+    ts.add_argument(
+        "--trajectory-share",
+        type=float,
+        default=0.5,
+        help="noisy: share of each batch drawn from recorded generator trajectories (the rest: noised renders)",
+    )
     ts.add_argument(
         "--noisy-reads",
         choices=("preview", "latents"),
@@ -275,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="weight of a logistic term ranking each image's caption against its hard negatives by its verdict",
+    )
+    ts.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.0,
+        help="noisy: weight of a KL term matching pixel CLIP's caption ranking on the decoded x0 prediction",
     )
     ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     ts.add_argument("--seed", type=int, default=0)

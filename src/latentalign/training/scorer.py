@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from ..scorers import Scorer, build_shapes_scorer, fit_preview_map, save_scorer
+from ..scorers import Scorer, build_shapes_scorer, fit_preview_map, load_scorer, save_scorer
 from ..world import SUITE_NAMES, check, corrupt, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
 
@@ -55,6 +55,13 @@ class ScorerTrainConfig:
     # weight of a per-image verdict term: logistic loss on (score of own caption - best score of its hard
     # negatives) against the image's aligned label, so misaligned trajectories rank below their corruptions
     verdict_weight: float = 0.0
+    # a saved scorer folder (or shipped name, "shapes-noisy") to fine-tune instead of starting from random weights;
+    # its kind (and, for noisy, what it reads) wins over `kind`/`noisy_reads`, which must agree with it
+    init_from: str | None = None
+    # noisy only: weight of a distillation term on trajectory samples, the KL from the `teacher` scorer's caption
+    # distribution (own caption + its hard negatives) on the decoded x0 prediction to the NoisyCLIP's on z_t
+    distill_weight: float = 0.0
+    teacher: str = "shapes-pixel"
     checkpoint_every: int = 250
     eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
     seed: int = 0
@@ -74,6 +81,17 @@ class ScorerTrainConfig:
             raise ValueError("verdict_weight needs hard_negatives >= 1")
         if not 0 <= self.trajectory_share <= 1:
             raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
+        if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
+            raise ValueError(f"distill_weight must be a finite number >= 0, got {self.distill_weight}")
+        if self.distill_weight > 0 and (self.kind != "noisy" or self.trajectory_share == 0 or self.hard_negatives < 1):
+            raise ValueError("distill_weight needs kind 'noisy', trajectory_share > 0 and hard_negatives >= 1")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.init_from is not None:
+            from ..scorers.factory import SHIPPED
+
+            if self.init_from not in SHIPPED and not Path(self.init_from).is_dir():
+                raise FileNotFoundError(f"init_from {self.init_from!r} is neither a shipped scorer nor a folder")
 
 
 class ContrastiveLoss(nn.Module):
@@ -116,6 +134,22 @@ class ContrastiveLoss(nn.Module):
             loss = loss + verdict_weight * verdict
             out["verdict"] = verdict.detach()
         return {"loss": loss, **out}
+
+
+def distillation_kl(
+    student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor, hard_negatives: int
+) -> torch.Tensor:
+    """Mean KL(teacher || student) of each row's distribution over its own caption and its hard negatives.
+
+    `student`/`teacher` are (B, B + B * hard_negatives) logit matrices laid out as in `ContrastiveLoss`; `rows`
+    picks the images that have a teacher (trajectory samples)."""
+    b = student.shape[0]
+    columns = torch.cat(
+        [rows[:, None], b + rows[:, None] * hard_negatives + torch.arange(hard_negatives, device=rows.device)], dim=1
+    )
+    s = F.log_softmax(student[rows[:, None], columns], dim=1)
+    t = F.log_softmax(teacher[rows[:, None], columns], dim=1)
+    return F.kl_div(s, t, log_target=True, reduction="batchmean")
 
 
 class _Pair(nn.Module):
@@ -166,7 +200,7 @@ def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> d
     traj = record_trajectories(pipe, prompts, seeds)
     aligned = torch.tensor([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
     log(f"trajectories: {len(prompts)} samples over {len(categories)} categories, {aligned.float().mean():.3f} aligned")
-    tensors = {"latents": traj.latents, "timesteps": traj.timesteps, "aligned": aligned}
+    tensors = {"latents": traj.latents, "x0": traj.x0, "timesteps": traj.timesteps, "aligned": aligned}
     _save_tensors_atomic(path, tensors, {"prompts": json.dumps(prompts)})
     return {**tensors, "prompts": prompts}
 
@@ -191,6 +225,8 @@ def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None
     """A random-weight Shapes scorer of `cfg.kind` matched to `pipe`'s VAE (and its preview map, for a noisy
     scorer that reads the preview)."""
     scaling = float(pipe.vae.config.scaling_factor)
+    if cfg.init_from is not None:
+        return _init_scorer(cfg, pipe, scaling)
     preview = None
     if cfg.kind == "noisy" and cfg.noisy_reads == "preview":
         images, _ = build_dataset(512, seed=cfg.seed + 13, split=cfg.split, progress=False)
@@ -199,6 +235,23 @@ def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None
             latents = pipe.vae.encode(pixels * 2 - 1).latent_dist.mean
         preview = fit_preview_map(latents, pixels)
     return build_shapes_scorer(cfg.kind, scaling, preview_map=preview, seed=cfg.seed), preview
+
+
+def _init_scorer(cfg: ScorerTrainConfig, pipe, scaling: float) -> tuple[Scorer, tuple | None]:
+    """The saved scorer `cfg.init_from`, checked against the config and the pipeline, ready to train."""
+    scorer = load_scorer(cfg.init_from, vae=pipe.vae if cfg.kind == "pixel" else None)
+    if scorer.kind != cfg.kind:
+        raise ValueError(f"init_from {cfg.init_from!r} is a {scorer.kind} scorer, not {cfg.kind}")
+    if cfg.kind != "pixel" and abs(scorer.vae_scaling_factor - scaling) > 1e-6 * scaling:
+        raise ValueError(f"init_from {cfg.init_from!r} was made for another VAE (scaling factor differs)")
+    preview = None
+    if cfg.kind == "noisy":
+        reads = "latents" if scorer.preview_matrix is None else "preview"
+        if reads != cfg.noisy_reads:
+            raise ValueError(f"init_from {cfg.init_from!r} reads {reads}, not {cfg.noisy_reads}")
+        if scorer.preview_matrix is not None:
+            preview = (scorer.preview_matrix, scorer.preview_bias)
+    return scorer.requires_grad_(True), preview
 
 
 def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=None, log=print) -> Path:
@@ -232,11 +285,18 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
     first, second, prompts = _pool(cfg, None if cfg.kind == "pixel" else pipe.vae, scaling)
     allowed = {p for name in SUITE_NAMES for p in suite(name, cfg.split)}
     traj = None
+    teacher = None
+    if cfg.distill_weight > 0:
+        teacher = load_scorer(cfg.teacher, vae=pipe.vae).requires_grad_(False)
+        if teacher.kind != "pixel":
+            raise ValueError(f"the distillation teacher must be a pixel scorer, got {teacher.kind} ({cfg.teacher})")
     if cfg.kind == "noisy" and cfg.trajectory_share > 0:
         if main:
             trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
         acc.wait_for_everyone()
         traj = trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
+        if teacher is not None and "x0" not in traj:
+            raise ValueError(f"{out / 'trajectories.safetensors'} has no x0 predictions to distil; delete it")
     n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
     noise_sched = None
     if cfg.kind == "noisy":
@@ -263,6 +323,8 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         idx = torch.randint(0, len(prompts), (n_render,), generator=g)
         captions = [_caption(prompts[i], rng, cfg.inverse_phrasing, allowed) for i in idx.tolist()]
         aligned = torch.ones(cfg.batch, dtype=torch.bool)
+        from_traj = torch.zeros(cfg.batch, dtype=torch.bool)
+        x0 = None
         t = None
         if cfg.kind == "pixel":
             x = first[idx]
@@ -278,13 +340,18 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
                 t = torch.cat([t, traj["timesteps"][s].long()])
                 captions += [traj["prompts"][k] for k in j.tolist()]
                 aligned[n_render:] = traj["aligned"][j]
+                from_traj[n_render:] = True
+                if teacher is not None:
+                    x0 = torch.cat([torch.zeros((n_render, *x.shape[1:])), traj["x0"][j, s]])
         order = torch.randperm(cfg.batch, generator=g)  # mix renders and trajectories across processes
-        x, aligned = x[order], aligned[order]
+        x, aligned, from_traj = x[order], aligned[order], from_traj[order]
+        x0 = x0[order] if x0 is not None else None
         t = t[order] if t is not None else None
         captions = [captions[i] for i in order.tolist()]
         negatives = [corrupt(c, rng) for c in captions for _ in range(cfg.hard_negatives)]
         # this process's share: its images, its captions and its images' hard negatives
-        x, aligned = x[local], aligned[local]
+        x, aligned, from_traj = x[local], aligned[local], from_traj[local]
+        x0 = x0[local] if x0 is not None else None
         t = t[local] if t is not None else None
         mine = captions[local]
         negs = negatives[local.start * cfg.hard_negatives : local.stop * cfg.hard_negatives]
@@ -292,6 +359,14 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
             group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
         image, text, scale = model(x, t, mine + negs)
         terms = loss_fn(image, text, mine, aligned, scale, cfg.hard_negatives, cfg.verdict_weight)
+        rows = from_traj.nonzero().flatten()
+        if teacher is not None and len(rows):
+            with torch.no_grad():
+                target = teacher.clip.logit_scale.exp() * teacher.embed_images(teacher.decode(x0[rows]))
+                target = torch.zeros(len(x), target.shape[1]).index_copy(0, rows, target)
+                target = target @ teacher.embed_text(mine + negs).T
+            kl = distillation_kl(scale * image @ text.T, target, rows, cfg.hard_negatives)
+            terms["loss"] = terms["loss"] + cfg.distill_weight * kl
         opt.zero_grad(set_to_none=True)
         acc.backward(terms["loss"])
         torch.nn.utils.clip_grad_norm_(scorer.parameters(), 1.0)
