@@ -1,6 +1,7 @@
 """Choose the Shapes pipeline's default guidance scale on TRAIN-split prompts (never on held-out ones).
 
 python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
+python benchmarks/guidance_sweep.py --rejudge  # after a checker change: judge the saved images again
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--limit-prompts", type=int, default=24)
     ap.add_argument("--out", default="benchmarks/results/guidance_sweep")
+    ap.add_argument("--rejudge", action="store_true", help="check saved images again (after a checker change)")
     args = ap.parse_args()
     pipe = load_pipeline("shapes")
     out = Path(args.out)
@@ -38,6 +40,7 @@ def main() -> None:
             limit_prompts=args.limit_prompts,
             out=out / f"g{scale}",
             guidance=scale,
+            rejudge=args.rejudge,
         )
         table[scale] = {c["suite"]: c for c in summary["categories"]}
     lines = ["| guidance | " + " | ".join([*SUITE_NAMES, "all"]) + " |", "|---:|" + "---:|" * (len(SUITE_NAMES) + 1)]

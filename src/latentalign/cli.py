@@ -225,6 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         batch=args.batch,
+        rejudge=args.rejudge,
     )
     print(format_table(summary["categories"]))
     print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
@@ -331,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit-prompts", type=int, default=None, help="first K prompts per suite (fixed shuffle)")
     bench.add_argument("--out", default="runs/bench", help="folder for results.jsonl, summary.*, grid.png, images/")
     bench.add_argument("--batch", type=int, default=32, help="images per generate call")
+    bench.add_argument(
+        "--rejudge", action="store_true", help="check the saved images of --out again (after a checker change)"
+    )
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
     return parser
