@@ -16,9 +16,9 @@ COLOUR_VALUE, COLOUR_SATURATION = 0.9, 0.85
 COLOURS = tuple(COLOUR_HUES)
 SHAPES = ("circle", "square", "triangle", "diamond")
 RELATIONS = ("left of", "right of", "above", "below")
-COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}
+COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 PAIR_MAX_COUNT = 3  # two-object prompts may count each kind: "two red circles and a blue square"
-MAX_OBJECTS = 5  # a 32x32 canvas holds at most five objects large enough to tell their shapes apart
+MAX_OBJECTS = 6  # a 32x32 canvas holds at most six objects large enough to tell their shapes apart
 COUNTS = tuple(COUNT_WORDS)
 PLURALS = {s + "s": s for s in SHAPES}
 

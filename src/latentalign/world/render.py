@@ -75,8 +75,10 @@ def layout(scene: Scene, rng: random.Random, max_tries: int = 2000) -> list[Plac
     lo, hi = SIZE_RANGE
     if len(kinds) == 3:
         hi = lo + 2.0  # three objects need room
-    elif len(kinds) >= 4:
+    elif len(kinds) in (4, 5):
         lo, hi = lo - 1.0, lo + 1.0
+    elif len(kinds) >= 6:
+        lo, hi = lo - 2.0, lo - 0.5
     for _ in range(max_tries):
         placed: list[Placed] = []
         for colour, shape in kinds:
