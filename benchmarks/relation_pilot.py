@@ -5,9 +5,13 @@ Nothing is saved but one JSON line. A pilot, not a shipped model: no EMA, one ru
 - `--eval relation` (the first pilot): held-out relation (160) and two-object (80) prompts, relation-heavy data.
 - `--eval shapes`: TRAIN-split single-object prompts x 8 seeds (circles reported apart) and 80 train relation
   prompts, standard data mix: does low-noise training sharpen shapes, and what does it cost relations?
+- `--eval train`: every suite on TRAIN-split prompts (24 per suite x seeds 0-3, as the guidance sweep), standard
+  data mix (`--mix relation` for the relation-heavy one): a high-noise polish after `train world`, judged
+  without touching held-out prompts.
 
 python benchmarks/relation_pilot.py --tmin 500 --steps 400                      # first pilot (was: 500 400 eps)
 python benchmarks/relation_pilot.py --tmin 0 --tmax 500 --steps 400 --eval shapes
+python benchmarks/relation_pilot.py --tmin 500 --steps 400 --eval train
 """
 
 import argparse
@@ -23,7 +27,7 @@ from diffusers import DDPMScheduler
 import latentalign
 from latentalign.pipeline import shapes_scheduler_config
 from latentalign.training.world import WorldTrainConfig, _captions, _to_tensor
-from latentalign.world import check, suite
+from latentalign.world import SUITE_NAMES, check, suite
 from latentalign.world.dataset import build_dataset
 
 ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,7 +35,9 @@ ap.add_argument("--tmin", type=int, default=500)
 ap.add_argument("--tmax", type=int, default=1000)
 ap.add_argument("--steps", type=int, default=400)
 ap.add_argument("--mode", choices=("eps", "x0"), default="eps")
-ap.add_argument("--eval", choices=("relation", "shapes"), default="relation")
+ap.add_argument("--eval", choices=("relation", "shapes", "train"), default="relation")
+ap.add_argument("--mix", choices=("standard", "relation"), default=None, help="data mix (default: by --eval)")
+ap.add_argument("--lr", type=float, default=2e-4)
 args = ap.parse_args()
 if not 0 <= args.tmin < args.tmax <= 1000 or args.steps < 1:
     ap.error("need 0 <= tmin < tmax <= 1000 and steps >= 1")
@@ -54,6 +60,11 @@ def evaluate(tag):
         for name, n in [("relation", 160), ("two_objects", 80)]:
             ps = random.Random(1).sample(suite(name, "heldout"), n)
             out[name] = sum(accuracy(ps, list(range(n)))) / n
+    elif args.eval == "train":
+        for name in SUITE_NAMES:
+            ps = random.Random(1).sample(suite(name, "train"), min(24, len(suite(name, "train"))))
+            ps = [p for p in ps for _ in range(4)]
+            out[name] = sum(accuracy(ps, [k % 4 for k in range(len(ps))])) / len(ps)
     else:
         ps = [p for p in suite("single_object", "train") for _ in range(8)]
         ok = accuracy(ps, [k % 8 for k in range(len(ps))])
@@ -67,7 +78,8 @@ def evaluate(tag):
 
 
 before = evaluate("before")
-mix = [0.05, 0.15, 0.65, 0.15] if args.eval == "relation" else list(WorldTrainConfig().category_weights)
+relation_mix = args.mix == "relation" or (args.mix is None and args.eval == "relation")
+mix = [0.05, 0.15, 0.65, 0.15] if relation_mix else list(WorldTrainConfig().category_weights)
 imgs, prompts = build_dataset(6000, seed=5, split="train", weights=mix, progress=False)
 caps = _captions(prompts, WorldTrainConfig())
 vae, unet, text, tok = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
@@ -85,7 +97,7 @@ for p in params:
     p.requires_grad_(True)
 unet.train()
 text.train()
-opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
+opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 g = torch.Generator().manual_seed(0)
 t0 = time.time()
 for step in range(steps):
@@ -123,6 +135,8 @@ with (out / "runs.jsonl").open("a") as f:
                 "tmin": tmin,
                 "tmax": tmax,
                 "eval": args.eval,
+                "mix": "relation" if relation_mix else "standard",
+                "lr": args.lr,
                 "steps": steps,
                 "mode": mode,
                 "before": before,
