@@ -2,6 +2,7 @@
 
 python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
 python benchmarks/guidance_sweep.py --rejudge  # after a checker change: judge the saved images again
+python benchmarks/guidance_sweep.py --model runs/world/pipeline --out runs/sweep  # a pipeline not shipped yet
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def main() -> None:
     ap.add_argument("--limit-prompts", type=int, default=24)
     ap.add_argument("--out", default="benchmarks/results/guidance_sweep")
     ap.add_argument("--rejudge", action="store_true", help="check saved images again (after a checker change)")
+    ap.add_argument("--model", default="shapes", help="'shapes' (the shipped pipeline) or a pipeline folder")
     args = ap.parse_args()
-    pipe = load_pipeline("shapes")
+    pipe = load_pipeline(args.model)
     out = Path(args.out)
     table = {}
     for scale in args.scales:
