@@ -31,13 +31,13 @@ def main() -> None:
     args = ap.parse_args()
     pipe = latentalign.load_pipeline(args.model)
     left = random.Random(0).sample([p for p in suite("relation", "train") if " left of " in p], args.pairs)
-    right = [p.replace(" left of ", f" {args.twin} ") for p in left]
+    twin = [p.replace(" left of ", f" {args.twin} ") for p in left]
     seeds = list(range(args.pairs))
     counts = {"left_ok": 0, "right_ok": 0, "same_order": 0, "flipped": 0, "unreadable": 0}
     for i in range(0, args.pairs, 16):
         a = latentalign.generate(pipe, left[i : i + 16], seed=seeds[i : i + 16])
-        b = latentalign.generate(pipe, right[i : i + 16], seed=seeds[i : i + 16])
-        for pa, pb, ia, ib in zip(left[i : i + 16], right[i : i + 16], a.images, b.images, strict=True):
+        b = latentalign.generate(pipe, twin[i : i + 16], seed=seeds[i : i + 16])
+        for pa, pb, ia, ib in zip(left[i : i + 16], twin[i : i + 16], a.images, b.images, strict=True):
             va, vb = check(ia, pa), check(ib, pb)
             counts["left_ok"] += va.ok
             counts["right_ok"] += vb.ok

@@ -18,12 +18,13 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from latentalign.bench import wilson_interval
 from latentalign.pipeline import load_pipeline
+from latentalign.training.world import vae_round_trip
 from latentalign.world import check, parse, render
+from latentalign.world.render import to_array
 
 
 def n_objects(prompt: str) -> int:
@@ -47,13 +48,9 @@ def main() -> None:
     clean_ok, rec_ok = [], []
     for i in tqdm(range(0, len(rows), args.batch), desc="render + VAE round trip"):
         chunk = rows[i : i + args.batch]
-        images = np.stack([np.asarray(render(r["prompt"], r["seed"]).convert("RGB")) for r in chunk])
+        images = np.stack([to_array(render(r["prompt"], r["seed"])) for r in chunk])
         clean_ok += [check(im, r["prompt"]).ok for im, r in zip(images, chunk, strict=True)]
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.no_grad():
-            rec = vae.decode(vae.encode(x).latent_dist.mean).sample
-        rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        rec_ok += [check(im, r["prompt"]).ok for im, r in zip(rec_u8, chunk, strict=True)]
+        rec_ok += [check(im, r["prompt"]).ok for im, r in zip(vae_round_trip(vae, images), chunk, strict=True)]
 
     groups: dict[tuple[str, int], list[tuple[bool, bool, bool]]] = defaultdict(list)
     for r, c, v in zip(rows, clean_ok, rec_ok, strict=True):

@@ -76,6 +76,13 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+@torch.no_grad()
+def vae_round_trip(vae, images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, 3) images encoded (posterior mean) and decoded by `vae`, back as uint8 for the checker."""
+    rec = vae.decode(vae.encode(_to_tensor(images)).latent_dist.mean).sample
+    return ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+
 def _gen(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
@@ -161,9 +168,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
     vae.eval().requires_grad_(False)
 
     # Reconstruction accuracy: the ceiling for anything the generator can reach through this decoder.
-    with torch.no_grad():
-        rec = vae.decode(vae.encode(pool[:500]).latent_dist.mean).sample
-    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec_u8 = vae_round_trip(vae, images[:500])
     meta["vae_reconstruction_checker_accuracy"] = float(
         np.mean([check(im, p).ok for im, p in zip(rec_u8, prompts[:500], strict=True)])
     )
