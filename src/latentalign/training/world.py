@@ -47,7 +47,9 @@ class WorldTrainConfig:
     high_noise_share: float = 0.5
     high_noise_start: int = 500
     checkpoint_every: int = 250
-    seed: int = 0
+    # Seeds the weights, the scene draw and the batch order. 1 is the shipped run: seed 0 of the same recipe
+    # never learnt the relation axis (README, "Seeds and recipes").
+    seed: int = 1
 
     def __post_init__(self):
         total = shapes_scheduler_config()["num_train_timesteps"]
