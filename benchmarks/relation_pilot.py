@@ -38,12 +38,13 @@ ap.add_argument("--mode", choices=("eps", "x0"), default="eps")
 ap.add_argument("--eval", choices=("relation", "shapes", "train"), default="relation")
 ap.add_argument("--mix", choices=("standard", "relation"), default=None, help="data mix (default: by --eval)")
 ap.add_argument("--lr", type=float, default=2e-4)
+ap.add_argument("--model", default="shapes", help="the pipeline to polish a copy of: 'shapes' or a pipeline folder")
 args = ap.parse_args()
 if not 0 <= args.tmin < args.tmax <= 1000 or args.steps < 1:
     ap.error("need 0 <= tmin < tmax <= 1000 and steps >= 1")
 tmin, tmax, steps, mode = args.tmin, args.tmax, args.steps, args.mode
 torch.manual_seed(0)
-pipe = latentalign.load_pipeline("shapes")
+pipe = latentalign.load_pipeline(args.model)
 
 
 def accuracy(prompts, seeds):
