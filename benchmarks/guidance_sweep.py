@@ -1,6 +1,8 @@
 """Choose the Shapes pipeline's default guidance scale on TRAIN-split prompts (never on held-out ones).
 
 python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
+python benchmarks/guidance_sweep.py --rejudge  # after a checker change: judge the saved images again
+python benchmarks/guidance_sweep.py --model runs/world/pipeline --out runs/sweep  # a pipeline not shipped yet
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--limit-prompts", type=int, default=24)
     ap.add_argument("--out", default="benchmarks/results/guidance_sweep")
+    ap.add_argument("--rejudge", action="store_true", help="check saved images again (after a checker change)")
+    ap.add_argument("--model", default="shapes", help="'shapes' (the shipped pipeline) or a pipeline folder")
     args = ap.parse_args()
-    pipe = load_pipeline("shapes")
+    pipe = load_pipeline(args.model)
     out = Path(args.out)
     table = {}
     for scale in args.scales:
@@ -38,6 +42,7 @@ def main() -> None:
             limit_prompts=args.limit_prompts,
             out=out / f"g{scale}",
             guidance=scale,
+            rejudge=args.rejudge,
         )
         table[scale] = {c["suite"]: c for c in summary["categories"]}
     lines = ["| guidance | " + " | ".join([*SUITE_NAMES, "all"]) + " |", "|---:|" + "---:|" * (len(SUITE_NAMES) + 1)]

@@ -1,17 +1,22 @@
-"""Pilot for a harder world (issue 3): can the shipped UNet learn relations if training stresses high-noise steps?
+"""Pilot for the world's training recipe (issue 3): fine-tune a copy of the shipped UNet and text encoder with
+timesteps from [TMIN, TMAX) only, and measure plain generation before and after.
 
-Fine-tunes the shipped pipeline's UNet and text encoder (a copy in memory; nothing is saved) on relation-heavy
-TRAIN-split renders with timesteps drawn from [TMIN, 999] only, then measures plain generation on held-out
-relation (160) and two-object (80) prompts, seeds 0.., before and after. A pilot, not a shipped model: no EMA,
-one run, small samples (95% intervals about +-0.07 at n=160).
+Nothing is saved but one JSON line. A pilot, not a shipped model: no EMA, one run, small samples.
+- `--eval relation` (the first pilot): held-out relation (160) and two-object (80) prompts, relation-heavy data.
+- `--eval shapes`: TRAIN-split single-object prompts x 8 seeds (circles reported apart) and 80 train relation
+  prompts, standard data mix: does low-noise training sharpen shapes, and what does it cost relations?
+- `--eval train`: every suite on TRAIN-split prompts (24 per suite x seeds 0-3, as the guidance sweep), standard
+  data mix (`--mix relation` for the relation-heavy one): a high-noise polish after `train world`, judged
+  without touching held-out prompts.
 
-python benchmarks/relation_pilot.py TMIN STEPS [eps|x0]   # e.g. 500 400 eps; appends to
-                                                          # benchmarks/results/relation_pilot/runs.jsonl
+python benchmarks/relation_pilot.py --tmin 500 --steps 400                      # first pilot (was: 500 400 eps)
+python benchmarks/relation_pilot.py --tmin 0 --tmax 500 --steps 400 --eval shapes
+python benchmarks/relation_pilot.py --tmin 500 --steps 400 --eval train
 """
 
+import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -22,32 +27,61 @@ from diffusers import DDPMScheduler
 import latentalign
 from latentalign.pipeline import shapes_scheduler_config
 from latentalign.training.world import WorldTrainConfig, _captions, _to_tensor
-from latentalign.world import check, suite
+from latentalign.world import SUITE_NAMES, check, suite
 from latentalign.world.dataset import build_dataset
 
-tmin = int(sys.argv[1])
-steps = int(sys.argv[2])
-mode = sys.argv[3] if len(sys.argv) > 3 else "eps"
+ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+ap.add_argument("--tmin", type=int, default=500)
+ap.add_argument("--tmax", type=int, default=1000)
+ap.add_argument("--steps", type=int, default=400)
+ap.add_argument("--mode", choices=("eps", "x0"), default="eps")
+ap.add_argument("--eval", choices=("relation", "shapes", "train"), default="relation")
+ap.add_argument("--mix", choices=("standard", "relation"), default=None, help="data mix (default: by --eval)")
+ap.add_argument("--lr", type=float, default=2e-4)
+ap.add_argument("--model", default="shapes", help="the pipeline to polish a copy of: 'shapes' or a pipeline folder")
+args = ap.parse_args()
+if not 0 <= args.tmin < args.tmax <= 1000 or args.steps < 1:
+    ap.error("need 0 <= tmin < tmax <= 1000 and steps >= 1")
+tmin, tmax, steps, mode = args.tmin, args.tmax, args.steps, args.mode
 torch.manual_seed(0)
-pipe = latentalign.load_pipeline("shapes")
+pipe = latentalign.load_pipeline(args.model)
+
+
+def accuracy(prompts, seeds):
+    ok = []
+    for i in range(0, len(prompts), 40):
+        r = latentalign.generate(pipe, prompts[i : i + 40], seed=seeds[i : i + 40])
+        ok += [check(im, p).ok for im, p in zip(r.images, prompts[i : i + 40], strict=True)]
+    return ok
 
 
 def evaluate(tag):
     out = {}
-    for name, n in [("relation", 160), ("two_objects", 80)]:
-        ps = suite(name, "heldout")
-        ps = random.Random(1).sample(ps, n)
-        ok = 0
-        for i in range(0, n, 40):
-            r = latentalign.generate(pipe, ps[i : i + 40], seed=list(range(i, i + 40)))
-            ok += sum(check(im, p).ok for im, p in zip(r.images, ps[i : i + 40], strict=True))
-        out[name] = ok / n
+    if args.eval == "relation":
+        for name, n in [("relation", 160), ("two_objects", 80)]:
+            ps = random.Random(1).sample(suite(name, "heldout"), n)
+            out[name] = sum(accuracy(ps, list(range(n)))) / n
+    elif args.eval == "train":
+        for name in SUITE_NAMES:
+            ps = random.Random(1).sample(suite(name, "train"), min(24, len(suite(name, "train"))))
+            ps = [p for p in ps for _ in range(4)]
+            out[name] = sum(accuracy(ps, [k % 4 for k in range(len(ps))])) / len(ps)
+    else:
+        ps = [p for p in suite("single_object", "train") for _ in range(8)]
+        ok = accuracy(ps, [k % 8 for k in range(len(ps))])
+        out["single_object"] = sum(ok) / len(ok)
+        circles = [o for o, p in zip(ok, ps, strict=True) if p.endswith("circle")]
+        out["single_circles"] = sum(circles) / len(circles)
+        ps = random.Random(1).sample(suite("relation", "train"), 80)
+        out["relation_train"] = sum(accuracy(ps, list(range(80)))) / 80
     print(tag, out, flush=True)
     return out
 
 
 before = evaluate("before")
-imgs, prompts = build_dataset(6000, seed=5, split="train", weights=[0.05, 0.15, 0.65, 0.15], progress=False)
+relation_mix = args.mix == "relation" or (args.mix is None and args.eval == "relation")
+mix = [0.05, 0.15, 0.65, 0.15] if relation_mix else list(WorldTrainConfig().category_weights)
+imgs, prompts = build_dataset(6000, seed=5, split="train", weights=mix, progress=False)
 caps = _captions(prompts, WorldTrainConfig())
 vae, unet, text, tok = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
 with torch.no_grad():
@@ -64,14 +98,14 @@ for p in params:
     p.requires_grad_(True)
 unet.train()
 text.train()
-opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
+opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
 g = torch.Generator().manual_seed(0)
 t0 = time.time()
 for step in range(steps):
     idx = torch.randint(0, len(mean), (64,), generator=g)
     z0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=g)) * s
     noise = torch.randn(z0.shape, generator=g)
-    t = torch.randint(tmin, 1000, (64,), generator=g)
+    t = torch.randint(tmin, tmax, (64,), generator=g)
     zt = sched.add_noise(z0, noise, t)
     ids = ids_all[idx].clone()
     ids[torch.rand(64, generator=g) < 0.1] = ids_empty
@@ -92,7 +126,7 @@ unet.eval()
 text.eval()
 for p in params:
     p.requires_grad_(False)
-after = evaluate(f"after tmin={tmin} steps={steps} mode={mode}")
+after = evaluate(f"after tmin={tmin} tmax={tmax} steps={steps} mode={mode}")
 out = Path("benchmarks/results/relation_pilot")
 out.mkdir(parents=True, exist_ok=True)
 with (out / "runs.jsonl").open("a") as f:
@@ -100,6 +134,10 @@ with (out / "runs.jsonl").open("a") as f:
         json.dumps(
             {
                 "tmin": tmin,
+                "tmax": tmax,
+                "eval": args.eval,
+                "mix": "relation" if relation_mix else "standard",
+                "lr": args.lr,
                 "steps": steps,
                 "mode": mode,
                 "before": before,

@@ -128,6 +128,20 @@ def test_bench_writes_rows_and_resumes(pipe_dir, tmp_path, capsys):
     assert repaired.endswith("\n") and len(read_rows(out)) == 4
 
 
+def test_bench_rejudge_checks_saved_images_again(pipe_dir, tmp_path):
+    out = tmp_path / "bench"
+    assert bench(pipe_dir, out) == 0
+    rows = read_rows(out)
+    tampered = [dict(r, ok=not r["ok"], failures=["made_up"]) for r in rows]  # as if judged by another checker
+    (out / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in tampered))
+    assert bench(pipe_dir, out, "--rejudge") == 0
+    again = read_rows(out)
+    assert [(r["prompt"], r["seed"], r["ok"], r["failures"]) for r in again] == [
+        (r["prompt"], r["seed"], r["ok"], r["failures"]) for r in rows
+    ]
+    assert json.loads((out / "summary.json").read_text())["categories"][1]["correct"] == sum(r["ok"] for r in rows)
+
+
 def test_bench_refuses_mismatched_settings(pipe_dir, tmp_path, capsys):
     out = tmp_path / "bench"
     assert bench(pipe_dir, out, "--limit-prompts", "1") == 0

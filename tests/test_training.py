@@ -205,3 +205,22 @@ def test_resume_with_another_config_is_refused(trained, tmp_path):
     shutil.copytree(trained, out)
     with pytest.raises(ValueError, match="config"):
         train_world(out, replace(TINY, unet_steps=5), log=quiet)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"high_noise_share": -0.1}, {"high_noise_share": 1.5}, {"high_noise_start": 1000}, {"unet_steps": -1}],
+)
+def test_bad_world_config_is_refused_at_once(bad):
+    with pytest.raises(ValueError):
+        WorldTrainConfig(**bad)
+
+
+def test_high_noise_share_moves_timesteps_to_the_upper_half():
+    g = torch.Generator().manual_seed(0)
+    high = world_training._timesteps(WorldTrainConfig(unet_batch=4000, high_noise_share=1.0), 1000, g)
+    assert high.min() >= 500 and high.max() < 1000
+    uniform = world_training._timesteps(WorldTrainConfig(unet_batch=4000, high_noise_share=0.0), 1000, g)
+    assert 0.45 < (uniform >= 500).float().mean() < 0.55
+    mixed = world_training._timesteps(WorldTrainConfig(unet_batch=4000, high_noise_share=0.5), 1000, g)
+    assert 0.70 < (mixed >= 500).float().mean() < 0.80  # half forced high, half uniform: 3/4 in the upper half

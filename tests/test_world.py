@@ -84,13 +84,27 @@ def test_vocabulary():
         "a blue square left of a blue square",
         "a red circle and",
         "a red circle near a blue square",
-        "two red circles and a blue square",
+        "two red circles left of a blue square",
+        "a red circle above three blue squares",
+        "four red circles and a blue square",
+        "three red circles and four blue squares",
+        "seven red circles",
         "a red circle and a blue square and a green triangle",
     ],
 )
 def test_parse_rejects(prompt):
     with pytest.raises(PromptError):
         parse(prompt)
+
+
+def test_two_object_prompts_count_each_kind():
+    scene = parse("two red circles and a blue square")
+    assert scene.category == "two_objects"
+    assert [(o.colour, o.shape, o.count) for o in scene.objects] == [("red", "circle", 2), ("blue", "square", 1)]
+    assert "three red circles and two blue squares" in suite("two_objects", "all")
+    assert "three red circles and three blue squares" in suite("two_objects", "all")
+    assert all(sum(o.count for o in parse(p).objects) <= 6 for p in suite("two_objects", "all"))
+    assert {parse(p).objects[0].count for p in suite("counting", "all")} == {2, 3, 4, 5, 6}  # two and more
 
 
 def test_prompt_error_is_a_value_error():
@@ -246,3 +260,10 @@ def test_checker_tolerates_a_decoder_like_blur():
 def test_sample_prompts_follows_category_weights():
     prompts = sample_prompts(400, random.Random(0), weights=[0, 0, 1, 0])
     assert {category_of(p) for p in prompts} == {"relation"}
+
+
+def test_crowded_scenes_render_and_pass_the_checker():
+    crowded = ["six red circles", "three blue squares and three green diamonds", "two cyan triangles and a red circle"]
+    for prompt in crowded:
+        for seed in range(10):
+            assert check(render(prompt, seed), prompt).ok

@@ -167,6 +167,16 @@ def _grid(out: Path, jobs: list[tuple], rows: dict) -> Image.Image:
     return grid
 
 
+def _rejudge(out: Path, rows: list[dict]) -> None:
+    """Check each row's saved image again and rewrite `out/results.jsonl` in one atomic replace."""
+    for row in tqdm(rows, desc="re-judge", unit="img"):
+        verdict = check(Image.open(out / row["image"]), row["prompt"])
+        row["ok"], row["failures"] = verdict.ok, [fl.kind for fl in verdict.failures]
+    tmp = out / (RESULTS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out / RESULTS)
+
+
 def run_bench(
     pipe,
     suites: list[str],
@@ -178,8 +188,12 @@ def run_bench(
     steps: int | None = None,
     guidance: float | None = None,
     batch: int = 32,
+    rejudge: bool = False,
 ) -> dict:
-    """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary."""
+    """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary.
+
+    `rejudge=True` first checks every saved image again with the current checker (after a checker change) and
+    rewrites the results file atomically; generation is not repeated."""
     if sampling_defaults(pipe).world != "shapes":
         raise ValueError("the benchmark needs a Shapes-world pipeline (its latentalign.json must say world: shapes)")
     if batch < 1:
@@ -197,6 +211,8 @@ def run_bench(
                 f"{results} holds results made with {row['settings']}, not {settings}; "
                 "use another --out or the same settings"
             )
+    if rejudge and existing:
+        _rejudge(out, existing)
     done = {(r["prompt"], r["seed"]): r for r in existing}
     todo = [j for j in jobs if (j[1], j[2]) not in done]
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@ def _train_world(args: argparse.Namespace) -> int:
     from .training.world import WorldTrainConfig, train_world
 
     torch.set_num_threads(args.threads)
-    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed)
+    extra = {} if args.high_noise_share is None else {"high_noise_share": args.high_noise_share}
+    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed, **extra)
     final = train_world(args.out, cfg)
     if args.ship:
         if SHAPES_WEIGHTS.exists():
@@ -224,6 +225,7 @@ def _bench(args: argparse.Namespace) -> int:
         steps=args.steps,
         guidance=args.guidance,
         batch=args.batch,
+        rejudge=args.rejudge,
     )
     print(format_table(summary["categories"]))
     print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
@@ -245,7 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--out", default="runs/world", help="working folder: checkpoint/ and the final pipeline/")
     tw.add_argument("--vae-steps", type=int, default=1200)
     tw.add_argument("--unet-steps", type=int, default=3500)
-    tw.add_argument("--seed", type=int, default=0)
+    tw.add_argument(
+        "--high-noise-share",
+        type=float,
+        default=None,
+        help="share of each UNet batch with timesteps from the upper half, where layout (hence relations) is set"
+        " (default 0.5)",
+    )
+    tw.add_argument("--seed", type=int, default=1, help="seeds weights, scenes and batches (1: the shipped run)")
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
     tw.set_defaults(func=_train_world)
@@ -323,6 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--limit-prompts", type=int, default=None, help="first K prompts per suite (fixed shuffle)")
     bench.add_argument("--out", default="runs/bench", help="folder for results.jsonl, summary.*, grid.png, images/")
     bench.add_argument("--batch", type=int, default=32, help="images per generate call")
+    bench.add_argument(
+        "--rejudge", action="store_true", help="check the saved images of --out again (after a checker change)"
+    )
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
     return parser

@@ -16,7 +16,7 @@ from .world import words
 SHAPES = "shapes"
 SHAPES_WEIGHTS = Path(__file__).parent / "weights" / "shapes"
 SHAPES_SCORERS = Path(__file__).parent / "weights" / "shapes_scorers"  # <kind>/ for pixel, latent, noisy
-SHAPES_GUIDANCE = 2.0  # best overall accuracy on train-split prompts (benchmarks/guidance_sweep.py)
+SHAPES_GUIDANCE = 1.5  # best overall accuracy on train-split prompts (benchmarks/guidance_sweep.py)
 SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
 
 

@@ -16,7 +16,9 @@ COLOUR_VALUE, COLOUR_SATURATION = 0.9, 0.85
 COLOURS = tuple(COLOUR_HUES)
 SHAPES = ("circle", "square", "triangle", "diamond")
 RELATIONS = ("left of", "right of", "above", "below")
-COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4}
+COUNT_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
+PAIR_MAX_COUNT = 3  # two-object prompts may count each kind: "two red circles and a blue square"
+MAX_OBJECTS = 6  # a 32x32 canvas holds at most six objects large enough to tell their shapes apart
 COUNTS = tuple(COUNT_WORDS)
 PLURALS = {s + "s": s for s in SHAPES}
 
@@ -72,7 +74,8 @@ class Scene:
         if self.category == "counting":
             return self.objects[0].phrase(counted=True)
         if self.category == "two_objects":
-            return f"{self.objects[0].phrase()} and {self.objects[1].phrase()}"
+            a, b = self.objects
+            return f"{a.phrase(counted=a.count > 1)} and {b.phrase(counted=b.count > 1)}"
         return f"{self.objects[0].phrase()} {self.relation} {self.objects[1].phrase()}"
 
 
@@ -111,8 +114,6 @@ def parse(prompt: str) -> Scene:
     if i == len(tokens):
         counted = tokens[0] in COUNT_WORDS
         return Scene("counting" if counted else "single_object", (first,))
-    if tokens[0] != "a":
-        raise PromptError(f"count words are only used alone ('two red circles'), not in {prompt!r}")
     rest = " ".join(tokens[i:])
     if tokens[i] == "and":
         kind, relation, j = "two_objects", None, i + 1
@@ -121,11 +122,15 @@ def parse(prompt: str) -> Scene:
         if relation is None:
             raise PromptError(f"expected 'and' or a relation ({', '.join(RELATIONS)}) in {prompt!r}")
         kind, j = "relation", i + len(relation.split())
-    if j < len(tokens) and tokens[j] != "a":
-        raise PromptError(f"the second object takes 'a', in {prompt!r}")
+        if tokens[0] != "a" or (j < len(tokens) and tokens[j] != "a"):
+            raise PromptError(f"relations hold between single objects ('a red circle left of a square'), in {prompt!r}")
     second, end = _object_at(tokens, j, prompt)
     if end != len(tokens):
         raise PromptError(f"unexpected words after the second object in {prompt!r}")
+    if kind == "two_objects" and max(first.count, second.count) > PAIR_MAX_COUNT:
+        raise PromptError(f"two-object prompts count each kind up to {PAIR_MAX_COUNT}, in {prompt!r}")
+    if first.count + second.count > MAX_OBJECTS:
+        raise PromptError(f"a scene holds at most {MAX_OBJECTS} objects, {prompt!r} asks for more")
     if (first.colour, first.shape) == (second.colour, second.shape):
         raise PromptError(f"both objects are the same kind in {prompt!r}; use a count ('two red circles')")
     return Scene(kind, (first, second), relation)
@@ -136,11 +141,18 @@ def all_scenes(category: str) -> list[Scene]:
     kinds = [ObjectSpec(c, s) for c, s in itertools.product(COLOURS, SHAPES)]
     if category == "single_object":
         return [Scene(category, (k,)) for k in kinds]
-    if category == "counting":
-        return [Scene(category, (replace(k, count=n),)) for k in kinds for n in COUNT_WORDS.values()]
+    if category == "counting":  # two and more, as GenEval counts: one object is the single-object category's job
+        return [Scene(category, (replace(k, count=n),)) for k in kinds for n in COUNT_WORDS.values() if n > 1]
     pairs = [(a, b) for a, b in itertools.product(kinds, kinds) if a != b]
     if category == "two_objects":
-        return [Scene(category, p) for p in pairs]
+        counts = range(1, PAIR_MAX_COUNT + 1)
+        return [
+            Scene(category, (replace(a, count=m), replace(b, count=n)))
+            for a, b in pairs
+            for m in counts
+            for n in counts
+            if m + n <= MAX_OBJECTS
+        ]
     if category == "relation":
         return [Scene(category, p, r) for p in pairs for r in RELATIONS]
     raise ValueError(f"unknown category {category!r}")
@@ -164,7 +176,7 @@ def corrupt(prompt: str, rng: random.Random, field: str | None = None) -> str:
     fields = (
         ["colour", "shape"]
         + (["relation"] if scene.relation else [])
-        + (["count"] if scene.category == "counting" else [])
+        + (["count"] if scene.category in ("counting", "two_objects") else [])
     )
     if field is None:
         field = rng.choice(fields)
@@ -182,8 +194,11 @@ def corrupt(prompt: str, rng: random.Random, field: str | None = None) -> str:
             elif field == "shape":
                 o = replace(o, shape=rng.choice([s for s in SHAPES if s != o.shape]))
             else:
-                o = replace(o, count=rng.choice([n for n in COUNT_WORDS.values() if n != o.count]))
+                top = PAIR_MAX_COUNT if scene.category == "two_objects" else max(COUNT_WORDS.values())
+                o = replace(o, count=rng.choice([n for n in range(1, top + 1) if n != o.count]))
             new = Scene(scene.category, tuple(objs[:k] + [o] + objs[k + 1 :]), scene.relation)
+        if sum(o.count for o in new.objects) > MAX_OBJECTS:
+            continue
         if len(new.objects) < 2 or (new.objects[0].colour, new.objects[0].shape) != (
             new.objects[1].colour,
             new.objects[1].shape,

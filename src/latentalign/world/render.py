@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from .grammar import IMAGE_SIZE, Scene, colour_rgb, parse
 
 SUPERSAMPLE = 8  # draw at 8x, then box-filter down: edges get exact coverage antialiasing
-SIZE_RANGE = (9.0, 13.0)  # object side or diameter in pixels (smaller when three or four objects share the scene)
+SIZE_RANGE = (9.0, 13.0)  # object side or diameter in pixels (smaller when three or more objects share the scene)
 GAP = 2.0  # minimum free pixels between object boxes, so objects never touch
 MARGIN = 1.0  # minimum distance from the border
 RELATION_MARGIN = 3.0  # the relation's axis dominates the other by at least this many pixels
@@ -51,31 +51,42 @@ def _apart(p: Placed, q: Placed) -> bool:
     )
 
 
+POSITION_STEP = 0.25  # placement grid in pixels: fine enough to look continuous, coarse enough to enumerate
+
+
+def _free_position(size: float, placed: list[Placed], rng: random.Random) -> tuple[float, float] | None:
+    """A position drawn uniformly among those that keep GAP pixels from every placed box (None if there is none)."""
+    axis = np.arange(MARGIN, IMAGE_SIZE - MARGIN - size + 1e-9, POSITION_STEP)
+    free = np.ones((len(axis), len(axis)), dtype=bool)  # [row (y), column (x)]
+    for q in placed:  # apart on x or apart on y: each test depends on one coordinate only
+        apart_x = (axis + size + GAP <= q.x) | (q.x + q.size + GAP <= axis)
+        apart_y = (axis + size + GAP <= q.y) | (q.y + q.size + GAP <= axis)
+        free &= apart_x[None, :] | apart_y[:, None]
+    idx = np.flatnonzero(free)
+    if len(idx) == 0:
+        return None
+    k = idx[min(int(rng.random() * len(idx)), len(idx) - 1)]
+    return float(axis[k % len(axis)]), float(axis[k // len(axis)])
+
+
 def layout(scene: Scene, rng: random.Random, max_tries: int = 2000) -> list[Placed]:
     """Random sizes and non-touching positions satisfying the scene's relation."""
     kinds = [(o.colour, o.shape) for o in scene.objects for _ in range(o.count)]
     lo, hi = SIZE_RANGE
     if len(kinds) == 3:
         hi = lo + 2.0  # three objects need room
-    elif len(kinds) >= 4:
+    elif len(kinds) in (4, 5):
         lo, hi = lo - 1.0, lo + 1.0
+    elif len(kinds) >= 6:
+        lo, hi = lo - 2.0, lo - 0.5
     for _ in range(max_tries):
         placed: list[Placed] = []
         for colour, shape in kinds:
             s = rng.uniform(lo, hi)
-            for _ in range(100):  # try positions for this object before starting the scene over
-                p = Placed(
-                    colour,
-                    shape,
-                    rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
-                    rng.uniform(MARGIN, IMAGE_SIZE - MARGIN - s),
-                    s,
-                )
-                if all(_apart(p, q) for q in placed):
-                    placed.append(p)
-                    break
-            else:
-                break
+            pos = _free_position(s, placed, rng)
+            if pos is None:
+                break  # no room left for this object: start the scene over
+            placed.append(Placed(colour, shape, pos[0], pos[1], s))
         if len(placed) != len(kinds):
             continue
         if scene.relation and not _relation_holds(placed[0], placed[1], scene.relation, RELATION_MARGIN):
