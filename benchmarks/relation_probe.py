@@ -33,6 +33,12 @@ def main() -> None:
     left = random.Random(0).sample([p for p in suite("relation", "train") if " left of " in p], args.pairs)
     twin = [p.replace(" left of ", f" {args.twin} ") for p in left]
     seeds = list(range(args.pairs))
+
+    def layout(d: dict, first, second) -> bool:
+        """--twin 'right of': is the first object left of the second? Else: is the dominant axis horizontal?"""
+        dx, dy = d[first].cx - d[second].cx, d[first].cy - d[second].cy
+        return dx < 0 if args.twin == "right of" else abs(dx) > abs(dy)
+
     counts = {"left_ok": 0, "right_ok": 0, "same_order": 0, "flipped": 0, "unreadable": 0}
     for i in range(0, args.pairs, 16):
         a = latentalign.generate(pipe, left[i : i + 16], seed=seeds[i : i + 16])
@@ -47,13 +53,7 @@ def main() -> None:
             if not all(k in d for k in (first, second) for d in (da, db)):
                 counts["unreadable"] += 1  # an object missing or misdrawn in either image
                 continue
-            if args.twin == "right of":  # left-to-right order
-                order_a = da[first].cx < da[second].cx
-                order_b = db[first].cx < db[second].cx
-            else:  # dominant axis
-                order_a = abs(da[first].cx - da[second].cx) > abs(da[first].cy - da[second].cy)
-                order_b = abs(db[first].cx - db[second].cx) > abs(db[first].cy - db[second].cy)
-            counts["same_order" if order_a == order_b else "flipped"] += 1
+            counts["same_order" if layout(da, first, second) == layout(db, first, second) else "flipped"] += 1
     readable = counts["same_order"] + counts["flipped"]
     row = {
         "model": str(args.model),

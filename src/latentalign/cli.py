@@ -18,8 +18,9 @@ def _train_world(args: argparse.Namespace) -> int:
     from .training.world import WorldTrainConfig, train_world
 
     torch.set_num_threads(args.threads)
-    extra = {} if args.high_noise_share is None else {"high_noise_share": args.high_noise_share}
-    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, seed=args.seed, **extra)
+    given = {"high_noise_share": args.high_noise_share, "seed": args.seed}
+    extra = {k: v for k, v in given.items() if v is not None}  # unset: the config's default
+    cfg = WorldTrainConfig(vae_steps=args.vae_steps, unet_steps=args.unet_steps, **extra)
     final = train_world(args.out, cfg)
     if args.ship:
         if SHAPES_WEIGHTS.exists():
@@ -254,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of each UNet batch with timesteps from the upper half, where layout (hence relations) is set"
         " (default 0.5)",
     )
-    tw.add_argument("--seed", type=int, default=1, help="seeds weights, scenes and batches (1: the shipped run)")
+    tw.add_argument("--seed", type=int, default=None, help="seeds weights, scenes, batches (default: the shipped run)")
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
     tw.set_defaults(func=_train_world)
