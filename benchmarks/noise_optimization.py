@@ -1,9 +1,10 @@
 """Noise optimisation (ReNO) with pixel and latent rewards, and negative-concept steering, on HELD-OUT prompts.
 
-Part 1: for each prompt, optimise the initial noise of the 4-step DDIM generator with a pixel-CLIP reward, then with
-a Latent-CLIP reward (same seed, same settings, one process, so time per iteration is comparable); after the run,
-decode the best-so-far iterate at every iteration and judge it with the exact checker: accuracy against iterations
-and against wall time.
+Part 1: for each prompt, optimise the initial noise of the short (default 4-step) DDIM generator with a pixel-CLIP
+reward, then with a Latent-CLIP reward (same seed, same settings, one process, so time per iteration is comparable);
+after the run, decode the best-so-far iterate at every iteration and judge it with the exact checker: accuracy
+against iterations and against wall time. `--split train` runs the same on train prompts: defaults (the iteration
+count the Shapes pipeline recommends) are chosen there, never on held-out prompts.
 Part 2 (steering): two-object prompts where one object's colour or shape is the concept to avoid; before (no
 optimisation) and after (prompt reward + avoid reward, Latent-CLIP and pixel CLIP), the rate at which the avoided
 concept still appears and how often the other object is still drawn right.
@@ -32,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from latentalign import load_pipeline  # noqa: E402
 from latentalign.adapters import Denoiser  # noqa: E402
 from latentalign.bench import read_rows, wilson_interval  # noqa: E402
-from latentalign.generate import to_pil  # noqa: E402
+from latentalign.generate import sampling_defaults, to_pil  # noqa: E402
 from latentalign.methods import NoiseOptimizationConfig, Reward, concept_texts, noise_optimization  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check, parse, suite  # noqa: E402
@@ -42,10 +43,10 @@ SUITES = ("two_objects", "relation", "counting")
 STEER_TAGS = ("before", "after_latent", "after_pixel")
 
 
-def prompts_for(per_suite: int) -> list[tuple[str, str]]:
+def prompts_for(per_suite: int, split: str = "heldout") -> list[tuple[str, str]]:
     out = []
     for name in SUITES:
-        chosen = suite(name, "heldout")
+        chosen = suite(name, split)
         random.Random(1).shuffle(chosen)
         out += [(name, p) for p in chosen[:per_suite]]
     return out
@@ -73,26 +74,56 @@ def judge(pipe, latents: torch.Tensor, prompt: str) -> list[bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--per-suite", type=int, default=16)
-    ap.add_argument("--iterations", type=int, default=50)
+    ap.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="default: the pipeline's recommendation (latentalign.json), else 50",
+    )
+    ap.add_argument(
+        "--generator-steps",
+        type=int,
+        default=NoiseOptimizationConfig.num_inference_steps,
+        help="DDIM steps of the generator back-propagated through",
+    )
     ap.add_argument("--seeds", type=int, default=1, help="part 1 runs every prompt with seeds 0 .. N-1")
-    ap.add_argument("--steering-prompts", type=int, default=24)
+    ap.add_argument("--steering-prompts", type=int, default=24, help="0 skips part 2")
+    ap.add_argument(
+        "--split",
+        choices=("heldout", "train"),
+        default="heldout",
+        help="train: the prompts on which defaults (the iteration count) are chosen; heldout: the reported figures",
+    )
     ap.add_argument("--out", default="benchmarks/results/noise_optimization")
     args = ap.parse_args()
-    if args.per_suite < 1 or args.iterations < 1 or args.seeds < 1 or args.steering_prompts < 0:
-        ap.error("--per-suite, --iterations and --seeds must be >= 1, --steering-prompts >= 0")
+    if args.per_suite < 1 or args.seeds < 1 or args.generator_steps < 1 or args.steering_prompts < 0:
+        ap.error("--per-suite, --seeds and --generator-steps must be >= 1, --steering-prompts >= 0")
+    if args.iterations is not None and args.iterations < 1:
+        ap.error("--iterations must be >= 1")
+    if args.split == "train" and args.steering_prompts:
+        ap.error("the steering part runs on held-out prompts only: pass --steering-prompts 0 with --split train")
     torch.set_num_threads(2)
     pipe = load_pipeline("shapes")
     pixel = load_scorer("shapes-pixel", vae=pipe.vae)
     latent = load_scorer("shapes-latent")
-    cfg = NoiseOptimizationConfig(iterations=args.iterations)
+    if args.iterations is None:
+        args.iterations = sampling_defaults(pipe).noise_optimization_iterations or NoiseOptimizationConfig.iterations
+    cfg = NoiseOptimizationConfig(iterations=args.iterations, num_inference_steps=args.generator_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # One JSON line per finished unit of work, so an interrupted run resumes where it stopped.
     rows_path = out / "rows.jsonl"
     rows = {row_key(r): r for r in read_rows(rows_path)}
-    stale = [k for k, r in rows.items() if r["iterations"] != args.iterations]
+    stale = [
+        k
+        for k, r in rows.items()
+        if (r["iterations"], r.get("split", "heldout"), r.get("generator_steps", 4))
+        != (args.iterations, args.split, args.generator_steps)
+    ]
     if stale:
-        raise SystemExit(f"{rows_path} was written with other --iterations; use another --out or delete it")
+        raise SystemExit(
+            f"{rows_path} holds rows of other --iterations, --split or --generator-steps: use another --out"
+        )
 
     def record(row: dict) -> None:
         with rows_path.open("a") as f:
@@ -100,19 +131,25 @@ def main() -> None:
         rows[row_key(row)] = row
 
     # Part 1: accuracy against iterations and time; pixel and latent rewards interleaved per prompt.
-    jobs = [(name, p, seed) for seed in range(args.seeds) for name, p in prompts_for(args.per_suite)]
+    jobs = [(name, p, seed) for seed in range(args.seeds) for name, p in prompts_for(args.per_suite, args.split)]
     for _, prompt, seed in tqdm(jobs, desc="reward optimisation"):
         if ("reward", prompt, seed) in rows:
             continue
         row = {"part": "reward", "prompt": prompt, "seed": seed, "iterations": args.iterations}
+        row.update(split=args.split, generator_steps=args.generator_steps)
         for kind, scorer in (("pixel", pixel), ("latent", latent)):
             trace, per_iter, _ = run(pipe, prompt, seed, [Reward(scorer)], cfg)
             row[kind] = {"correct": judge(pipe, trace, prompt), "seconds_per_iteration": per_iter}
         record(row)
     part1 = summarise_rewards([rows[("reward", p, s)] for _, p, s in jobs], jobs, cfg, args.iterations)
+    part1["split"] = args.split
+    if not args.steering_prompts:
+        (out / "table.json").write_text(json.dumps({"rewards": part1}, indent=1) + "\n")
+        write_report(out, part1, None)
+        return
 
     # Part 2: steering away from a concept, with latent and with pixel rewards (same seed, same settings).
-    cfg0 = NoiseOptimizationConfig(iterations=0)
+    cfg0 = NoiseOptimizationConfig(iterations=0, num_inference_steps=args.generator_steps)
     two = suite("two_objects", "heldout")
     random.Random(2).shuffle(two)
     for i, prompt in enumerate(tqdm(two[: args.steering_prompts], desc="steering")):
@@ -122,6 +159,7 @@ def main() -> None:
         field = "colour" if i % 2 == 0 else "shape"
         concept = getattr(a, field)
         row = {"part": "steer", "prompt": prompt, "iterations": args.iterations, "avoid": concept, "field": field}
+        row.update(split=args.split, generator_steps=args.generator_steps)
         if concept == getattr(b, field):
             record({**row, "skipped": "both objects share the concept"})
             continue
@@ -197,6 +235,9 @@ def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str, int]], cfg, i
         "per_suite_final": {k: {s: by_suite(k, -1, s) for s in SUITES} for k in curves},
         "per_suite_initial": {s: by_suite("pixel", 0, s) for s in SUITES},
         "seconds_per_iteration": per_iter,
+        # the iteration count a default should use: where the two rewards' mean accuracy peaks (fewest on ties);
+        # chosen on --split train, then measured on held-out prompts with --iterations set to it
+        "best_mean_accuracy_at_iteration": int(np.argmax((acc["pixel"] + acc["latent"]) / 2)),
         "latent_reaches_final_pixel_accuracy_at_iteration": reach,
         "pixel_total_seconds": pixel_total,
         "latent_seconds_to_reach": latent_total,
@@ -211,13 +252,15 @@ def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str, int]], cfg, i
     }
 
 
-def write_report(out: Path, part1: dict, part2: dict) -> None:
+def write_report(out: Path, part1: dict, part2: dict | None) -> None:
     iters = part1["iterations"]
     acc = part1["accuracy_by_iteration"]
     t = part1["seconds_per_iteration"]
+    split = {"heldout": "held-out", "train": "train"}[part1.get("split", "heldout")]
+    peak = part1["best_mean_accuracy_at_iteration"]
     lines = [
-        f"{part1['prompts']} held-out prompts ({', '.join(SUITES)}) x seeds {part1['seeds']} = {part1['runs']} runs "
-        "per reward, 4-step DDIM generator, "
+        f"{part1['prompts']} {split} prompts ({', '.join(SUITES)}) x seeds {part1['seeds']} = {part1['runs']} runs "
+        f"per reward, {part1['config']['num_inference_steps']}-step DDIM generator, "
         f"ReNO defaults (lr {part1['config']['lr']}, Nesterov momentum {part1['config']['momentum']}, "
         f"grad-norm clip {part1['config']['grad_clip']}, chi regulariser {part1['config']['reg_weight']}).",
         "",
@@ -241,6 +284,18 @@ def write_report(out: Path, part1: dict, part2: dict) -> None:
         f"bootstrap over runs: median {part1['time_saving_bootstrap']['median']}, 95% interval "
         f"{part1['time_saving_bootstrap']['ci95']}, share of resamples >= 0.20: "
         f"{part1['time_saving_bootstrap']['share_at_least_0.20']}.",
+        f"Mean accuracy of the two rewards peaks at iteration {peak} "
+        f"({(acc['pixel'][peak] + acc['latent'][peak]) / 2:.3f}).",
+    ]
+    if part2 is not None:
+        lines += steering_lines(part2)
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(out, part1, split)
+    print((out / "table.md").read_text())
+
+
+def steering_lines(part2: dict) -> list[str]:
+    lines = [
         "",
         f"Steering, {part2['prompts']} held-out two-object prompts, avoid one object's colour or shape "
         "(prompt reward + avoid reward 1 - max score over the concept's single-object prompts, weights 1 and 1, "
@@ -255,21 +310,25 @@ def write_report(out: Path, part1: dict, part2: dict) -> None:
             f"| {tag} | {a['rate']:.3f} [{a['ci95'][0]:.3f}, {a['ci95'][1]:.3f}] | "
             f"{r['rate']:.3f} [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {part2[f'{tag}_seconds']:.2f} |"
         )
-    (out / "table.md").write_text("\n".join(lines) + "\n")
+    return lines
 
+
+def plot(out: Path, part1: dict, split: str) -> None:
+    iters = part1["iterations"]
+    acc = part1["accuracy_by_iteration"]
+    t = part1["seconds_per_iteration"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for k in ("pixel", "latent"):
         axes[0].plot(range(iters + 1), acc[k], label=f"{k} reward")
         axes[1].plot(np.arange(iters + 1) * t[k], acc[k], label=f"{k} reward")
     axes[0].set_xlabel("iteration")
     axes[1].set_xlabel("wall seconds per prompt (2 CPU threads)")
-    axes[0].set_ylabel("held-out accuracy (exact checker)")
+    axes[0].set_ylabel(f"{split} accuracy (exact checker)")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
     fig.savefig(out / "accuracy.png", dpi=120)
-    print((out / "table.md").read_text())
 
 
 if __name__ == "__main__":

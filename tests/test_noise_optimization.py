@@ -120,3 +120,22 @@ def test_generate_dispatches_noise_optimization(tiny_shapes_pipeline, latent_sco
             avoid="purple",
             iterations=1,
         )
+
+
+def test_pipeline_recommends_the_iteration_count(tiny_shapes_path, latent_scorer, tmp_path):
+    import json
+    import shutil
+
+    from latentalign import load_pipeline
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(tiny_shapes_path, folder)
+    defaults = json.loads((folder / "latentalign.json").read_text())
+    (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise_optimization_iterations": 2}))
+    pipe = load_pipeline(str(folder))
+    pipe.set_progress_bar_config(disable=True)
+    run = dict(method="noise-optimization", scorer=latent_scorer, num_inference_steps=1)
+    recommended = generate(pipe, "a red circle", **run)
+    assert recommended.settings["iterations"] == 2 and len(recommended.rewards[0]) == 3
+    chosen = generate(pipe, "a red circle", iterations=1, **run)  # an explicit count wins
+    assert chosen.settings["iterations"] == 1 and len(chosen.rewards[0]) == 2

@@ -21,6 +21,18 @@ def test_stock_diffusers_loads_the_shipped_pipeline():
     assert sum(p.stat().st_size for p in SHAPES_WEIGHTS.rglob("*.safetensors")) <= 40 * 2**20
 
 
+def test_shipped_settings_are_what_a_new_training_would_write(tmp_path):
+    from latentalign.generate import sampling_defaults
+    from latentalign.pipeline import write_defaults
+
+    write_defaults(tmp_path)
+    shipped = json.loads((SHAPES_WEIGHTS / "latentalign.json").read_text())
+    assert json.loads((tmp_path / "latentalign.json").read_text()) == shipped
+    # the recommendation is read back from the shipped folder
+    defaults = sampling_defaults(latentalign.load_pipeline("shapes"))
+    assert defaults.noise_optimization_iterations == shipped["noise_optimization_iterations"]
+
+
 def test_shipped_tokenizer_knows_every_word_of_the_world():
     tokenizer = latentalign.load_pipeline("shapes").tokenizer
     for word in words():

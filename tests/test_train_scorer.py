@@ -73,6 +73,7 @@ def test_verdict_term_ranks_a_caption_against_its_own_hard_negatives():
         dict(distill_weight=1, kind="latent"),
         dict(distill_weight=1, kind="noisy", trajectory_share=0),
         dict(distill_weight=-1, kind="noisy"),
+        dict(distill_target="future", kind="noisy"),
         dict(lr=float("nan")),
     ],
 )
@@ -142,6 +143,24 @@ def test_fine_tuning_starts_from_the_saved_scorer(tiny_shapes_pipeline, tmp_path
         train_scorer(tmp_path / "y", bad, tiny_shapes_pipeline)
 
 
+def test_noisy_scorer_can_start_from_a_latent_clip(tiny_shapes_pipeline, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    base = train_scorer(tmp_path / "base", ScorerTrainConfig(kind="latent", **TINY), tiny_shapes_pipeline, **quiet)
+    cfg = ScorerTrainConfig(kind="noisy", noisy_reads="latents", init_from=str(base), lr=1e-9, **{**TINY, "steps": 1})
+    tuned = load_scorer(train_scorer(tmp_path / "tuned", cfg, tiny_shapes_pipeline, **quiet))
+    latent = load_scorer(base)
+    assert tuned.kind == "noisy" and tuned.preview_matrix is None
+    # the timestep embedding starts at zero: before training moves it, the scores are the Latent-CLIP's at any t
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    with torch.no_grad():
+        for t in (0, 500, 999):
+            assert torch.allclose(tuned.score(z, prompts, t), latent.score(z, prompts), atol=1e-4)
+    with pytest.raises(ValueError, match="is a Latent-CLIP: it reads latents, not preview"):
+        bad = ScorerTrainConfig(kind="noisy", init_from=str(base), **TINY)
+        train_scorer(tmp_path / "y", bad, tiny_shapes_pipeline)
+
+
 def test_distillation_kl_is_zero_for_the_teachers_ranking_and_reads_only_own_columns():
     torch.manual_seed(0)
     b, k = 3, 2
@@ -156,8 +175,9 @@ def test_distillation_kl_is_zero_for_the_teachers_ranking_and_reads_only_own_col
     assert distillation_kl(other, teacher, rows, k) > 0.01
 
 
-def test_distilled_noisy_run_saves_a_loadable_scorer(tiny_shapes_pipeline, tmp_path):
-    cfg = ScorerTrainConfig(kind="noisy", distill_weight=1.0, **TINY)
+@pytest.mark.parametrize("target", ["current", "final"])
+def test_distilled_noisy_run_saves_a_loadable_scorer(tiny_shapes_pipeline, tmp_path, target):
+    cfg = ScorerTrainConfig(kind="noisy", distill_weight=1.0, distill_target=target, **TINY)
     final = train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
     assert load_scorer(final).kind == "noisy"
     assert "x0" in load_file(tmp_path / "trajectories.safetensors")

@@ -43,6 +43,7 @@ def _train_scorer(args: argparse.Namespace) -> int:
         trajectory_share=args.trajectory_share,
         init_from=args.init,
         distill_weight=args.distill_weight,
+        distill_target=args.distill_target,
         noisy_reads=args.noisy_reads,
         verdict_weight=args.verdict_weight,
         eval_per_suite=args.eval_per_suite,
@@ -269,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--steps", type=int, default=3000)
     ts.add_argument("--batch", type=int, default=128, help="global batch, split across processes")
     ts.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule after warm-up)")
-    ts.add_argument("--init", default=None, help="fine-tune this saved scorer (folder or shapes-<kind>) instead")
+    ts.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune this saved scorer (folder or shapes-<kind>); --kind noisy --noisy-reads latents may start "
+        "from a Latent-CLIP (shapes-latent)",
+    )
     ts.add_argument("--pool-size", type=int, default=20000, help="rendered train-split scenes")
     ts.add_argument("--trajectories", type=int, default=3072, help="noisy: generator samples recorded per step")
     ts.add_argument(
@@ -296,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="noisy: weight of a KL term matching pixel CLIP's caption ranking on the decoded x0 prediction",
     )
+    ts.add_argument(
+        "--distill-target",
+        choices=("current", "final"),
+        default="current",
+        help="noisy: the teacher reads the x0 prediction at the sample's step, or the trajectory's final one",
+    )
     ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--threads", type=int, default=2)
@@ -316,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy)")
     gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
     gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
-    gen.add_argument("--iterations", type=int, default=None, help="noise-optimization iterations (default 50)")
+    gen.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="noise-optimization iterations (default: the pipeline's latentalign.json, else 50)",
+    )
     _add_sampling_args(gen)
     gen.set_defaults(func=_generate)
 

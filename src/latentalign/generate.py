@@ -21,6 +21,8 @@ class SamplingDefaults:
     num_inference_steps: int = 50  # diffusers' Stable Diffusion defaults, for pipelines that ship none
     guidance_scale: float = 7.5
     world: str | None = None  # "shapes" when the pipeline draws the Shapes world (prompts are then validated)
+    # noise optimisation's iteration count for this pipeline; None: the method's own default (ReNO's 50)
+    noise_optimization_iterations: int | None = None
 
 
 def sampling_defaults(pipe) -> SamplingDefaults:

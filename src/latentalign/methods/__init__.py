@@ -79,6 +79,8 @@ def run_noise_optimization(
     lr: float | None = None,
 ) -> NoiseOptimizationResult:
     """Noise optimisation with `rewards`, or by default the scorer's reward for the prompt (plus `avoid`)."""
+    if iterations is None:  # the pipeline's recommendation, if its latentalign.json makes one
+        iterations = sampling_defaults(pipe).noise_optimization_iterations
     changes = {"iterations": iterations, "lr": lr, "num_inference_steps": num_inference_steps}
     config = NoiseOptimizationConfig(**{k: v for k, v in changes.items() if v is not None})
     resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)

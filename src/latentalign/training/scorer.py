@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
-from ..scorers import Scorer, build_shapes_scorer, fit_preview_map, load_scorer, save_scorer
+from ..scorers import NoisyCLIPScorer, Scorer, build_shapes_scorer, fit_preview_map, load_scorer, save_scorer
 from ..world import SUITE_NAMES, check, corrupt, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
 
@@ -56,12 +56,16 @@ class ScorerTrainConfig:
     # negatives) against the image's aligned label, so misaligned trajectories rank below their corruptions
     verdict_weight: float = 0.0
     # a saved scorer folder (or shipped name, "shapes-noisy") to fine-tune instead of starting from random weights;
-    # its kind (and, for noisy, what it reads) wins over `kind`/`noisy_reads`, which must agree with it
+    # its kind (and, for noisy, what it reads) must agree with `kind`/`noisy_reads`; a noisy scorer that reads
+    # latents may also start from a Latent-CLIP ("shapes-latent")
     init_from: str | None = None
     # noisy only: weight of a distillation term on trajectory samples, the KL from the `teacher` scorer's caption
     # distribution (own caption + its hard negatives) on the decoded x0 prediction to the NoisyCLIP's on z_t
     distill_weight: float = 0.0
     teacher: str = "shapes-pixel"
+    # what the teacher reads: "current", the x0 prediction at the sample's own step, or "final", the trajectory's
+    # last x0 prediction (the image the run ends with), so the student learns to foresee the final ranking
+    distill_target: str = "current"
     checkpoint_every: int = 250
     eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
     seed: int = 0
@@ -83,6 +87,8 @@ class ScorerTrainConfig:
             raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
         if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
             raise ValueError(f"distill_weight must be a finite number >= 0, got {self.distill_weight}")
+        if self.distill_target not in ("current", "final"):
+            raise ValueError(f"distill_target must be 'current' or 'final', got {self.distill_target!r}")
         if self.distill_weight > 0 and (self.kind != "noisy" or self.trajectory_share == 0 or self.hard_negatives < 1):
             raise ValueError("distill_weight needs kind 'noisy', trajectory_share > 0 and hard_negatives >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -240,6 +246,13 @@ def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None
 def _init_scorer(cfg: ScorerTrainConfig, pipe, scaling: float) -> tuple[Scorer, tuple | None]:
     """The saved scorer `cfg.init_from`, checked against the config and the pipeline, ready to train."""
     scorer = load_scorer(cfg.init_from, vae=pipe.vae if cfg.kind == "pixel" else None)
+    if cfg.kind == "noisy" and scorer.kind == "latent":
+        # NoisyCLIP as the paper makes it: fine-tune an image tower that already reads clean inputs. A Latent-CLIP
+        # has the latent-reading NoisyCLIP's architecture; its timestep embedding starts at zero, so the new
+        # scorer starts with the Latent-CLIP's scores at every t.
+        if cfg.noisy_reads != "latents":
+            raise ValueError(f"init_from {cfg.init_from!r} is a Latent-CLIP: it reads latents, not {cfg.noisy_reads}")
+        scorer = NoisyCLIPScorer(scorer.clip, scorer.tokenizer, scorer.vae_scaling_factor)
     if scorer.kind != cfg.kind:
         raise ValueError(f"init_from {cfg.init_from!r} is a {scorer.kind} scorer, not {cfg.kind}")
     if cfg.kind != "pixel" and abs(scorer.vae_scaling_factor - scaling) > 1e-6 * scaling:
@@ -342,7 +355,8 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
                 aligned[n_render:] = traj["aligned"][j]
                 from_traj[n_render:] = True
                 if teacher is not None:
-                    x0 = torch.cat([torch.zeros((n_render, *x.shape[1:])), traj["x0"][j, s]])
+                    seen = s if cfg.distill_target == "current" else torch.full_like(s, traj["x0"].shape[1] - 1)
+                    x0 = torch.cat([torch.zeros((n_render, *x.shape[1:])), traj["x0"][j, seen]])
         order = torch.randperm(cfg.batch, generator=g)  # mix renders and trajectories across processes
         x, aligned, from_traj = x[order], aligned[order], from_traj[order]
         x0 = x0[order] if x0 is not None else None
