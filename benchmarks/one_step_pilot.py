@@ -33,12 +33,17 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import latentalign
 from latentalign.adapters import Denoiser
-from latentalign.checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from latentalign.checkpoint import (
+    load_checkpoint,
+    load_prompted_tensors,
+    recover_checkpoint,
+    save_checkpoint,
+    save_prompted_tensors,
+)
 from latentalign.generate import DEFAULTS_FILE
 from latentalign.pipeline import SHAPES, assemble
 from latentalign.training.scorer import ScorerTrainConfig
@@ -49,10 +54,7 @@ from latentalign.world.dataset import sample_prompts
 def teacher_pairs(pipe, n: int, path: Path, batch: int = 64) -> dict:
     """(noise, final latents, prompts) of the teacher on n train prompts; cached atomically at `path`."""
     if path.exists():
-        tensors = load_file(str(path))
-        with open(path, "rb") as f:  # safetensors keeps str metadata in the header
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        return {**tensors, "prompts": json.loads(header["__metadata__"]["prompts"])}
+        return load_prompted_tensors(path)
     weights = list(ScorerTrainConfig.category_weights)
     prompts = sample_prompts(n, random.Random(20), split="train", weights=weights)
     seeds = [20_000_000 + i for i in range(n)]
@@ -63,9 +65,7 @@ def teacher_pairs(pipe, n: int, path: Path, batch: int = 64) -> dict:
         noise.append(den.initial_latents(seeds[i : i + batch]))
         finals.append(r.latents)
     tensors = {"noise": torch.cat(noise).contiguous(), "final": torch.cat(finals).contiguous()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"prompts": json.dumps(prompts)})
-    tmp.replace(path)
+    save_prompted_tensors(path, tensors, prompts)
     return {**tensors, "prompts": prompts}
 
 

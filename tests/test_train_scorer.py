@@ -181,3 +181,22 @@ def test_distilled_noisy_run_saves_a_loadable_scorer(tiny_shapes_pipeline, tmp_p
     final = train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
     assert load_scorer(final).kind == "noisy"
     assert "x0" in load_file(tmp_path / "trajectories.safetensors")
+
+
+def test_prompted_tensors_round_trip_and_leave_no_partial_file(tmp_path, monkeypatch):
+    import latentalign.checkpoint
+    from latentalign.checkpoint import load_prompted_tensors, save_prompted_tensors
+
+    tensors = {"latents": torch.randn(2, 4, 8, 8), "aligned": torch.tensor([True, False])}
+    save_prompted_tensors(tmp_path / "t.safetensors", tensors, ["a red circle", "two blue squares"])
+    back = load_prompted_tensors(tmp_path / "t.safetensors")
+    assert back["prompts"] == ["a red circle", "two blue squares"]
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+    def full_disk(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(latentalign.checkpoint, "save_file", full_disk)
+    with pytest.raises(OSError, match="no space"):  # a failed write leaves the folder as it was
+        save_prompted_tensors(tmp_path / "u.safetensors", tensors, ["a red circle", "two blue squares"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 
@@ -76,3 +77,23 @@ def load_checkpoint(
     if opt is not None:
         load_optimizer(opt, load_file(str(directory / "optimizer.safetensors")), meta["param_groups"])
     return meta
+
+
+def save_prompted_tensors(path: str | Path, tensors: dict[str, torch.Tensor], prompts: list[str]) -> None:
+    """Tensors with one prompt per row, as one safetensors file (prompts in its metadata), written atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"prompts": json.dumps(prompts)})
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, path)
+
+
+def load_prompted_tensors(path: str | Path) -> dict:
+    """What `save_prompted_tensors` wrote: the tensors, and the prompts under "prompts"."""
+    with safe_open(str(path), "pt") as f:
+        prompts = json.loads(f.metadata()["prompts"])
+    return {**load_file(str(path)), "prompts": prompts}

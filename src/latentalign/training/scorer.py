@@ -23,11 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from ..checkpoint import (
+    load_checkpoint,
+    load_prompted_tensors,
+    recover_checkpoint,
+    save_checkpoint,
+    save_prompted_tensors,
+)
 from ..scorers import NoisyCLIPScorer, Scorer, build_shapes_scorer, fit_preview_map, load_scorer, save_scorer
 from ..world import SUITE_NAMES, check, corrupt, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
@@ -182,20 +187,10 @@ def _caption(prompt: str, rng: random.Random, share: float, allowed: set[str]) -
     return prompt
 
 
-def _save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    os.close(fd)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-    os.replace(tmp, path)
-
-
 def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
     """Generator trajectories on train prompts, labelled by the exact checker; cached atomically at `path`."""
     if path.exists():
-        tensors = load_file(str(path))
-        with open(path, "rb") as f:  # safetensors keeps str metadata in the header
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        return {**tensors, "prompts": json.loads(header["__metadata__"]["prompts"])}
+        return load_prompted_tensors(path)
     from ..trajectories import record_trajectories
     from ..world.dataset import sample_prompts
 
@@ -207,7 +202,7 @@ def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> d
     aligned = torch.tensor([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
     log(f"trajectories: {len(prompts)} samples over {len(categories)} categories, {aligned.float().mean():.3f} aligned")
     tensors = {"latents": traj.latents, "x0": traj.x0, "timesteps": traj.timesteps, "aligned": aligned}
-    _save_tensors_atomic(path, tensors, {"prompts": json.dumps(prompts)})
+    save_prompted_tensors(path, tensors, prompts)
     return {**tensors, "prompts": prompts}
 
 
