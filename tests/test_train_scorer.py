@@ -74,6 +74,9 @@ def test_verdict_term_ranks_a_caption_against_its_own_hard_negatives():
         dict(distill_weight=1, kind="noisy", trajectory_share=0),
         dict(distill_weight=-1, kind="noisy"),
         dict(distill_target="future", kind="noisy"),
+        dict(vision_width=40),
+        dict(vision_layers=0),
+        dict(vision_width=32, init_from="shapes-latent"),
         dict(lr=float("nan")),
     ],
 )
@@ -200,3 +203,13 @@ def test_prompted_tensors_round_trip_and_leave_no_partial_file(tmp_path, monkeyp
     with pytest.raises(OSError, match="no space"):  # a failed write leaves the folder as it was
         save_prompted_tensors(tmp_path / "u.safetensors", tensors, ["a red circle", "two blue squares"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors"]
+
+
+def test_image_tower_size_is_settable_and_saved(tiny_shapes_pipeline, tmp_path):
+    cfg = ScorerTrainConfig(kind="noisy", noisy_reads="latents", vision_width=32, vision_layers=1, **TINY)
+    scorer = load_scorer(train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None))
+    vision = scorer.clip.config.vision_config
+    assert (vision.hidden_size, vision.num_hidden_layers, vision.num_attention_heads) == (32, 1, 2)
+    assert scorer.clip.config.text_config.hidden_size == 64  # the text tower keeps the shipped size
+    with torch.no_grad():
+        assert scorer.score(torch.randn(2, 4, 8, 8), ["a red circle", "a blue square"], 500).shape == (2,)

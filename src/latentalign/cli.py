@@ -44,6 +44,8 @@ def _train_scorer(args: argparse.Namespace) -> int:
         init_from=args.init,
         distill_weight=args.distill_weight,
         distill_target=args.distill_target,
+        vision_width=args.vision_width,
+        vision_layers=args.vision_layers,
         noisy_reads=args.noisy_reads,
         verdict_weight=args.verdict_weight,
         eval_per_suite=args.eval_per_suite,
@@ -308,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="current",
         help="noisy: the teacher reads the x0 prediction at the sample's step, or the trajectory's final one",
     )
+    ts.add_argument("--vision-width", type=int, default=None, help="image tower width (default 64, the shipped size)")
+    ts.add_argument("--vision-layers", type=int, default=None, help="image tower layers (default 2)")
     ts.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--threads", type=int, default=2)

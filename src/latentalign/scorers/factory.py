@@ -29,16 +29,29 @@ def build_shapes_scorer(
     vae=None,
     preview_map: tuple[torch.Tensor, torch.Tensor] | None = None,
     seed: int = 0,
+    vision_width: int | None = None,
+    vision_layers: int | None = None,
 ) -> Scorer:
     """A random-weight Shapes scorer from `configs/shapes_clip_<kind>.json` and the Shapes tokenizer.
 
     `vae` is optional for "pixel" (needed only by `score_latents`). A "noisy" scorer reads the latent channels
     directly (the Latent-CLIP architecture plus a timestep embedding), or, given the Shapes VAE's `preview_map`
-    (see `fit_preview_map`), its RGB preview as the published NoisyCLIP does.
+    (see `fit_preview_map`), its RGB preview as the published NoisyCLIP does. `vision_width` / `vision_layers`
+    resize the image tower (heads of 16 channels, MLP 4x wide); the text tower and the embedding stay as shipped.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown scorer kind {kind!r}: choose from {sorted(KINDS)}")
     arch = config("shapes_clip_latent" if kind == "noisy" and preview_map is None else f"shapes_clip_{kind}")
+    if vision_width is not None:
+        if vision_width < 16 or vision_width % 16:
+            raise ValueError(f"vision_width must be a positive multiple of 16, got {vision_width}")
+        arch["vision_config"].update(
+            hidden_size=vision_width, intermediate_size=4 * vision_width, num_attention_heads=vision_width // 16
+        )
+    if vision_layers is not None:
+        if vision_layers < 1:
+            raise ValueError(f"vision_layers must be >= 1, got {vision_layers}")
+        arch["vision_config"]["num_hidden_layers"] = vision_layers
     tokenizer = build_clip_tokenizer(words(), model_max_length=arch["text_config"]["max_position_embeddings"])
     text = dict(
         arch["text_config"],

@@ -71,6 +71,9 @@ class ScorerTrainConfig:
     # what the teacher reads: "current", the x0 prediction at the sample's own step, or "final", the trajectory's
     # last x0 prediction (the image the run ends with), so the student learns to foresee the final ranking
     distill_target: str = "current"
+    # image tower size (None: the shipped configs/shapes_clip_<kind>.json, width 64 and 2 layers); not with init_from
+    vision_width: int | None = None
+    vision_layers: int | None = None
     checkpoint_every: int = 250
     eval_per_suite: int = 200  # held-out renders per suite in the closing zero-shot report
     seed: int = 0
@@ -98,6 +101,12 @@ class ScorerTrainConfig:
             raise ValueError("distill_weight needs kind 'noisy', trajectory_share > 0 and hard_negatives >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if (self.vision_width is not None and (self.vision_width < 16 or self.vision_width % 16)) or (
+            self.vision_layers is not None and self.vision_layers < 1
+        ):
+            raise ValueError("vision_width must be a positive multiple of 16 and vision_layers >= 1")
+        if self.init_from is not None and (self.vision_width or self.vision_layers):
+            raise ValueError("a fine-tuned scorer keeps init_from's size: drop vision_width/vision_layers")
         if self.init_from is not None:
             from ..scorers.factory import SHIPPED
 
@@ -235,7 +244,8 @@ def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None
         with torch.no_grad():
             latents = pipe.vae.encode(pixels * 2 - 1).latent_dist.mean
         preview = fit_preview_map(latents, pixels)
-    return build_shapes_scorer(cfg.kind, scaling, preview_map=preview, seed=cfg.seed), preview
+    size = dict(vision_width=cfg.vision_width, vision_layers=cfg.vision_layers)
+    return build_shapes_scorer(cfg.kind, scaling, preview_map=preview, seed=cfg.seed, **size), preview
 
 
 def _init_scorer(cfg: ScorerTrainConfig, pipe, scaling: float) -> tuple[Scorer, tuple | None]:
