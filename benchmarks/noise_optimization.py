@@ -33,8 +33,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from latentalign import load_pipeline  # noqa: E402
 from latentalign.adapters import Denoiser  # noqa: E402
 from latentalign.bench import read_rows, wilson_interval  # noqa: E402
-from latentalign.generate import sampling_defaults, to_pil  # noqa: E402
-from latentalign.methods import NoiseOptimizationConfig, Reward, concept_texts, noise_optimization  # noqa: E402
+from latentalign.generate import to_pil  # noqa: E402
+from latentalign.methods import (  # noqa: E402
+    NoiseOptimizationConfig,
+    Reward,
+    concept_texts,
+    noise_optimization,
+    recommended_iterations,
+)
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check, parse, suite  # noqa: E402
 from latentalign.world.checker import detect  # noqa: E402
@@ -108,7 +114,7 @@ def main() -> None:
     pixel = load_scorer("shapes-pixel", vae=pipe.vae)
     latent = load_scorer("shapes-latent")
     if args.iterations is None:
-        args.iterations = sampling_defaults(pipe).noise_optimization_iterations or NoiseOptimizationConfig.iterations
+        args.iterations = recommended_iterations(pipe)
     cfg = NoiseOptimizationConfig(iterations=args.iterations, num_inference_steps=args.generator_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

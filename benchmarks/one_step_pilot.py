@@ -118,9 +118,7 @@ def main() -> None:
                 for i in range(0, args.pairs, 256)
             ]
         )
-    config = {k: v for k, v in teacher.scheduler.config.items() if k != "_use_default_values"}  # see Denoiser
-    scheduler = type(teacher.scheduler).from_config({**config, "prediction_type": "sample"})
-    scheduler.set_timesteps(1)
+    scheduler = Denoiser(teacher).new_scheduler(1, prediction_type="sample")
     student = copy.deepcopy(teacher.unet).train().requires_grad_(True)
     opt = torch.optim.AdamW(student.parameters(), lr=args.lr, weight_decay=0.0)
     config = {k: v for k, v in vars(args).items() if k not in ("out", "eval_per_suite")}

@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from latentalign import generate
-from latentalign.methods import NoiseOptimizationConfig, Reward, chi_regulariser, noise_optimization
+from latentalign.methods import (
+    NoiseOptimizationConfig,
+    Reward,
+    chi_regulariser,
+    noise_optimization,
+    recommended_iterations,
+)
 from latentalign.scorers import LatentCLIPScorer, build_shapes_scorer
 
 
@@ -134,6 +140,8 @@ def test_pipeline_recommends_the_iteration_count(tiny_shapes_path, latent_scorer
     (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise_optimization_iterations": 2}))
     pipe = load_pipeline(str(folder))
     pipe.set_progress_bar_config(disable=True)
+    assert recommended_iterations(pipe) == 2
+    assert recommended_iterations(load_pipeline(str(tiny_shapes_path))) == NoiseOptimizationConfig.iterations
     run = dict(method="noise-optimization", scorer=latent_scorer, num_inference_steps=1)
     recommended = generate(pipe, "a red circle", **run)
     assert recommended.settings["iterations"] == 2 and len(recommended.rewards[0]) == 3

@@ -69,12 +69,13 @@ class Denoiser:
     def vae_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def new_scheduler(self, num_inference_steps: int):
-        """A fresh copy of the pipeline's scheduler, so runs never share (or mutate) scheduler state."""
+    def new_scheduler(self, num_inference_steps: int, **overrides):
+        """A fresh copy of the pipeline's scheduler, so runs never share (or mutate) scheduler state; `overrides`
+        change config keys of the copy (e.g. `prediction_type`)."""
         # from_config resets every key listed in `_use_default_values` to the class default, which undoes fixes a
         # pipeline made to its scheduler's config at init (StableDiffusionPipeline sets steps_offset=1): pass all.
         config = {k: v for k, v in self.pipe.scheduler.config.items() if k != "_use_default_values"}
-        scheduler = type(self.pipe.scheduler).from_config(config)
+        scheduler = type(self.pipe.scheduler).from_config({**config, **overrides})
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         return scheduler
 

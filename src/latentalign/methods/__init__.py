@@ -17,6 +17,7 @@ from .noise_optimization import (
     Reward,
     chi_regulariser,
     noise_optimization,
+    recommended_iterations,
 )
 
 METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization")
@@ -79,8 +80,8 @@ def run_noise_optimization(
     lr: float | None = None,
 ) -> NoiseOptimizationResult:
     """Noise optimisation with `rewards`, or by default the scorer's reward for the prompt (plus `avoid`)."""
-    if iterations is None:  # the pipeline's recommendation, if its latentalign.json makes one
-        iterations = sampling_defaults(pipe).noise_optimization_iterations
+    if iterations is None:
+        iterations = recommended_iterations(pipe)
     changes = {"iterations": iterations, "lr": lr, "num_inference_steps": num_inference_steps}
     config = NoiseOptimizationConfig(**{k: v for k, v in changes.items() if v is not None})
     resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)
@@ -149,6 +150,7 @@ __all__ = [
     "Reward",
     "chi_regulariser",
     "noise_optimization",
+    "recommended_iterations",
     "run_noise_optimization",
     "run_best_of_n",
     "BestOfNResult",

@@ -11,7 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..adapters import Denoiser
 from ..cost import Cost
-from ..generate import GenerationResult, resolve, to_pil
+from ..generate import GenerationResult, resolve, sampling_defaults, to_pil
 from ..scorers import Scorer
 
 
@@ -54,6 +54,12 @@ class NoiseOptimizationConfig:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value}")
+
+
+def recommended_iterations(pipe) -> int:
+    """The iteration count `pipe` recommends in its latentalign.json, else ReNO's default."""
+    recommended = sampling_defaults(pipe).noise_optimization_iterations
+    return NoiseOptimizationConfig.iterations if recommended is None else recommended
 
 
 @dataclass

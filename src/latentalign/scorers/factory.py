@@ -22,6 +22,14 @@ SCORER_FILE = "latentalign_scorer.json"
 TIMESTEP_FILE = "timestep_embedding.safetensors"
 
 
+def check_vision_size(width: int | None, layers: int | None) -> None:
+    """Refuse an image tower size `build_shapes_scorer` cannot build (None: the shipped size)."""
+    if width is not None and (width < 16 or width % 16):
+        raise ValueError(f"vision_width must be a positive multiple of 16, got {width}")
+    if layers is not None and layers < 1:
+        raise ValueError(f"vision_layers must be >= 1, got {layers}")
+
+
 def build_shapes_scorer(
     kind: str,
     vae_scaling_factor: float,
@@ -42,15 +50,12 @@ def build_shapes_scorer(
     if kind not in KINDS:
         raise ValueError(f"unknown scorer kind {kind!r}: choose from {sorted(KINDS)}")
     arch = config("shapes_clip_latent" if kind == "noisy" and preview_map is None else f"shapes_clip_{kind}")
+    check_vision_size(vision_width, vision_layers)
     if vision_width is not None:
-        if vision_width < 16 or vision_width % 16:
-            raise ValueError(f"vision_width must be a positive multiple of 16, got {vision_width}")
         arch["vision_config"].update(
             hidden_size=vision_width, intermediate_size=4 * vision_width, num_attention_heads=vision_width // 16
         )
     if vision_layers is not None:
-        if vision_layers < 1:
-            raise ValueError(f"vision_layers must be >= 1, got {vision_layers}")
         arch["vision_config"]["num_hidden_layers"] = vision_layers
     tokenizer = build_clip_tokenizer(words(), model_max_length=arch["text_config"]["max_position_embeddings"])
     text = dict(

@@ -34,8 +34,10 @@ from ..checkpoint import (
     save_prompted_tensors,
 )
 from ..scorers import NoisyCLIPScorer, Scorer, build_shapes_scorer, fit_preview_map, load_scorer, save_scorer
+from ..scorers.factory import check_vision_size
 from ..world import SUITE_NAMES, check, corrupt, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
+from .world import warmup_cosine_lr
 
 KINDS = ("pixel", "latent", "noisy")
 
@@ -101,10 +103,7 @@ class ScorerTrainConfig:
             raise ValueError("distill_weight needs kind 'noisy', trajectory_share > 0 and hard_negatives >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if (self.vision_width is not None and (self.vision_width < 16 or self.vision_width % 16)) or (
-            self.vision_layers is not None and self.vision_layers < 1
-        ):
-            raise ValueError("vision_width must be a positive multiple of 16 and vision_layers >= 1")
+        check_vision_size(self.vision_width, self.vision_layers)
         if self.init_from is not None and (self.vision_width or self.vision_layers):
             raise ValueError("a fine-tuned scorer keeps init_from's size: drop vision_width/vision_layers")
         if self.init_from is not None:
@@ -181,12 +180,6 @@ class _Pair(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | None, captions: list[str]):
         return self.scorer.embed_images(x, t), self.scorer.embed_text(captions), self.scorer.clip.logit_scale.exp()
-
-
-def _lr(step: int, total: int, base: float, warmup: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
 def _caption(prompt: str, rng: random.Random, share: float, allowed: set[str]) -> str:
@@ -375,7 +368,7 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         mine = captions[local]
         negs = negatives[local.start * cfg.hard_negatives : local.stop * cfg.hard_negatives]
         for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg.steps, cfg.lr, cfg.warmup)
+            group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         image, text, scale = model(x, t, mine + negs)
         terms = loss_fn(image, text, mine, aligned, scale, cfg.hard_negatives, cfg.verdict_weight)
         rows = from_traj.nonzero().flatten()

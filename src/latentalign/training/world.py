@@ -61,7 +61,8 @@ class WorldTrainConfig:
             raise ValueError(f"high_noise_start must lie in [0, {total}), got {self.high_noise_start}")
 
 
-def _lr(step: int, total: int, base: float, warmup: int) -> float:
+def warmup_cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up to `base` over `warmup` steps, then a cosine decay to zero at `total` (both trainers)."""
     if step < warmup:
         return base * (step + 1) / warmup
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -152,7 +153,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
             g = _gen(cfg.seed, step)
             x = pool[torch.randint(0, len(pool), (cfg.vae_batch,), generator=g)]
             for group in vae_opt.param_groups:
-                group["lr"] = _lr(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
+                group["lr"] = warmup_cosine_lr(step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
             post = vae.encode(x).latent_dist
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
             rec = vae.decode(z).sample
@@ -212,7 +213,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
             drop = torch.rand(cfg.unet_batch, generator=g) < cfg.cond_dropout
             ids[drop] = ids_empty
             for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
+                group["lr"] = warmup_cosine_lr(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
             pred = unet(zt, t, text(ids).last_hidden_state).sample
             loss = F.mse_loss(pred, noise)
             opt.zero_grad(set_to_none=True)
