@@ -40,6 +40,7 @@ from latentalign.methods import (  # noqa: E402
     concept_texts,
     noise_optimization,
     recommended_iterations,
+    recommended_steps,
 )
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check, parse, suite  # noqa: E402
@@ -89,8 +90,8 @@ def main() -> None:
     ap.add_argument(
         "--generator-steps",
         type=int,
-        default=NoiseOptimizationConfig.num_inference_steps,
-        help="DDIM steps of the generator back-propagated through",
+        default=None,
+        help="DDIM steps of the generator back-propagated through (default: the pipeline's recommendation, else 4)",
     )
     ap.add_argument("--seeds", type=int, default=1, help="part 1 runs every prompt with seeds 0 .. N-1")
     ap.add_argument("--steering-prompts", type=int, default=24, help="0 skips part 2")
@@ -103,7 +104,7 @@ def main() -> None:
     ap.add_argument("--model", default="shapes", help="'shapes' (the shipped pipeline) or a Shapes pipeline folder")
     ap.add_argument("--out", default="benchmarks/results/noise_optimization")
     args = ap.parse_args()
-    if args.per_suite < 1 or args.seeds < 1 or args.generator_steps < 1 or args.steering_prompts < 0:
+    if args.per_suite < 1 or args.seeds < 1 or (args.generator_steps or 1) < 1 or args.steering_prompts < 0:
         ap.error("--per-suite, --seeds and --generator-steps must be >= 1, --steering-prompts >= 0")
     if args.iterations is not None and args.iterations < 1:
         ap.error("--iterations must be >= 1")
@@ -115,6 +116,8 @@ def main() -> None:
     latent = load_scorer("shapes-latent")
     if args.iterations is None:
         args.iterations = recommended_iterations(pipe)
+    if args.generator_steps is None:
+        args.generator_steps = recommended_steps(pipe)
     cfg = NoiseOptimizationConfig(iterations=args.iterations, num_inference_steps=args.generator_steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

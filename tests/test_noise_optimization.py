@@ -13,6 +13,7 @@ from latentalign.methods import (
     chi_regulariser,
     noise_optimization,
     recommended_iterations,
+    recommended_steps,
 )
 from latentalign.scorers import LatentCLIPScorer, build_shapes_scorer
 
@@ -147,3 +148,23 @@ def test_pipeline_recommends_the_iteration_count(tiny_shapes_path, latent_scorer
     assert recommended.settings["iterations"] == 2 and len(recommended.rewards[0]) == 3
     chosen = generate(pipe, "a red circle", iterations=1, **run)  # an explicit count wins
     assert chosen.settings["iterations"] == 1 and len(chosen.rewards[0]) == 2
+
+
+def test_pipeline_recommends_the_generator_steps(tiny_shapes_path, latent_scorer, tmp_path):
+    import json
+    import shutil
+
+    from latentalign import load_pipeline
+
+    folder = tmp_path / "pipeline"
+    shutil.copytree(tiny_shapes_path, folder)
+    defaults = json.loads((folder / "latentalign.json").read_text())
+    (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise_optimization_steps": 1}))
+    pipe = load_pipeline(str(folder))
+    assert recommended_steps(pipe) == 1
+    assert recommended_steps(load_pipeline(str(tiny_shapes_path))) == NoiseOptimizationConfig.num_inference_steps
+    run = dict(method="noise-optimization", scorer=latent_scorer, iterations=1)
+    recommended = generate(pipe, "a red circle", **run)
+    assert recommended.settings["num_inference_steps"] == 1
+    chosen = generate(pipe, "a red circle", num_inference_steps=2, **run)  # an explicit count wins
+    assert chosen.settings["num_inference_steps"] == 2

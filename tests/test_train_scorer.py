@@ -11,7 +11,14 @@ from safetensors.torch import load_file
 
 import latentalign.training.scorer as ts
 from latentalign.scorers import load_scorer
-from latentalign.training.scorer import ContrastiveLoss, ScorerTrainConfig, distillation_kl, train_scorer
+from latentalign.training.scorer import (
+    ContrastiveLoss,
+    ScorerTrainConfig,
+    distillation_kl,
+    mixed_pairs,
+    ranking_loss,
+    train_scorer,
+)
 
 TINY = dict(steps=4, batch=8, pool_size=48, trajectories=8, checkpoint_every=2, eval_per_suite=3, hard_negatives=1)
 
@@ -78,6 +85,12 @@ def test_verdict_term_ranks_a_caption_against_its_own_hard_negatives():
         dict(vision_layers=0),
         dict(vision_width=32, init_from="shapes-latent"),
         dict(lr=float("nan")),
+        dict(trajectories_per_prompt=0),
+        dict(trajectories=10, trajectories_per_prompt=4),
+        dict(ranking_weight=1, kind="noisy"),  # one sample per prompt: no pairs
+        dict(ranking_weight=1, kind="latent", trajectories_per_prompt=4),
+        dict(ranking_weight=1, kind="noisy", trajectories_per_prompt=4, trajectory_share=0),
+        dict(ranking_weight=-1, kind="noisy", trajectories_per_prompt=4),
     ],
 )
 def test_bad_configs_fail_at_once(bad):
@@ -213,3 +226,45 @@ def test_image_tower_size_is_settable_and_saved(tiny_shapes_pipeline, tmp_path):
     assert scorer.clip.config.text_config.hidden_size == 64  # the text tower keeps the shipped size
     with torch.no_grad():
         assert scorer.score(torch.randn(2, 4, 8, 8), ["a red circle", "a blue square"], 500).shape == (2,)
+
+
+def test_mixed_pairs_are_accepted_and_rejected_samples_of_one_prompt():
+    prompts = ["a", "a", "a", "b", "b", "c"]
+    aligned = torch.tensor([True, False, False, True, True, False])
+    assert sorted(map(tuple, mixed_pairs(prompts, aligned).tolist())) == [(0, 1), (0, 2)]
+    assert mixed_pairs(["a", "b"], torch.tensor([True, False])).shape == (0, 2)
+
+
+def test_ranking_loss_prefers_the_accepted_sample():
+    pairs = torch.tensor([[0, 1]])
+    assert ranking_loss(torch.tensor([1.0, 1.0]), pairs).item() == pytest.approx(F.softplus(torch.tensor(0.0)).item())
+    assert ranking_loss(torch.tensor([3.0, 0.0]), pairs) < ranking_loss(torch.tensor([0.0, 3.0]), pairs)
+
+
+def test_ranking_run_pairs_accepted_and_rejected_samples_of_one_prompt(tiny_shapes_pipeline, tmp_path, monkeypatch):
+    # random weights draw nothing the checker accepts: alternate the verdicts so every prompt has both kinds
+    verdicts = iter([True, False] * 8)
+    monkeypatch.setattr(ts, "check", lambda image, prompt: type("V", (), {"ok": next(verdicts)})())
+    seen = []
+    real_forward, real_ranking = ContrastiveLoss.forward, ts.ranking_loss
+
+    def forward(self, image, text, captions, aligned, *args):
+        seen.append((list(captions), aligned.clone()))
+        return real_forward(self, image, text, captions, aligned, *args)
+
+    def ranking(own, pairs):
+        seen[-1] += (pairs.clone(),)
+        return real_ranking(own, pairs)
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", forward)
+    monkeypatch.setattr(ts, "ranking_loss", ranking)
+    cfg = ScorerTrainConfig(kind="noisy", trajectories_per_prompt=4, ranking_weight=1.0, **TINY)
+    final = train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
+    assert load_scorer(final).kind == "noisy"
+    traj = ts.load_prompted_tensors(tmp_path / "trajectories.safetensors")
+    assert all(len(set(traj["prompts"][i : i + 4])) == 1 for i in range(0, 8, 4))
+    assert len(seen) == cfg.steps
+    for captions, aligned, pairs in seen:
+        assert len(pairs) == TINY["batch"] // 4  # half the batch is trajectories, in pairs
+        for a, r in pairs.tolist():
+            assert captions[a] == captions[r] and aligned[a] and not aligned[r]

@@ -41,6 +41,8 @@ def _train_scorer(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         trajectories=args.trajectories,
         trajectory_share=args.trajectory_share,
+        trajectories_per_prompt=args.trajectories_per_prompt,
+        ranking_weight=args.ranking_weight,
         init_from=args.init,
         distill_weight=args.distill_weight,
         distill_target=args.distill_target,
@@ -72,6 +74,43 @@ def _train_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_one_step(args: argparse.Namespace) -> int:
+    from .training.one_step import OneStepTrainConfig
+
+    cfg = OneStepTrainConfig(  # validates before any work
+        pairs=args.pairs, steps=args.steps, batch=args.batch, lr=args.lr, pair_batch=args.pair_batch, seed=args.seed
+    )
+
+    import torch
+
+    from .pipeline import SHAPES_ONE_STEP_WEIGHTS, load_pipeline
+    from .training.one_step import train_accuracy, train_one_step
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    teacher = load_pipeline(args.model, device=args.device)
+    final = train_one_step(args.out, cfg, teacher)
+    if args.eval_per_suite > 0:
+        student = load_pipeline(str(final), device=args.device)
+        report_path = final / "training.json"
+        report = json.loads(report_path.read_text())
+        report["train_accuracy"] = {
+            "per_suite_prompts": args.eval_per_suite,
+            "seeds": 4,
+            "teacher": train_accuracy(teacher, args.eval_per_suite),
+            "student": train_accuracy(student, args.eval_per_suite),
+        }
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+        print(json.dumps(report["train_accuracy"], indent=1))
+    if args.ship:
+        if SHAPES_ONE_STEP_WEIGHTS.exists():
+            shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)
+        shutil.copytree(final, SHAPES_ONE_STEP_WEIGHTS)
+        print(f"shipped to {SHAPES_ONE_STEP_WEIGHTS}")
+    return 0
+
+
 def _user_errors(command):
     """Bad input ends a command with a one-line `error: ...` and exit code 2, not a traceback."""
 
@@ -88,9 +127,10 @@ def _user_errors(command):
 
 def _world_of(model: str) -> str | None:
     """The world a model draws, from its folder's latentalign.json, without importing torch or loading it."""
-    if model == "shapes":  # the embedded pipeline
-        return "shapes"
-    defaults = Path(model).expanduser() / "latentalign.json"
+    from .embedded import embedded_folder
+
+    folder = embedded_folder(model) or Path(model).expanduser()
+    defaults = folder / "latentalign.json"
     return json.loads(defaults.read_text()).get("world") if defaults.is_file() else None
 
 
@@ -211,7 +251,9 @@ def _bench(args: argparse.Namespace) -> int:
     _check_settings(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    if args.model != "shapes" and not Path(args.model).expanduser().is_dir():
+    from .embedded import embedded_folder
+
+    if embedded_folder(args.model) is None and not Path(args.model).expanduser().is_dir():
         raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
     if _world_of(args.model) != "shapes":
         raise ValueError(f"{args.model!r} is not a Shapes-world pipeline: its latentalign.json must say world: shapes")
@@ -287,6 +329,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="noisy: share of each batch drawn from recorded generator trajectories (the rest: noised renders)",
     )
     ts.add_argument(
+        "--trajectories-per-prompt",
+        type=int,
+        default=1,
+        help="noisy: seeds per trajectory prompt (above 1, prompts have accepted and rejected samples)",
+    )
+    ts.add_argument(
+        "--ranking-weight",
+        type=float,
+        default=0.0,
+        help="noisy: weight of a within-prompt ranking term on (accepted, rejected) trajectory pairs of one prompt",
+    )
+    ts.add_argument(
         "--noisy-reads",
         choices=("preview", "latents"),
         default="preview",
@@ -317,6 +371,23 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--threads", type=int, default=2)
     ts.add_argument("--ship", action="store_true", help="copy the result into the package's shipped scorers")
     ts.set_defaults(func=_user_errors(_train_scorer))
+    to = train_sub.add_parser(
+        "one-step",
+        help="distil a pipeline into a one-step generator (SD-Turbo style) for noise optimisation (resumable)",
+    )
+    to.add_argument("--model", default="shapes", help="the teacher pipeline (run at its recommended settings)")
+    to.add_argument("--out", default="runs/one_step", help="working folder: pairs, checkpoint/ and pipeline/")
+    to.add_argument("--pairs", type=int, default=4096, help="teacher samples on train prompts")
+    to.add_argument("--steps", type=int, default=2000)
+    to.add_argument("--batch", type=int, default=64)
+    to.add_argument("--lr", type=float, default=2e-4, help="peak learning rate (cosine schedule after warm-up)")
+    to.add_argument("--pair-batch", type=int, default=64, help="teacher prompts per batch when drawing the pairs")
+    to.add_argument("--eval-per-suite", type=int, default=24, help="train prompts per suite (x 4 seeds) judged")
+    to.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    to.add_argument("--seed", type=int, default=0)
+    to.add_argument("--threads", type=int, default=2)
+    to.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-one-step'")
+    to.set_defaults(func=_user_errors(_train_one_step))
 
     gen = sub.add_parser("generate", help="generate one image; on the Shapes world, also check it")
     gen.add_argument("prompt")

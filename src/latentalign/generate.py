@@ -23,6 +23,9 @@ class SamplingDefaults:
     world: str | None = None  # "shapes" when the pipeline draws the Shapes world (prompts are then validated)
     # noise optimisation's iteration count for this pipeline; None: the method's own default (ReNO's 50)
     noise_optimization_iterations: int | None = None
+    # the differentiable generator's steps for noise optimisation (1 for a one-step model); None: the method's own
+    # default (a 4-step schedule)
+    noise_optimization_steps: int | None = None
 
 
 def sampling_defaults(pipe) -> SamplingDefaults:

@@ -10,12 +10,13 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from .embedded import EMBEDDED_PIPELINES, SHAPES, SHAPES_ONE_STEP, WEIGHTS, embedded_folder
 from .tokenizer import build_clip_tokenizer
 from .world import words
 
-SHAPES = "shapes"
-SHAPES_WEIGHTS = Path(__file__).parent / "weights" / "shapes"
-SHAPES_SCORERS = Path(__file__).parent / "weights" / "shapes_scorers"  # <kind>/ for pixel, latent, noisy
+SHAPES_WEIGHTS = EMBEDDED_PIPELINES[SHAPES]
+SHAPES_ONE_STEP_WEIGHTS = EMBEDDED_PIPELINES[SHAPES_ONE_STEP]
+SHAPES_SCORERS = WEIGHTS / "shapes_scorers"  # <kind>/ for pixel, latent, noisy
 SHAPES_GUIDANCE = 1.5  # best overall accuracy on train-split prompts (benchmarks/guidance_sweep.py)
 SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
 # noise optimisation's iterations: where the pixel and latent rewards' mean accuracy on train-split prompts peaks
@@ -87,13 +88,16 @@ def write_defaults(folder: str | Path) -> None:
 def load_pipeline(
     name_or_path: str | Path = SHAPES, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
 ) -> DiffusionPipeline:
-    """Load a diffusers pipeline: "shapes" (the embedded default), a local folder, or a Hub id."""
-    if name_or_path == SHAPES:
-        path: str | Path = SHAPES_WEIGHTS
-        if not (SHAPES_WEIGHTS / "model_index.json").exists():
+    """Load a diffusers pipeline: "shapes" (the embedded default), "shapes-one-step" (it, distilled into one
+    step), a local folder, or a Hub id."""
+    embedded = embedded_folder(name_or_path)
+    if embedded is not None:
+        path: str | Path = embedded
+        if not (embedded / "model_index.json").exists():
+            how = "train world --ship" if name_or_path == SHAPES else "train one-step --ship"
             raise FileNotFoundError(
-                f"the embedded Shapes pipeline is missing from {SHAPES_WEIGHTS}; "
-                "rebuild it with `latentalign train world --ship`"
+                f"the embedded pipeline {name_or_path!r} is missing from {embedded}; "
+                f"rebuild it with `latentalign {how}`"
             )
     else:
         path = name_or_path

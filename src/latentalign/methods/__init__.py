@@ -18,6 +18,7 @@ from .noise_optimization import (
     chi_regulariser,
     noise_optimization,
     recommended_iterations,
+    recommended_steps,
 )
 
 METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization")
@@ -82,6 +83,8 @@ def run_noise_optimization(
     """Noise optimisation with `rewards`, or by default the scorer's reward for the prompt (plus `avoid`)."""
     if iterations is None:
         iterations = recommended_iterations(pipe)
+    if num_inference_steps is None:
+        num_inference_steps = recommended_steps(pipe)
     changes = {"iterations": iterations, "lr": lr, "num_inference_steps": num_inference_steps}
     config = NoiseOptimizationConfig(**{k: v for k, v in changes.items() if v is not None})
     resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)
@@ -151,6 +154,7 @@ __all__ = [
     "chi_regulariser",
     "noise_optimization",
     "recommended_iterations",
+    "recommended_steps",
     "run_noise_optimization",
     "run_best_of_n",
     "BestOfNResult",

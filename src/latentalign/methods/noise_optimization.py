@@ -36,8 +36,9 @@ class Reward:
 
 @dataclass(frozen=True)
 class NoiseOptimizationConfig:
-    """ReNO's defaults (REFERENCES.md), except the schedule: the Shapes world has no one-step model, so the
-    generator is a short DDIM schedule we back-propagate through."""
+    """ReNO's defaults (REFERENCES.md), except the schedule: ReNO runs one-step models (SD-Turbo; on the Shapes
+    world, the distilled "shapes-one-step"); for a many-step pipeline the generator is a short DDIM schedule we
+    back-propagate through. `generate` takes the steps a pipeline recommends (`noise_optimization_steps`)."""
 
     iterations: int = 50
     lr: float = 5.0
@@ -60,6 +61,12 @@ def recommended_iterations(pipe) -> int:
     """The iteration count `pipe` recommends in its latentalign.json, else ReNO's default."""
     recommended = sampling_defaults(pipe).noise_optimization_iterations
     return NoiseOptimizationConfig.iterations if recommended is None else recommended
+
+
+def recommended_steps(pipe) -> int:
+    """The generator steps `pipe` recommends for noise optimisation in its latentalign.json, else the default."""
+    recommended = sampling_defaults(pipe).noise_optimization_steps
+    return NoiseOptimizationConfig.num_inference_steps if recommended is None else recommended
 
 
 @dataclass

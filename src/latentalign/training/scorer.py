@@ -58,6 +58,13 @@ class ScorerTrainConfig:
     inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
     trajectories: int = 3072  # noisy only: generator samples (train prompts) recorded at every step
     trajectory_share: float = 0.5  # noisy only: share of each batch drawn from trajectories, the rest noised renders
+    # noisy only: seeds per trajectory prompt (`trajectories` samples over trajectories / this many prompts); above
+    # 1, prompts have both samples the checker accepts and samples it rejects
+    trajectories_per_prompt: int = 1
+    # noisy only: weight of a within-prompt ranking term (Bradley-Terry, the within-prompt AUROC's own question): the
+    # trajectory share of each batch comes in pairs of one prompt at one step, one sample the checker accepts and
+    # one it rejects, and the term is a logistic loss on their caption scores' difference
+    ranking_weight: float = 0.0
     noisy_reads: str = "preview"  # noisy only: "preview" (published layout, shipped) or "latents" (the channels)
     # weight of a per-image verdict term: logistic loss on (score of own caption - best score of its hard
     # negatives) against the image's aligned label, so misaligned trajectories rank below their corruptions
@@ -103,6 +110,20 @@ class ScorerTrainConfig:
             raise ValueError("distill_weight needs kind 'noisy', trajectory_share > 0 and hard_negatives >= 1")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if self.trajectories_per_prompt < 1 or self.trajectories % self.trajectories_per_prompt:
+            raise ValueError(
+                f"trajectories_per_prompt must be >= 1 and divide trajectories ({self.trajectories}), "
+                f"got {self.trajectories_per_prompt}"
+            )
+        if not (math.isfinite(self.ranking_weight) and self.ranking_weight >= 0):
+            raise ValueError(f"ranking_weight must be a finite number >= 0, got {self.ranking_weight}")
+        if self.ranking_weight > 0 and (
+            self.kind != "noisy" or self.trajectories_per_prompt < 2 or round(self.trajectory_share * self.batch) < 2
+        ):
+            raise ValueError(
+                "ranking_weight needs kind 'noisy', trajectories_per_prompt >= 2 and at least 2 trajectory samples "
+                "per batch (trajectory_share * batch)"
+            )
         check_vision_size(self.vision_width, self.vision_layers)
         if self.init_from is not None and (self.vision_width or self.vision_layers):
             raise ValueError("a fine-tuned scorer keeps init_from's size: drop vision_width/vision_layers")
@@ -198,7 +219,9 @@ def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> d
 
     rng = random.Random(cfg.seed + 7)
     categories = SUITE_NAMES
-    prompts = sample_prompts(cfg.trajectories, rng, split=cfg.split, weights=list(cfg.category_weights))
+    k = cfg.trajectories_per_prompt
+    prompts = sample_prompts(cfg.trajectories // k, rng, split=cfg.split, weights=list(cfg.category_weights))
+    prompts = [p for p in prompts for _ in range(k)]
     seeds = [10_000_000 + cfg.seed * cfg.trajectories + i for i in range(len(prompts))]  # never a bench seed
     traj = record_trajectories(pipe, prompts, seeds)
     aligned = torch.tensor([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
@@ -206,6 +229,20 @@ def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> d
     tensors = {"latents": traj.latents, "x0": traj.x0, "timesteps": traj.timesteps, "aligned": aligned}
     save_prompted_tensors(path, tensors, prompts)
     return {**tensors, "prompts": prompts}
+
+
+def mixed_pairs(prompts: list[str], aligned: torch.Tensor) -> torch.Tensor:
+    """Every (accepted, rejected) pair of samples of one prompt, as rows of sample indices."""
+    groups: dict[str, tuple[list[int], list[int]]] = {}
+    for i, (p, ok) in enumerate(zip(prompts, aligned.tolist(), strict=True)):
+        groups.setdefault(p, ([], []))[0 if ok else 1].append(i)
+    pairs = [(a, r) for good, bad in groups.values() for a in good for r in bad]
+    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+
+
+def ranking_loss(own: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+    """Bradley-Terry: mean logistic loss of each (accepted, rejected) row's own-caption score difference."""
+    return F.softplus(own[pairs[:, 1]] - own[pairs[:, 0]]).mean()
 
 
 def _pool(cfg: ScorerTrainConfig, vae, scaling: float | None):
@@ -309,6 +346,12 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         if teacher is not None and "x0" not in traj:
             raise ValueError(f"{out / 'trajectories.safetensors'} has no x0 predictions to distil; delete it")
     n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
+    pairs = None
+    if cfg.ranking_weight > 0:
+        pairs = mixed_pairs(traj["prompts"], traj["aligned"])
+        if not len(pairs):
+            raise ValueError("ranking_weight: no trajectory prompt has both an accepted and a rejected sample")
+        log(f"ranking: {len(pairs)} (accepted, rejected) pairs over {len(set(traj['prompts']))} prompts")
     noise_sched = None
     if cfg.kind == "noisy":
         from diffusers import DDPMScheduler
@@ -344,9 +387,17 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         if cfg.kind == "noisy":
             t = torch.randint(0, noise_sched.config.num_train_timesteps, (n_render,), generator=g)
             x = noise_sched.add_noise(x, torch.randn(x.shape, generator=g), t)
-            if n_traj:
+            if n_traj and pairs is not None:  # (accepted, rejected) pairs of one prompt, each pair at one step
+                drawn = pairs[torch.randint(0, len(pairs), (n_traj // 2,), generator=g)]
+                j = drawn.flatten()
+                s = torch.randint(0, traj["latents"].shape[1], (n_traj // 2,), generator=g).repeat_interleave(2)
+                if n_traj % 2:  # an odd share: one more sample, in no pair
+                    j = torch.cat([j, torch.randint(0, len(traj["prompts"]), (1,), generator=g)])
+                    s = torch.cat([s, torch.randint(0, traj["latents"].shape[1], (1,), generator=g)])
+            elif n_traj:
                 j = torch.randint(0, len(traj["prompts"]), (n_traj,), generator=g)
                 s = torch.randint(0, traj["latents"].shape[1], (n_traj,), generator=g)
+            if n_traj:
                 x = torch.cat([x, traj["latents"][j, s]])
                 t = torch.cat([t, traj["timesteps"][s].long()])
                 captions += [traj["prompts"][k] for k in j.tolist()]
@@ -371,6 +422,17 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
             group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         image, text, scale = model(x, t, mine + negs)
         terms = loss_fn(image, text, mine, aligned, scale, cfg.hard_negatives, cfg.verdict_weight)
+        if pairs is not None:
+            # where each drawn pair landed after the shuffle; pairs split across processes are left out
+            where = torch.empty_like(order)
+            where[order] = torch.arange(cfg.batch)
+            batch_pairs = where[n_render + torch.arange(n_traj // 2 * 2)].reshape(-1, 2) - local.start
+            batch_pairs = batch_pairs[((batch_pairs >= 0) & (batch_pairs < share)).all(dim=1)]
+            if len(batch_pairs):
+                own = scale * (image * text[: len(image)]).sum(dim=1)
+                ranking = ranking_loss(own, batch_pairs)
+                terms["loss"] = terms["loss"] + cfg.ranking_weight * ranking
+                terms["ranking"] = ranking.detach()
         rows = from_traj.nonzero().flatten()
         if teacher is not None and len(rows):
             with torch.no_grad():
