@@ -129,7 +129,8 @@ def test_generate_dispatches_noise_optimization(tiny_shapes_pipeline, latent_sco
         )
 
 
-def test_pipeline_recommends_the_iteration_count(tiny_shapes_path, latent_scorer, tmp_path):
+def _recommending(tiny_shapes_path, tmp_path, **settings):
+    """The tiny Shapes pipeline, saved again with `settings` added to its latentalign.json."""
     import json
     import shutil
 
@@ -138,33 +139,31 @@ def test_pipeline_recommends_the_iteration_count(tiny_shapes_path, latent_scorer
     folder = tmp_path / "pipeline"
     shutil.copytree(tiny_shapes_path, folder)
     defaults = json.loads((folder / "latentalign.json").read_text())
-    (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise_optimization_iterations": 2}))
-    pipe = load_pipeline(str(folder))
-    pipe.set_progress_bar_config(disable=True)
-    assert recommended_iterations(pipe) == 2
-    assert recommended_iterations(load_pipeline(str(tiny_shapes_path))) == NoiseOptimizationConfig.iterations
-    run = dict(method="noise-optimization", scorer=latent_scorer, num_inference_steps=1)
-    recommended = generate(pipe, "a red circle", **run)
-    assert recommended.settings["iterations"] == 2 and len(recommended.rewards[0]) == 3
-    chosen = generate(pipe, "a red circle", iterations=1, **run)  # an explicit count wins
-    assert chosen.settings["iterations"] == 1 and len(chosen.rewards[0]) == 2
+    (folder / "latentalign.json").write_text(json.dumps({**defaults, **settings}))
+    return load_pipeline(str(folder))
 
 
-def test_pipeline_recommends_the_generator_steps(tiny_shapes_path, latent_scorer, tmp_path):
-    import json
-    import shutil
-
+@pytest.mark.parametrize(
+    "setting, option, recommend, default",
+    [
+        ("noise_optimization_iterations", "iterations", recommended_iterations, NoiseOptimizationConfig.iterations),
+        ("noise_optimization_steps", "num_inference_steps", recommended_steps, 4),
+    ],
+)
+def test_pipeline_recommends_noise_optimization_settings(
+    tiny_shapes_path, latent_scorer, tmp_path, setting, option, recommend, default
+):
     from latentalign import load_pipeline
 
-    folder = tmp_path / "pipeline"
-    shutil.copytree(tiny_shapes_path, folder)
-    defaults = json.loads((folder / "latentalign.json").read_text())
-    (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise_optimization_steps": 1}))
-    pipe = load_pipeline(str(folder))
-    assert recommended_steps(pipe) == 1
-    assert recommended_steps(load_pipeline(str(tiny_shapes_path))) == NoiseOptimizationConfig.num_inference_steps
-    run = dict(method="noise-optimization", scorer=latent_scorer, iterations=1)
+    pipe = _recommending(tiny_shapes_path, tmp_path, **{setting: 2})
+    assert recommend(pipe) == 2
+    assert recommend(load_pipeline(str(tiny_shapes_path))) == default
+    other = {"iterations": 1, "num_inference_steps": 1}
+    other.pop(option)
+    run = dict(method="noise-optimization", scorer=latent_scorer, **other)
     recommended = generate(pipe, "a red circle", **run)
-    assert recommended.settings["num_inference_steps"] == 1
-    chosen = generate(pipe, "a red circle", num_inference_steps=2, **run)  # an explicit count wins
-    assert chosen.settings["num_inference_steps"] == 2
+    assert recommended.settings[option] == 2
+    if option == "iterations":  # the initial noise and 2 updates were scored
+        assert len(recommended.rewards[0]) == 3
+    chosen = generate(pipe, "a red circle", **{option: 3}, **run)  # an explicit setting wins
+    assert chosen.settings[option] == 3

@@ -9,7 +9,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 import latentalign
-from latentalign.pipeline import SHAPES_WEIGHTS
+from latentalign.pipeline import SHAPES_ONE_STEP_WEIGHTS, SHAPES_WEIGHTS
 from latentalign.world import words
 
 
@@ -69,3 +69,31 @@ def test_unknown_shipped_scorer_name_is_a_missing_folder():
 
     with pytest.raises(FileNotFoundError):
         load_scorer("shapes-giant")
+
+
+def test_shipped_one_step_pipeline_is_a_stock_one_step_pipeline_of_the_same_world():
+    pipe = StableDiffusionPipeline.from_pretrained(SHAPES_ONE_STEP_WEIGHTS)
+    teacher = StableDiffusionPipeline.from_pretrained(SHAPES_WEIGHTS)
+    assert pipe.scheduler.config.prediction_type == "sample"
+    assert pipe.unet.config == teacher.unet.config
+    for name in ("vae", "text_encoder"):  # the student shares the teacher's decoder and prompt encoder
+        mine, theirs = getattr(pipe, name).state_dict(), getattr(teacher, name).state_dict()
+        assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    files = [p for p in SHAPES_ONE_STEP_WEIGHTS.rglob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}]
+    assert not files, "weights must be safetensors"
+
+
+def test_shipped_one_step_settings_are_what_shipping_writes(tmp_path, monkeypatch):
+    import latentalign.pipeline as pipeline_module
+
+    shipped = json.loads((SHAPES_ONE_STEP_WEIGHTS / "latentalign.json").read_text())
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "latentalign.json").write_text("{}")
+    monkeypatch.setattr(pipeline_module, "SHAPES_ONE_STEP_WEIGHTS", tmp_path / "shipped")
+    written = pipeline_module.ship_one_step(tmp_path / "run")
+    assert json.loads((written / "latentalign.json").read_text()) == shipped
+    pipe = latentalign.load_pipeline("shapes-one-step")
+    result = latentalign.generate(pipe, ["a red circle", "two blue squares"], seed=[0, 1])
+    assert result.settings == {"num_inference_steps": 1, "guidance_scale": 1.0}
+    assert result.cost.denoiser_evals == 2  # one unguided UNet call per image
+    assert torch.isfinite(result.latents).all()

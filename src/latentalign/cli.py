@@ -83,7 +83,7 @@ def _train_one_step(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .pipeline import SHAPES_ONE_STEP_WEIGHTS, load_pipeline
+    from .pipeline import load_pipeline, ship_one_step
     from .training.one_step import train_accuracy, train_one_step
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -104,10 +104,7 @@ def _train_one_step(args: argparse.Namespace) -> int:
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["train_accuracy"], indent=1))
     if args.ship:
-        if SHAPES_ONE_STEP_WEIGHTS.exists():
-            shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)
-        shutil.copytree(final, SHAPES_ONE_STEP_WEIGHTS)
-        print(f"shipped to {SHAPES_ONE_STEP_WEIGHTS}")
+        print(f"shipped to {ship_one_step(final)}")
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -22,6 +23,9 @@ SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
 # noise optimisation's iterations: where the pixel and latent rewards' mean accuracy on train-split prompts peaks
 # (fewest on ties; benchmarks/results/noise_optimization_train_3seeds/: 3 seeds x 72 prompts, iterations 0-10)
 SHAPES_NOISE_OPTIMIZATION_ITERATIONS = 8
+# the same rule on the distilled one-step pipeline ("shapes-one-step"; benchmarks/results/
+# noise_optimization_train_shipped_one_step/)
+SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 8
 
 
 def config(name: str) -> dict:
@@ -83,6 +87,23 @@ def write_defaults(folder: str | Path) -> None:
         "noise_optimization_iterations": SHAPES_NOISE_OPTIMIZATION_ITERATIONS,
     }
     (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def ship_one_step(folder: str | Path) -> Path:
+    """Copy a distilled Shapes pipeline (`latentalign train one-step`) into the package as "shapes-one-step",
+    with the iteration count chosen for it on train prompts."""
+    from .generate import DEFAULTS_FILE
+    from .training.one_step import one_step_settings
+
+    if SHAPES_ONE_STEP_WEIGHTS.exists():
+        shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)
+    shutil.copytree(folder, SHAPES_ONE_STEP_WEIGHTS)
+    settings = {
+        **one_step_settings(SHAPES),
+        "noise_optimization_iterations": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS,
+    }
+    (SHAPES_ONE_STEP_WEIGHTS / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    return SHAPES_ONE_STEP_WEIGHTS
 
 
 def load_pipeline(

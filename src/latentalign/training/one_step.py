@@ -124,6 +124,12 @@ def train_accuracy(pipe, per_suite: int = 24, seeds: int = 4) -> dict:
     return out
 
 
+def one_step_settings(world: str | None) -> dict:
+    """The latentalign.json of a distilled pipeline: one unguided step, also as noise optimisation's generator."""
+    settings = {"num_inference_steps": 1, "guidance_scale": 1.0, "noise_optimization_steps": 1}
+    return settings if world is None else {**settings, "world": world}
+
+
 def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=print) -> Path:
     """Distil `teacher` into `out/pipeline`, a one-step pipeline; resumes from `out/checkpoint` when present."""
     from ..generate import DEFAULTS_FILE, sampling_defaults
@@ -184,10 +190,7 @@ def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=pri
         ema = ema.to(teacher.unet.dtype)
     components.update(unet=ema, scheduler=scheduler)
     assemble(components).save_pretrained(tmp, safe_serialization=True)
-    settings = {"num_inference_steps": 1, "guidance_scale": 1.0, "noise_optimization_steps": 1}
-    world = sampling_defaults(teacher).world
-    if world is not None:
-        settings["world"] = world
+    settings = one_step_settings(sampling_defaults(teacher).world)
     (tmp / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     report = {k: v for k, v in meta.items() if k != "param_groups"}
     report["teacher"] = str(getattr(teacher, "name_or_path", "") or "in memory")
