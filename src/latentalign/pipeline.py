@@ -25,7 +25,7 @@ SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
 SHAPES_NOISE_OPTIMIZATION_ITERATIONS = 8
 # the same rule on the distilled one-step pipeline ("shapes-one-step"; benchmarks/results/
 # noise_optimization_train_shipped_one_step/)
-SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 8
+SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 11
 
 
 def config(name: str) -> dict:
