@@ -46,7 +46,7 @@ def test_pairs_are_the_teachers_samples_on_train_prompts(distilled, tiny_shapes_
         torch.testing.assert_close(pairs["noise"][i], Denoiser(tiny_shapes_pipeline).initial_latents([seed])[0])
 
 
-def test_result_is_a_one_step_pipeline_of_the_ema_weights(distilled):
+def test_result_is_a_one_step_pipeline_of_the_ema_weights(distilled, tiny_shapes_path):
     folder = distilled / "pipeline"
     assert json.loads((folder / "latentalign.json").read_text()) == {
         "num_inference_steps": 1,
@@ -56,6 +56,7 @@ def test_result_is_a_one_step_pipeline_of_the_ema_weights(distilled):
     }
     report = json.loads((folder / "training.json").read_text())
     assert report["step"] == TINY.steps and set(report["losses"]) == {"2", "4"}
+    assert report["teacher"] == str(tiny_shapes_path.resolve())
     ema = load_file(str(distilled / "checkpoint" / "ema_unet.safetensors"))
     raw = load_file(str(distilled / "checkpoint" / "unet.safetensors"))
     shipped = load_file(str(folder / UNET))

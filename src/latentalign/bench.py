@@ -18,8 +18,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from .embedded import model_id
 from .generate import generate, resolve, sampling_defaults
-from .pipeline import SHAPES, SHAPES_WEIGHTS
 from .world import SUITE_NAMES, check, suite
 
 RESULTS = "results.jsonl"
@@ -112,13 +112,6 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def _model_id(pipe) -> str:
-    path = Path(str(getattr(pipe, "name_or_path", "") or ""))
-    if not path.exists():
-        return str(path)
-    return SHAPES if path.resolve() == SHAPES_WEIGHTS.resolve() else str(path.resolve())
-
-
 def summarise(rows: list[dict], suites: list[str]) -> list[dict]:
     """Accuracy per suite and overall, with 95% Wilson intervals."""
     table = []
@@ -200,7 +193,7 @@ def run_bench(
         raise ValueError(f"batch must be >= 1, got {batch}")
     jobs = plan(suites, seeds, split=split, limit_prompts=limit_prompts)
     _, _, steps, guidance = resolve(pipe, jobs[0][1], 0, steps, guidance)
-    settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": _model_id(pipe)}
+    settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": model_id(pipe)}
 
     out = Path(out)
     results = out / RESULTS

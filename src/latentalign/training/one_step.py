@@ -39,6 +39,7 @@ from ..checkpoint import (
     save_checkpoint,
     save_prompted_tensors,
 )
+from ..embedded import model_id
 from ..world import SUITE_NAMES, check, suite
 from ..world.dataset import sample_prompts
 from .scorer import ScorerTrainConfig
@@ -193,7 +194,7 @@ def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=pri
     settings = one_step_settings(sampling_defaults(teacher).world)
     (tmp / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     report = {k: v for k, v in meta.items() if k != "param_groups"}
-    report["teacher"] = str(getattr(teacher, "name_or_path", "") or "in memory")
+    report["teacher"] = model_id(teacher)
     (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
     final_dir = out / "pipeline"
     if final_dir.exists():
