@@ -71,13 +71,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/results/detection")
     ap.add_argument("--noisy", default="shapes-noisy", help="the NoisyCLIP scorer: a shipped name or a saved folder")
+    ap.add_argument(
+        "--model", default="shapes", help="the generator (for 'shapes-one-step', read the final column: the rewards)"
+    )
     ap.add_argument("--report-only", action="store_true", help="redraw table.md and auroc.png from table.json")
     args = ap.parse_args()
     if args.report_only:
         write_report(Path(args.out), json.loads((Path(args.out) / "table.json").read_text()))
         return
     torch.manual_seed(0)
-    pipe = load_pipeline("shapes")
+    pipe = load_pipeline(args.model)
     keys = {name: args.noisy if key == "shapes-noisy" else key for name, (key, _) in SCORERS.items()}
     scorers = {name: load_scorer(key, vae=pipe.vae) for name, key in keys.items()}
     prompts, seeds, suites = [], [], []
@@ -107,6 +110,7 @@ def main() -> None:
 
     summary = {
         "noisy_scorer": args.noisy,
+        "model": args.model,
         "candidates": len(prompts),
         "aligned_share": round(float(labels.mean()), 4),
         "per_suite_aligned": {n: round(float(labels[np.array(suites) == n].mean()), 4) for n in SUITE_NAMES},
