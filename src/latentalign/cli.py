@@ -10,6 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from .embedded import embedded_folder
+
 
 def _train_world(args: argparse.Namespace) -> int:
     import torch
@@ -95,11 +97,12 @@ def _train_one_step(args: argparse.Namespace) -> int:
         student = load_pipeline(str(final), device=args.device)
         report_path = final / "training.json"
         report = json.loads(report_path.read_text())
+        seeds = 4
         report["train_accuracy"] = {
             "per_suite_prompts": args.eval_per_suite,
-            "seeds": 4,
-            "teacher": train_accuracy(teacher, args.eval_per_suite),
-            "student": train_accuracy(student, args.eval_per_suite),
+            "seeds": seeds,
+            "teacher": train_accuracy(teacher, args.eval_per_suite, seeds),
+            "student": train_accuracy(student, args.eval_per_suite, seeds),
         }
         report_path.write_text(json.dumps(report, indent=1) + "\n")
         print(json.dumps(report["train_accuracy"], indent=1))
@@ -124,8 +127,6 @@ def _user_errors(command):
 
 def _world_of(model: str) -> str | None:
     """The world a model draws, from its folder's latentalign.json, without importing torch or loading it."""
-    from .embedded import embedded_folder
-
     folder = embedded_folder(model) or Path(model).expanduser()
     defaults = folder / "latentalign.json"
     return json.loads(defaults.read_text()).get("world") if defaults.is_file() else None
@@ -248,8 +249,6 @@ def _bench(args: argparse.Namespace) -> int:
     _check_settings(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
-    from .embedded import embedded_folder
-
     if embedded_folder(args.model) is None and not Path(args.model).expanduser().is_dir():
         raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
     if _world_of(args.model) != "shapes":
