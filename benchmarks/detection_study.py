@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=6)
     ap.add_argument("--out", default="benchmarks/results/detection")
     ap.add_argument("--noisy", default="shapes-noisy", help="the NoisyCLIP scorer: a shipped name or a saved folder")
+    ap.add_argument("--latent", default="shapes-latent", help="the Latent-CLIP scorer: a shipped name or a folder")
+    ap.add_argument("--pixel", default="shapes-pixel", help="the pixel CLIP scorer: a shipped name or a folder")
     ap.add_argument(
         "--model", default="shapes", help="the generator (for 'shapes-one-step', read the final column: the rewards)"
     )
@@ -81,7 +83,8 @@ def main() -> None:
         return
     torch.manual_seed(0)
     pipe = load_pipeline(args.model)
-    keys = {name: args.noisy if key == "shapes-noisy" else key for name, (key, _) in SCORERS.items()}
+    chosen = {"shapes-noisy": args.noisy, "shapes-latent": args.latent, "shapes-pixel": args.pixel}
+    keys = {name: chosen[key] for name, (key, _) in SCORERS.items()}
     scorers = {name: load_scorer(key, vae=pipe.vae) for name, key in keys.items()}
     prompts, seeds, suites = [], [], []
     for name in SUITE_NAMES:
@@ -110,6 +113,8 @@ def main() -> None:
 
     summary = {
         "noisy_scorer": args.noisy,
+        "latent_scorer": args.latent,
+        "pixel_scorer": args.pixel,
         "model": args.model,
         "candidates": len(prompts),
         "aligned_share": round(float(labels.mean()), 4),

@@ -48,6 +48,7 @@ from latentalign.world.checker import detect  # noqa: E402
 
 SUITES = ("two_objects", "relation", "counting")
 STEER_TAGS = ("before", "after_latent", "after_pixel")
+SHIPPED_REWARDS = {"pixel": "shapes-pixel", "latent": "shapes-latent"}  # rows without scorer names used these
 
 
 def prompts_for(per_suite: int, split: str = "heldout") -> list[tuple[str, str]]:
@@ -102,6 +103,12 @@ def main() -> None:
         help="train: the prompts on which defaults (the iteration count) are chosen; heldout: the reported figures",
     )
     ap.add_argument("--model", default="shapes", help="'shapes' (the shipped pipeline) or a Shapes pipeline folder")
+    for kind in ("pixel", "latent"):
+        ap.add_argument(
+            f"--{kind}-scorer",
+            default=SHIPPED_REWARDS[kind],
+            help=f"the {kind} reward: a shipped name or a folder (default shapes-{kind})",
+        )
     ap.add_argument("--out", default="benchmarks/results/noise_optimization")
     args = ap.parse_args()
     if args.per_suite < 1 or args.seeds < 1 or (args.generator_steps or 1) < 1 or args.steering_prompts < 0:
@@ -112,8 +119,11 @@ def main() -> None:
         ap.error("the steering part runs on held-out prompts only: pass --steering-prompts 0 with --split train")
     torch.set_num_threads(2)
     pipe = load_pipeline(args.model)
-    pixel = load_scorer("shapes-pixel", vae=pipe.vae)
-    latent = load_scorer("shapes-latent")
+    pixel = load_scorer(args.pixel_scorer, vae=pipe.vae)
+    latent = load_scorer(args.latent_scorer)
+    if (pixel.kind, latent.kind) != ("pixel", "latent"):
+        ap.error(f"--pixel-scorer is a {pixel.kind} scorer and --latent-scorer a {latent.kind} one")
+    scorers = {"pixel_scorer": args.pixel_scorer, "latent_scorer": args.latent_scorer}
     if args.iterations is None:
         args.iterations = recommended_iterations(pipe)
     if args.generator_steps is None:
@@ -129,9 +139,12 @@ def main() -> None:
         for k, r in rows.items()
         if (r["iterations"], r.get("split", "heldout"), r.get("generator_steps", 4), r.get("model", "shapes"))
         != (args.iterations, args.split, args.generator_steps, args.model)
+        or any(r.get(f"{k}_scorer", default) != scorers[f"{k}_scorer"] for k, default in SHIPPED_REWARDS.items())
     ]
     if stale:
-        raise SystemExit(f"{rows_path} holds rows of other --iterations, --split, --generator-steps or --model")
+        raise SystemExit(
+            f"{rows_path} holds rows of other --iterations, --split, --generator-steps, --model or scorers"
+        )
 
     def record(row: dict) -> None:
         with rows_path.open("a") as f:
@@ -144,13 +157,14 @@ def main() -> None:
         if ("reward", prompt, seed) in rows:
             continue
         row = {"part": "reward", "prompt": prompt, "seed": seed, "iterations": args.iterations}
-        row.update(split=args.split, generator_steps=args.generator_steps, model=args.model)
+        row.update(split=args.split, generator_steps=args.generator_steps, model=args.model, **scorers)
         for kind, scorer in (("pixel", pixel), ("latent", latent)):
             trace, per_iter, _ = run(pipe, prompt, seed, [Reward(scorer)], cfg)
             row[kind] = {"correct": judge(pipe, trace, prompt), "seconds_per_iteration": per_iter}
         record(row)
     part1 = summarise_rewards([rows[("reward", p, s)] for _, p, s in jobs], jobs, cfg, args.iterations)
     part1["split"] = args.split
+    part1.update(scorers)
     if not args.steering_prompts:
         (out / "table.json").write_text(json.dumps({"rewards": part1}, indent=1) + "\n")
         write_report(out, part1, None)
@@ -167,7 +181,7 @@ def main() -> None:
         field = "colour" if i % 2 == 0 else "shape"
         concept = getattr(a, field)
         row = {"part": "steer", "prompt": prompt, "iterations": args.iterations, "avoid": concept, "field": field}
-        row.update(split=args.split, generator_steps=args.generator_steps, model=args.model)
+        row.update(split=args.split, generator_steps=args.generator_steps, model=args.model, **scorers)
         if concept == getattr(b, field):
             record({**row, "skipped": "both objects share the concept"})
             continue
@@ -273,7 +287,9 @@ def write_report(out: Path, part1: dict, part2: dict | None) -> None:
         f"{part1['prompts']} {split} prompts ({', '.join(SUITES)}) x seeds {part1['seeds']} = {part1['runs']} runs "
         f"per reward, {part1['config']['num_inference_steps']}-step DDIM generator, "
         f"ReNO defaults (lr {part1['config']['lr']}, Nesterov momentum {part1['config']['momentum']}, "
-        f"grad-norm clip {part1['config']['grad_clip']}, chi regulariser {part1['config']['reg_weight']}).",
+        f"grad-norm clip {part1['config']['grad_clip']}, chi regulariser {part1['config']['reg_weight']}). "
+        f"Rewards: pixel {part1.get('pixel_scorer', SHIPPED_REWARDS['pixel'])}, "
+        f"latent {part1.get('latent_scorer', SHIPPED_REWARDS['latent'])}.",
         "",
     ]
     marks = sorted({i for i in (0, 5, 10, 20, 30, 50) if i <= iters} | {iters})

@@ -268,3 +268,94 @@ def test_ranking_run_pairs_accepted_and_rejected_samples_of_one_prompt(tiny_shap
         assert len(pairs) == TINY["batch"] // 4  # half the batch is trajectories, in pairs
         for a, r in pairs.tolist():
             assert captions[a] == captions[r] and aligned[a] and not aligned[r]
+
+
+@pytest.mark.parametrize("kind", ["pixel", "latent"])
+def test_clean_scorers_learn_from_the_generators_final_samples(kind, tiny_shapes_pipeline, tmp_path, monkeypatch):
+    verdicts = iter([True, False] * 8)  # every prompt gets an accepted and a rejected sample
+    monkeypatch.setattr(ts, "check", lambda image, prompt: type("V", (), {"ok": next(verdicts)})())
+    seen = []
+    real_forward = ContrastiveLoss.forward
+
+    def forward(self, image, text, captions, aligned, *args):
+        seen.append((list(captions), aligned.clone()))
+        return real_forward(self, image, text, captions, aligned, *args)
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", forward)
+    cfg = ScorerTrainConfig(kind=kind, trajectory_share=0.5, trajectories_per_prompt=4, ranking_weight=1.0, **TINY)
+    assert cfg.trajectory_share == 0.5 and ScorerTrainConfig(kind=kind).trajectory_share == 0.0
+    final = train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
+    assert load_scorer(final, vae=tiny_shapes_pipeline.vae).kind == kind
+    traj = ts.load_prompted_tensors(tmp_path / "trajectories.safetensors")
+    assert traj["final"].shape == traj["latents"][:, 0].shape
+    for captions, aligned in seen:  # the generator's rejected samples are in every batch, as negatives
+        assert (~aligned).sum() == TINY["batch"] // 4  # half the batch is samples, in (accepted, rejected) pairs
+        assert {c for c, ok in zip(captions, aligned.tolist(), strict=True) if not ok} <= set(traj["prompts"])
+
+
+@pytest.mark.parametrize("renoise", [0.0, 1.0])
+def test_renoise_shows_trajectory_samples_under_fresh_noise(renoise, tiny_shapes_pipeline, tmp_path, monkeypatch):
+    verdicts = iter([True, False] * 8)
+    monkeypatch.setattr(ts, "check", lambda image, prompt: type("V", (), {"ok": next(verdicts)})())
+    seen = []
+    real_forward = ts._Pair.forward
+
+    def forward(self, x, t, captions):
+        seen.append(x.detach().clone())
+        return real_forward(self, x, t, captions)
+
+    monkeypatch.setattr(ts._Pair, "forward", forward)
+    cfg = ScorerTrainConfig(kind="noisy", trajectories_per_prompt=4, ranking_weight=1.0, renoise=renoise, **TINY)
+    train_scorer(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
+    stored = ts.load_prompted_tensors(tmp_path / "trajectories.safetensors")["latents"].flatten(0, 1)
+    recorded = [any(torch.equal(row, z) for z in stored) for x in seen for row in x]
+    # half of each batch is trajectory samples: as recorded without renoise, none of them with renoise 1
+    assert sum(recorded) == (len(recorded) // 2 if renoise == 0 else 0)
+
+
+@pytest.mark.parametrize(
+    "bad", [dict(renoise=0.5), dict(renoise=2, kind="noisy"), dict(kind="noisy", renoise=0.5, trajectory_share=0)]
+)
+def test_renoise_needs_noisy_trajectories(bad):
+    with pytest.raises(ValueError, match="renoise"):
+        ScorerTrainConfig(**bad)
+
+
+def test_reward_samples_are_the_rewards_own_noise_optimisation_iterates(tiny_shapes_pipeline, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    init = train_scorer(tmp_path / "init", ScorerTrainConfig(kind="latent", **TINY), tiny_shapes_pipeline, **quiet)
+    cfg = ScorerTrainConfig(
+        kind="latent", init_from=str(init), trajectory_share=0.5, reward_samples=2, reward_iterations=2, **TINY
+    )
+    train_scorer(tmp_path / "run", cfg, tiny_shapes_pipeline, **quiet)
+    data = ts.load_prompted_tensors(tmp_path / "run/reward_samples.safetensors")
+    assert data["iteration"].tolist() == [1, 2, 1, 2]  # every iterate after the plain sample, run after run
+    assert data["prompts"][0] == data["prompts"][1] and data["prompts"][2] == data["prompts"][3]
+    assert data["final"].shape == (4, 4, 8, 8) and data["aligned"].dtype == torch.bool
+    # they are the iterates noise optimisation with that scorer as the reward reaches from the same seed
+    from latentalign.methods import NoiseOptimizationConfig, Reward, noise_optimization
+
+    seen = []
+    noise_optimization(
+        tiny_shapes_pipeline,
+        data["prompts"][0],
+        rewards=[Reward(load_scorer(init))],
+        seed=20_000_000,
+        config=NoiseOptimizationConfig(iterations=2),
+        callback=lambda info: seen.append(info["latents"]),
+    )
+    assert torch.allclose(torch.cat(seen[1:]), data["final"][:2], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(kind="latent", reward_samples=4, trajectory_share=0.5),  # no init_from: no reward
+        dict(kind="latent", reward_samples=4, init_from="shapes-latent"),  # trajectory_share 0
+        dict(kind="noisy", reward_samples=4, init_from="shapes-noisy"),
+        dict(kind="latent", reward_iterations=0),
+    ],
+)
+def test_reward_samples_need_a_reward_and_clean_samples(bad):
+    with pytest.raises(ValueError, match="reward_"):
+        ScorerTrainConfig(**bad)

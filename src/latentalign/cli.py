@@ -51,6 +51,9 @@ def _train_scorer(args: argparse.Namespace) -> int:
         vision_width=args.vision_width,
         vision_layers=args.vision_layers,
         noisy_reads=args.noisy_reads,
+        renoise=args.renoise,
+        reward_samples=args.reward_samples,
+        reward_iterations=args.reward_iterations,
         verdict_weight=args.verdict_weight,
         eval_per_suite=args.eval_per_suite,
         seed=args.seed,
@@ -317,24 +320,41 @@ def build_parser() -> argparse.ArgumentParser:
         "from a Latent-CLIP (shapes-latent)",
     )
     ts.add_argument("--pool-size", type=int, default=20000, help="rendered train-split scenes")
-    ts.add_argument("--trajectories", type=int, default=3072, help="noisy: generator samples recorded per step")
+    ts.add_argument(
+        "--trajectories", type=int, default=3072, help="generator samples of --model on train prompts, recorded"
+    )
     ts.add_argument(
         "--trajectory-share",
         type=float,
-        default=0.5,
-        help="noisy: share of each batch drawn from recorded generator trajectories (the rest: noised renders)",
+        default=None,
+        help="share of each batch drawn from the generator's samples, the rest renders: noisy reads z_t at a random "
+        "step, latent the final latents, pixel their decode (default 0.5 for noisy, 0 for the others)",
     )
     ts.add_argument(
         "--trajectories-per-prompt",
         type=int,
         default=1,
-        help="noisy: seeds per trajectory prompt (above 1, prompts have accepted and rejected samples)",
+        help="seeds per trajectory prompt (above 1, prompts have accepted and rejected samples)",
     )
     ts.add_argument(
         "--ranking-weight",
         type=float,
         default=0.0,
-        help="noisy: weight of a within-prompt ranking term on (accepted, rejected) trajectory pairs of one prompt",
+        help="weight of a within-prompt ranking term on (accepted, rejected) generator samples of one prompt",
+    )
+    ts.add_argument(
+        "--reward-samples",
+        type=int,
+        default=0,
+        help="pixel/latent: noise-optimisation runs on train prompts with --init as the reward; their iterates, "
+        "labelled by the checker, join the generator samples",
+    )
+    ts.add_argument("--reward-iterations", type=int, default=10, help="iterations per --reward-samples run")
+    ts.add_argument(
+        "--renoise",
+        type=float,
+        default=0.0,
+        help="noisy: share of trajectory samples shown as their final latents noised afresh to the same timestep",
     )
     ts.add_argument(
         "--noisy-reads",

@@ -1,8 +1,10 @@
 """Train the Shapes scorers (pixel CLIP, Latent-CLIP, NoisyCLIP) contrastively, with grammar hard negatives.
 
 InfoNCE (CLIP, Radford et al., 2021) where every image also faces captions that differ from its own in exactly one
-colour, shape, relation or count (as NoisyCLIP trains with corrupted prompts). The noisy scorer also learns from the
-generator's own trajectories: z_t of a sample the exact checker rejected is a hard negative image for its prompt.
+colour, shape, relation or count (as NoisyCLIP trains with corrupted prompts). A scorer can also learn from a
+generator's own samples on train prompts (the noisy scorer does by default, from z_t along their trajectories; a
+Latent-CLIP or pixel CLIP from the final latents or their decode): a sample the exact checker rejected is a hard
+negative image for its prompt.
 Runs as one process, or as several: `accelerate launch --multi_gpu --num_processes 2 -m latentalign.cli train
 scorer ...` (accelerate's flag; on a machine without GPUs it starts CPU processes that talk over gloo). Each process
 takes its slice of the same global batch and DDP averages the gradients.
@@ -56,15 +58,26 @@ class ScorerTrainConfig:
     # category shares (single_object, two_objects, relation, counting): the composite ones carry the hard cases
     category_weights: tuple[float, ...] = (0.1, 0.3, 0.35, 0.25)
     inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
-    trajectories: int = 3072  # noisy only: generator samples (train prompts) recorded at every step
-    trajectory_share: float = 0.5  # noisy only: share of each batch drawn from trajectories, the rest noised renders
-    # noisy only: seeds per trajectory prompt (`trajectories` samples over trajectories / this many prompts); above
-    # 1, prompts have both samples the checker accepts and samples it rejects
+    trajectories: int = 3072  # generator samples (train prompts of `pipe`, at its recommended settings) recorded
+    # share of each batch drawn from those samples, the rest renders: noisy reads z_t at a random step, latent the
+    # final latents, pixel their decode (None: 0.5 for noisy, 0 for the others, which then train on renders alone).
+    # Samples the exact checker rejects are hard negative images for their prompt.
+    trajectory_share: float | None = None
+    # seeds per trajectory prompt (`trajectories` samples over trajectories / this many prompts); above 1, prompts
+    # have both samples the checker accepts and samples it rejects
     trajectories_per_prompt: int = 1
-    # noisy only: weight of a within-prompt ranking term (Bradley-Terry, the within-prompt AUROC's own question): the
-    # trajectory share of each batch comes in pairs of one prompt at one step, one sample the checker accepts and
+    # weight of a within-prompt ranking term (Bradley-Terry, the within-prompt AUROC's own question): the trajectory
+    # share of each batch comes in pairs of one prompt (at one step, for noisy), one sample the checker accepts and
     # one it rejects, and the term is a logistic loss on their caption scores' difference
     ranking_weight: float = 0.0
+    # pixel/latent only: noise optimisation (ReNO) runs on train prompts with `init_from` as the reward; every
+    # iterate after the first joins the generator samples, labelled by the checker, so the scorer learns from the
+    # latents its own gradient ascent finds (an accepted iterate against a rejected one of the same prompt)
+    reward_samples: int = 0
+    reward_iterations: int = 10  # ReNO iterations per reward-sample run
+    # noisy only: share of trajectory samples whose z_t is replaced by the sample's final latents noised afresh to
+    # the same timestep, so the scorer sees each sample's content under many noise draws (not one trajectory's)
+    renoise: float = 0.0
     noisy_reads: str = "preview"  # noisy only: "preview" (published layout, shipped) or "latents" (the channels)
     # weight of a per-image verdict term: logistic loss on (score of own caption - best score of its hard
     # negatives) against the image's aligned label, so misaligned trajectories rank below their corruptions
@@ -100,8 +113,20 @@ class ScorerTrainConfig:
             raise ValueError(f"verdict_weight must be a finite number >= 0, got {self.verdict_weight}")
         if self.verdict_weight > 0 and self.hard_negatives < 1:
             raise ValueError("verdict_weight needs hard_negatives >= 1")
+        if self.trajectory_share is None:  # frozen: resolve the kind's default once, so saved configs say it
+            object.__setattr__(self, "trajectory_share", 0.5 if self.kind == "noisy" else 0.0)
         if not 0 <= self.trajectory_share <= 1:
             raise ValueError(f"trajectory_share must be in [0, 1], got {self.trajectory_share}")
+        if not 0 <= self.renoise <= 1 or (self.renoise > 0 and (self.kind != "noisy" or self.trajectory_share == 0)):
+            raise ValueError(
+                f"renoise must be in [0, 1] and needs kind 'noisy' with trajectory_share > 0, got {self.renoise}"
+            )
+        if self.reward_samples < 0 or self.reward_iterations < 1:
+            raise ValueError("reward_samples must be >= 0 and reward_iterations >= 1")
+        if self.reward_samples and (self.kind == "noisy" or self.init_from is None or self.trajectory_share == 0):
+            raise ValueError(
+                "reward_samples needs kind pixel or latent, init_from (the reward) and trajectory_share > 0"
+            )
         if not (math.isfinite(self.distill_weight) and self.distill_weight >= 0):
             raise ValueError(f"distill_weight must be a finite number >= 0, got {self.distill_weight}")
         if self.distill_target not in ("current", "final"):
@@ -118,11 +143,11 @@ class ScorerTrainConfig:
         if not (math.isfinite(self.ranking_weight) and self.ranking_weight >= 0):
             raise ValueError(f"ranking_weight must be a finite number >= 0, got {self.ranking_weight}")
         if self.ranking_weight > 0 and (
-            self.kind != "noisy" or self.trajectories_per_prompt < 2 or round(self.trajectory_share * self.batch) < 2
+            self.trajectories_per_prompt < 2 or round(self.trajectory_share * self.batch) < 2
         ):
             raise ValueError(
-                "ranking_weight needs kind 'noisy', trajectories_per_prompt >= 2 and at least 2 trajectory samples "
-                "per batch (trajectory_share * batch)"
+                "ranking_weight needs trajectories_per_prompt >= 2 and at least 2 trajectory samples per batch "
+                "(trajectory_share * batch)"
             )
         check_vision_size(self.vision_width, self.vision_layers)
         if self.init_from is not None and (self.vision_width or self.vision_layers):
@@ -226,7 +251,48 @@ def trajectory_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> d
     traj = record_trajectories(pipe, prompts, seeds)
     aligned = torch.tensor([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
     log(f"trajectories: {len(prompts)} samples over {len(categories)} categories, {aligned.float().mean():.3f} aligned")
-    tensors = {"latents": traj.latents, "x0": traj.x0, "timesteps": traj.timesteps, "aligned": aligned}
+    tensors = {
+        "latents": traj.latents,
+        "x0": traj.x0,
+        "final": traj.final,
+        "timesteps": traj.timesteps,
+        "aligned": aligned,
+    }
+    save_prompted_tensors(path, tensors, prompts)
+    return {**tensors, "prompts": prompts}
+
+
+def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
+    """ReNO's iterates on train prompts with `cfg.init_from` as the reward, labelled by the exact checker; cached
+    atomically at `path`."""
+    if path.exists():
+        return load_prompted_tensors(path)
+    from ..adapters import Denoiser
+    from ..generate import to_pil
+    from ..methods.noise_optimization import NoiseOptimizationConfig, Reward, noise_optimization, recommended_steps
+    from ..world.dataset import sample_prompts
+
+    scorer = load_scorer(cfg.init_from, vae=pipe.vae).requires_grad_(False)
+    config = NoiseOptimizationConfig(iterations=cfg.reward_iterations, num_inference_steps=recommended_steps(pipe))
+    rng = random.Random(cfg.seed + 19)
+    runs = sample_prompts(cfg.reward_samples, rng, split=cfg.split, weights=list(cfg.category_weights))
+    finals, iterations, prompts = [], [], []
+    for i, prompt in enumerate(tqdm(runs, desc="reward samples")):
+        seed = 20_000_000 + cfg.seed * cfg.reward_samples + i  # never a bench or trajectory seed
+
+        def keep(info: dict) -> None:
+            if info["iteration"] > 0:  # iterate 0 is the plain sample
+                finals.append(info["latents"].cpu())
+                iterations.append(info["iteration"])
+
+        noise_optimization(pipe, prompt, rewards=[Reward(scorer)], seed=seed, config=config, callback=keep)
+        prompts += [prompt] * (len(finals) - len(prompts))
+    final = torch.cat(finals)
+    with torch.no_grad():
+        images = [im for z in final.split(256) for im in to_pil(Denoiser(pipe).decode(z))]
+    aligned = torch.tensor([check(im, p).ok for im, p in zip(images, prompts, strict=True)])
+    log(f"reward samples: {len(prompts)} iterates of {len(runs)} runs, {aligned.float().mean():.3f} aligned")
+    tensors = {"final": final, "iteration": torch.tensor(iterations), "aligned": aligned}
     save_prompted_tensors(path, tensors, prompts)
     return {**tensors, "prompts": prompts}
 
@@ -259,6 +325,11 @@ def _pool(cfg: ScorerTrainConfig, vae, scaling: float | None):
             means.append(dist.mean)
             stds.append(dist.std)
     return torch.cat(means), torch.cat(stds), prompts
+
+
+def _decode(vae, latents: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The pipeline's latents -> [0, 1] pixels, as the pixel scorer decodes them."""
+    return (vae.decode(latents / scaling).sample / 2 + 0.5).clamp(0, 1)
 
 
 def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None]:
@@ -338,13 +409,26 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
         teacher = load_scorer(cfg.teacher, vae=pipe.vae).requires_grad_(False)
         if teacher.kind != "pixel":
             raise ValueError(f"the distillation teacher must be a pixel scorer, got {teacher.kind} ({cfg.teacher})")
-    if cfg.kind == "noisy" and cfg.trajectory_share > 0:
+    if cfg.trajectory_share > 0:
         if main:
             trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
         acc.wait_for_everyone()
         traj = trajectory_data(pipe, cfg, out / "trajectories.safetensors", log=log)
         if teacher is not None and "x0" not in traj:
             raise ValueError(f"{out / 'trajectories.safetensors'} has no x0 predictions to distil; delete it")
+        if cfg.kind != "noisy" and "final" not in traj:
+            raise ValueError(f"{out / 'trajectories.safetensors'} has no final latents (an older cache); delete it")
+        if cfg.reward_samples:
+            if main:
+                reward_data(pipe, cfg, out / "reward_samples.safetensors", log=log)
+            acc.wait_for_everyone()
+            extra = reward_data(pipe, cfg, out / "reward_samples.safetensors", log=log)
+            traj["final"] = torch.cat([traj["final"], extra["final"]])
+            traj["aligned"] = torch.cat([traj["aligned"], extra["aligned"]])
+            traj["prompts"] = traj["prompts"] + extra["prompts"]
+        if cfg.kind == "pixel":  # the pixel scorer reads the decoded samples, as it does as a reward
+            with torch.no_grad():
+                traj["final"] = torch.cat([_decode(pipe.vae, z, scaling) for z in traj["final"].split(256)])
     n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
     pairs = None
     if cfg.ranking_weight > 0:
@@ -384,28 +468,39 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
             x = first[idx]
         else:
             x = (first[idx] + second[idx] * torch.randn(first[idx].shape, generator=g)) * scaling
-        if cfg.kind == "noisy":
+        noisy = cfg.kind == "noisy"
+        if noisy:
             t = torch.randint(0, noise_sched.config.num_train_timesteps, (n_render,), generator=g)
             x = noise_sched.add_noise(x, torch.randn(x.shape, generator=g), t)
-            if n_traj and pairs is not None:  # (accepted, rejected) pairs of one prompt, each pair at one step
-                drawn = pairs[torch.randint(0, len(pairs), (n_traj // 2,), generator=g)]
-                j = drawn.flatten()
-                s = torch.randint(0, traj["latents"].shape[1], (n_traj // 2,), generator=g).repeat_interleave(2)
+        if n_traj:
+            # samples j (at steps s, for noisy); with ranking, (accepted, rejected) pairs of one prompt (one step)
+            n_steps = traj["latents"].shape[1]
+            if pairs is not None:
+                j = pairs[torch.randint(0, len(pairs), (n_traj // 2,), generator=g)].flatten()
+                s = torch.randint(0, n_steps, (n_traj // 2,), generator=g).repeat_interleave(2) if noisy else None
                 if n_traj % 2:  # an odd share: one more sample, in no pair
                     j = torch.cat([j, torch.randint(0, len(traj["prompts"]), (1,), generator=g)])
-                    s = torch.cat([s, torch.randint(0, traj["latents"].shape[1], (1,), generator=g)])
-            elif n_traj:
+                    s = torch.cat([s, torch.randint(0, n_steps, (1,), generator=g)]) if noisy else None
+            else:
                 j = torch.randint(0, len(traj["prompts"]), (n_traj,), generator=g)
-                s = torch.randint(0, traj["latents"].shape[1], (n_traj,), generator=g)
-            if n_traj:
-                x = torch.cat([x, traj["latents"][j, s]])
-                t = torch.cat([t, traj["timesteps"][s].long()])
-                captions += [traj["prompts"][k] for k in j.tolist()]
-                aligned[n_render:] = traj["aligned"][j]
-                from_traj[n_render:] = True
-                if teacher is not None:
-                    seen = s if cfg.distill_target == "current" else torch.full_like(s, traj["x0"].shape[1] - 1)
-                    x0 = torch.cat([torch.zeros((n_render, *x.shape[1:])), traj["x0"][j, seen]])
+                s = torch.randint(0, n_steps, (n_traj,), generator=g) if noisy else None
+            if noisy:
+                z, ts_ = traj["latents"][j, s], traj["timesteps"][s].long()
+                if cfg.renoise > 0:
+                    fresh = torch.rand(len(j), generator=g) < cfg.renoise
+                    final = traj["final"][j] if "final" in traj else traj["x0"][j, -1]
+                    renoised = noise_sched.add_noise(final, torch.randn(final.shape, generator=g), ts_)
+                    z = torch.where(fresh[:, None, None, None], renoised, z)
+                x = torch.cat([x, z])
+                t = torch.cat([t, ts_])
+            else:
+                x = torch.cat([x, traj["final"][j]])
+            captions += [traj["prompts"][k] for k in j.tolist()]
+            aligned[n_render:] = traj["aligned"][j]
+            from_traj[n_render:] = True
+            if teacher is not None:
+                seen = s if cfg.distill_target == "current" else torch.full_like(s, traj["x0"].shape[1] - 1)
+                x0 = torch.cat([torch.zeros((n_render, *x.shape[1:])), traj["x0"][j, seen]])
         order = torch.randperm(cfg.batch, generator=g)  # mix renders and trajectories across processes
         x, aligned, from_traj = x[order], aligned[order], from_traj[order]
         x0 = x0[order] if x0 is not None else None
