@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..adapters import Denoiser
 from ..checkpoint import (
     load_checkpoint,
     load_prompted_tensors,
@@ -267,7 +268,6 @@ def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
     atomically at `path`."""
     if path.exists():
         return load_prompted_tensors(path)
-    from ..adapters import Denoiser
     from ..generate import to_pil
     from ..methods.noise_optimization import NoiseOptimizationConfig, Reward, noise_optimization, recommended_steps
     from ..world.dataset import sample_prompts
@@ -325,11 +325,6 @@ def _pool(cfg: ScorerTrainConfig, vae, scaling: float | None):
             means.append(dist.mean)
             stds.append(dist.std)
     return torch.cat(means), torch.cat(stds), prompts
-
-
-def _decode(vae, latents: torch.Tensor, scaling: float) -> torch.Tensor:
-    """The pipeline's latents -> [0, 1] pixels, as the pixel scorer decodes them."""
-    return (vae.decode(latents / scaling).sample / 2 + 0.5).clamp(0, 1)
 
 
 def build_scorer_for(cfg: ScorerTrainConfig, pipe) -> tuple[Scorer, tuple | None]:
@@ -428,7 +423,7 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
             traj["prompts"] = traj["prompts"] + extra["prompts"]
         if cfg.kind == "pixel":  # the pixel scorer reads the decoded samples, as it does as a reward
             with torch.no_grad():
-                traj["final"] = torch.cat([_decode(pipe.vae, z, scaling) for z in traj["final"].split(256)])
+                traj["final"] = torch.cat([Denoiser(pipe).decode(z) for z in traj["final"].split(256)])
     n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
     pairs = None
     if cfg.ranking_weight > 0:
