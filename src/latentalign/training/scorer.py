@@ -289,7 +289,8 @@ def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
         prompts += [prompt] * (len(finals) - len(prompts))
     final = torch.cat(finals)
     with torch.no_grad():
-        images = [im for z in final.split(256) for im in to_pil(Denoiser(pipe).decode(z))]
+        decoder = Denoiser(pipe)
+        images = [im for z in final.split(256) for im in to_pil(decoder.decode(z))]
     aligned = torch.tensor([check(im, p).ok for im, p in zip(images, prompts, strict=True)])
     log(f"reward samples: {len(prompts)} iterates of {len(runs)} runs, {aligned.float().mean():.3f} aligned")
     tensors = {"final": final, "iteration": torch.tensor(iterations), "aligned": aligned}
@@ -423,7 +424,8 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
             traj["prompts"] = traj["prompts"] + extra["prompts"]
         if cfg.kind == "pixel":  # the pixel scorer reads the decoded samples, as it does as a reward
             with torch.no_grad():
-                traj["final"] = torch.cat([Denoiser(pipe).decode(z) for z in traj["final"].split(256)])
+                decoder = Denoiser(pipe)
+                traj["final"] = torch.cat([decoder.decode(z) for z in traj["final"].split(256)])
     n_traj = round(cfg.trajectory_share * cfg.batch) if traj is not None else 0
     pairs = None
     if cfg.ranking_weight > 0:
