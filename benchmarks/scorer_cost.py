@@ -1,7 +1,8 @@
 """What a scorer call costs, measured in one run: latent scorers against VAE decode + pixel CLIP.
 
 The three Shapes scorers share width and depth (configs/shapes_clip_*.json: width 64, 2 layers, 64 image tokens),
-so the difference is the decode. Also times one denoiser evaluation, the unit the methods' benchmarks convert to.
+so the difference is the decode; the distilled Latent-CLIP (shapes-latent-distilled) adds a convolutional stem on the
+latent grid to the same tower. Also times one denoiser evaluation, the unit the methods' benchmarks convert to.
 
 python benchmarks/scorer_cost.py   # writes benchmarks/results/scorer_cost/{table.md,table.json}
 """
@@ -25,6 +26,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--distilled", default="shapes-latent-distilled", help="the Latent-CLIP with a stem to time")
     ap.add_argument("--out", default="benchmarks/results/scorer_cost")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -32,6 +34,7 @@ def main() -> None:
     pixel = load_scorer("shapes-pixel", vae=pipe.vae)
     latent = load_scorer("shapes-latent")
     noisy = load_scorer("shapes-noisy")
+    distilled = load_scorer(args.distilled)
     den = Denoiser(pipe)
     z = den.initial_latents(list(range(args.batch)))
     t = torch.full((args.batch,), 500)
@@ -49,6 +52,7 @@ def main() -> None:
             "VAE decode + pixel CLIP score": lambda: pixel.score(pixel.decode(z), prompts),
             "Latent-CLIP score": lambda: latent.score(z, prompts),
             "NoisyCLIP score": lambda: noisy.score(z, prompts, t),
+            "distilled Latent-CLIP score (stem)": lambda: distilled.score(z, prompts),
         }
         seconds = {name: median_seconds(fn, args.repeats) for name, fn in calls.items()}
         pixels = pixel.decode(z)
@@ -60,6 +64,8 @@ def main() -> None:
     ratios = {
         "Latent-CLIP score / (decode + pixel CLIP score)": per_item["Latent-CLIP score"] / pixel_total,
         "NoisyCLIP score / (decode + pixel CLIP score)": per_item["NoisyCLIP score"] / pixel_total,
+        "distilled Latent-CLIP score / (decode + pixel CLIP score)": per_item["distilled Latent-CLIP score (stem)"]
+        / pixel_total,
     }
     result = {
         "batch": args.batch,

@@ -1,6 +1,7 @@
-"""ReNO on the embedded one-step Shapes pipeline: optimise the initial noise with a Latent-CLIP reward, then with a
-pixel-CLIP reward, optionally steering away from a colour or shape; the checker judges each result (with --avoid,
-it also says whether the avoided concept is still drawn: the steering benchmark's question).
+"""ReNO on the embedded one-step Shapes pipeline: optimise the initial noise with its Latent-CLIP reward (distilled
+from pixel CLIP), then with a pixel-CLIP reward, optionally steering away from a colour or shape; the checker
+judges each result (with --avoid, it also says whether the avoided concept is still drawn: the steering
+benchmark's question).
 
 python examples/noise_optimization.py "two red circles" --seed 0
 python examples/noise_optimization.py "a red circle and a blue square" --avoid red
@@ -28,13 +29,13 @@ def main() -> None:
     ap.add_argument("prompt")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--avoid", default=None, help="a Shapes colour or shape the image should not show")
-    ap.add_argument("--iterations", type=int, default=None, help="default: the pipeline's recommendation (11)")
+    ap.add_argument("--iterations", type=int, default=None, help="default: the pipeline's recommendation (13)")
     args = ap.parse_args()
 
     pipe = latentalign.load_pipeline("shapes-one-step")  # one unguided UNet call per image
     plain = latentalign.generate(pipe, args.prompt, seed=args.seed)
-    print(f"plain:          {verdict(plain.images[0], args.prompt, args.avoid)}  cost {plain.cost}")
-    for scorer in ("shapes-latent", "shapes-pixel"):
+    print(f"{'plain:':25} {verdict(plain.images[0], args.prompt, args.avoid)}  cost {plain.cost}")
+    for scorer in ("shapes-latent-distilled", "shapes-pixel"):
         result = latentalign.generate(
             pipe,
             args.prompt,
@@ -45,7 +46,7 @@ def main() -> None:
             iterations=args.iterations,
         )
         rewards = ", ".join(f"{r:.3f}" for r in result.rewards[0])
-        print(f"{scorer + ':':15} {verdict(result.images[0], args.prompt, args.avoid)}  cost {result.cost}")
+        print(f"{scorer + ':':25} {verdict(result.images[0], args.prompt, args.avoid)}  cost {result.cost}")
         print(f"  reward by iteration: {rewards}; kept iteration {result.best_iteration[0]}")
 
 

@@ -167,3 +167,19 @@ def test_pipeline_recommends_noise_optimization_settings(
         assert len(recommended.rewards[0]) == 3
     chosen = generate(pipe, "a red circle", **{option: 3}, **run)  # an explicit setting wins
     assert chosen.settings[option] == 3
+
+
+def test_pipeline_recommends_its_reward(tiny_shapes_path, latent_scorer, tmp_path):
+    from latentalign.methods import resolve_scorer
+    from latentalign.scorers import save_scorer
+
+    save_scorer(latent_scorer, tmp_path / "reward")
+    pipe = _recommending(tiny_shapes_path, tmp_path, noise_optimization_scorer=str(tmp_path / "reward"))
+    chosen = resolve_scorer(None, pipe, "noise-optimization")
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(chosen.score(z, "a red circle"), latent_scorer.score(z, "a red circle"))
+    assert resolve_scorer(None, pipe, "best-of-n").kind == "pixel"  # other methods keep their defaults
+    assert resolve_scorer(latent_scorer, pipe, "noise-optimization") is latent_scorer  # a given scorer wins
+    result = generate(pipe, "a red circle", method="noise-optimization", iterations=1)
+    assert len(result.rewards[0]) == 2

@@ -376,3 +376,32 @@ def test_open_clip_conversion_rejects_missing_and_unknown_keys(tokenizer):
         convert_open_clip_state_dict({k: v for k, v in sd.items() if k != "visual.proj"})
     with pytest.raises(ValueError, match="does not map"):
         convert_open_clip_state_dict(sd | {"visual.transformer.resblocks.0.ls_1.gamma": torch.ones(768)})
+
+
+def test_latent_clip_with_a_stem_reads_latents_and_round_trips(tokenizer, tmp_path):
+    stem = {"in_channels": 4, "width": 12, "layers": 2}
+    scorer = LatentCLIPScorer(tiny_clip(tokenizer, channels=12, image_size=8, patch=1), tokenizer, SCALE, stem=stem)
+    assert scorer.in_channels == 4 and scorer.extra_modules()["latent_stem"] is scorer.stem
+    x = make_input("latent", 2)
+    with torch.no_grad():
+        before = scorer.score(x, PROMPTS[:2])
+        torch.nn.init.normal_(scorer.stem.net[0].weight)  # a trained stem must survive the round trip
+        after = scorer.score(x, PROMPTS[:2])
+    assert not torch.allclose(before, after)
+    save_scorer(scorer, tmp_path / "stem")
+    assert json.loads((tmp_path / "stem/latentalign_scorer.json").read_text())["stem"] == stem
+    loaded = load_scorer(tmp_path / "stem")
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(x, PROMPTS[:2]), after, atol=0, rtol=0)
+    (tmp_path / "stem/latent_stem.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="latent_stem"):
+        load_scorer(tmp_path / "stem")
+    with pytest.raises(ValueError, match="3-channel|4-channel"):
+        scorer.score(torch.randn(1, 3, 8, 8), PROMPTS[0])
+
+
+def test_a_stem_must_match_the_vision_tower(tokenizer):
+    with pytest.raises(ValueError, match="num_channels 12"):
+        LatentCLIPScorer(tiny_clip(tokenizer, channels=4, image_size=8, patch=1), tokenizer, SCALE, stem={"width": 12})
+    with pytest.raises(ValueError, match=">= 1"):
+        LatentCLIPScorer(tiny_clip(tokenizer, channels=4, image_size=8, patch=1), tokenizer, SCALE, stem={"width": 0})

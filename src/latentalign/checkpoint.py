@@ -67,6 +67,16 @@ def recover_checkpoint(directory: str | Path) -> None:
         shutil.rmtree(old, ignore_errors=True)  # a save killed mid-cleanup; os.replace cannot overwrite it
 
 
+def checkpoint_exists(directory: str | Path, config: dict) -> bool:
+    """Whether `directory` holds a checkpoint to resume; refuse one written with another `config`."""
+    meta = Path(directory) / "meta.json"
+    if not meta.exists():
+        return False
+    if json.loads(meta.read_text())["config"] != config:
+        raise ValueError(f"{directory} was written with another config; remove it or pass the same settings")
+    return True
+
+
 def load_checkpoint(
     directory: str | Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None
 ) -> dict:

@@ -79,6 +79,49 @@ def _train_scorer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_distill(args: argparse.Namespace) -> int:
+    from .training.distill import DistillConfig
+
+    cfg = DistillConfig(  # validates before any work
+        teacher=args.teacher,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        stem_width=args.stem_width,
+        stem_layers=args.stem_layers,
+        token_weight=args.token_weight,
+        samples=args.samples,
+        samples_per_prompt=args.samples_per_prompt,
+        renders=args.renders,
+        perturb=args.perturb,
+        holdout=args.holdout,
+        init_from=args.init,
+        reward_samples=args.reward_samples,
+        reward_iterations=args.reward_iterations,
+        eval_per_suite=args.eval_per_suite,
+        seed=args.seed,
+    )
+
+    import torch
+
+    from .pipeline import load_pipeline
+    from .training.distill import distill_latent_clip
+
+    torch.set_num_threads(args.threads)
+    final = distill_latent_clip(args.out, cfg, load_pipeline(args.model))
+    print(f"saved {final}")
+    if args.ship:
+        from .pipeline import SHAPES_SCORERS
+        from .scorers.factory import SHIPPED_FOLDERS
+
+        target = SHAPES_SCORERS / SHIPPED_FOLDERS["shapes-latent-distilled"][0]
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(final, target)
+        print(f"shipped to {target} as shapes-latent-distilled")
+    return 0
+
+
 def _train_one_step(args: argparse.Namespace) -> int:
     from .training.one_step import OneStepTrainConfig
 
@@ -387,6 +430,38 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--threads", type=int, default=2)
     ts.add_argument("--ship", action="store_true", help="copy the result into the package's shipped scorers")
     ts.set_defaults(func=_user_errors(_train_scorer))
+    td = train_sub.add_parser(
+        "distill",
+        help="distil a pixel CLIP (decode + CLIP) into a Latent-CLIP that reads the latents: a conv stem plus the "
+        "teacher's own towers (resumable)",
+    )
+    td.add_argument("--model", default="shapes", help="the pipeline whose VAE and samples the student reads")
+    td.add_argument("--teacher", default="shapes-pixel", help="the pixel scorer to distil (folder or shipped name)")
+    td.add_argument("--out", default="runs/latent_distilled", help="working folder: data caches, checkpoint/, scorer/")
+    td.add_argument("--steps", type=int, default=2000)
+    td.add_argument("--batch", type=int, default=128)
+    td.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (cosine schedule after warm-up)")
+    td.add_argument("--stem-width", type=int, default=128, help="channels of the convolutional stem")
+    td.add_argument("--stem-layers", type=int, default=3, help="3x3 convolutions in the stem")
+    td.add_argument("--token-weight", type=float, default=1.0, help="weight of the patch-embedding term")
+    td.add_argument("--samples", type=int, default=16384, help="generator samples on train prompts")
+    td.add_argument("--samples-per-prompt", type=int, default=4)
+    td.add_argument("--renders", type=int, default=8192, help="encoded renders of train scenes")
+    td.add_argument("--perturb", type=float, default=0.5, help="noise of the perturbed copies, in latent stds")
+    td.add_argument("--init", default=None, help="go on training this distilled Latent-CLIP (folder or shipped name)")
+    td.add_argument(
+        "--reward-samples",
+        type=int,
+        default=0,
+        help="noise-optimisation runs on train prompts with --init as the reward; their iterates join the latents",
+    )
+    td.add_argument("--reward-iterations", type=int, default=10, help="iterations per --reward-samples run")
+    td.add_argument("--holdout", type=int, default=1024, help="latents kept out of training, for the report")
+    td.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--threads", type=int, default=2)
+    td.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-latent-distilled'")
+    td.set_defaults(func=_user_errors(_train_distill))
     to = train_sub.add_parser(
         "one-step",
         help="distil a pipeline into a one-step generator (SD-Turbo style) for noise optimisation (resumable)",
@@ -416,7 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="alignment method (default: plain sampling)",
     )
     gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
-    gen.add_argument("--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy)")
+    gen.add_argument(
+        "--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled)"
+    )
     gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
     gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
     gen.add_argument(

@@ -26,6 +26,9 @@ class SamplingDefaults:
     # the differentiable generator's steps for noise optimisation (1 for a one-step model); None: the method's own
     # default (a 4-step schedule)
     noise_optimization_steps: int | None = None
+    # the reward noise optimisation uses when none is given (a shipped scorer name or a folder); None: the method's
+    # default for the world
+    noise_optimization_scorer: str | None = None
 
 
 def sampling_defaults(pipe) -> SamplingDefaults:

@@ -22,7 +22,8 @@ from .noise_optimization import (
 )
 
 METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization")
-# the scorer each method uses on the Shapes world when none is given
+# the scorer each method uses on the Shapes world when none is given (noise optimisation: unless the pipeline's
+# latentalign.json recommends its own reward, as shapes-one-step does)
 DEFAULT_SCORERS = {
     "best-of-n": "shapes-pixel",
     "early-exit": "shapes-noisy",
@@ -38,7 +39,8 @@ def resolve_scorer(scorer: Scorer | str | None, pipe, method: str) -> Scorer:
     if scorer is None:
         if sampling_defaults(pipe).world != "shapes":
             raise ValueError(f"method {method!r} needs scorer=... outside the Shapes world (see latentalign.scorers)")
-        scorer = DEFAULT_SCORERS[method]
+        recommended = sampling_defaults(pipe).noise_optimization_scorer
+        scorer = recommended if method == "noise-optimization" and recommended else DEFAULT_SCORERS[method]
     if not isinstance(scorer, str):
         raise ValueError(f"scorer must be a Scorer, a folder or a shipped name, got {type(scorer).__name__}")
     return load_scorer(scorer, vae=pipe.vae)

@@ -129,6 +129,10 @@ class Scorer(nn.Module):
         logits = self.clip.logit_scale.exp() * self.embed_images(x, t) @ self.embed_text(labels).T
         return logits.softmax(-1)
 
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trained modules outside the CLIPModel, by name; `save_scorer` writes each to `<name>.safetensors`."""
+        return {}
+
     def scorer_config(self) -> dict:
         """The JSON-able constructor arguments `save_scorer` records besides the CLIPModel and tokenizer."""
         return {}

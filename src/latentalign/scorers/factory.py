@@ -19,7 +19,6 @@ from .pixel_clip import PixelCLIPScorer
 
 KINDS: dict[str, type[Scorer]] = {"pixel": PixelCLIPScorer, "latent": LatentCLIPScorer, "noisy": NoisyCLIPScorer}
 SCORER_FILE = "latentalign_scorer.json"
-TIMESTEP_FILE = "timestep_embedding.safetensors"
 
 
 def check_vision_size(width: int | None, layers: int | None) -> None:
@@ -82,25 +81,31 @@ def save_scorer(scorer: Scorer, folder: str | Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     scorer.clip.save_pretrained(folder)  # transformers 5 always writes model.safetensors
     scorer.tokenizer.save_pretrained(folder)
-    if isinstance(scorer, NoisyCLIPScorer):
-        save_file(
-            {k: v.contiguous() for k, v in scorer.timestep_embedding.state_dict().items()}, folder / TIMESTEP_FILE
-        )
+    for name, module in scorer.extra_modules().items():
+        save_file({k: v.contiguous() for k, v in module.state_dict().items()}, folder / f"{name}.safetensors")
     (folder / SCORER_FILE).write_text(json.dumps({"kind": scorer.kind, **scorer.scorer_config()}, indent=1) + "\n")
 
 
-SHIPPED = ("shapes-pixel", "shapes-latent", "shapes-noisy")
+# shipped name -> (folder under the package's shapes_scorers/, the command that makes it)
+SHIPPED_FOLDERS = {
+    "shapes-pixel": ("pixel", "latentalign train scorer --kind pixel --ship"),
+    "shapes-latent": ("latent", "latentalign train scorer --kind latent --ship"),
+    "shapes-noisy": ("noisy", "latentalign train scorer --kind noisy --ship"),
+    "shapes-latent-distilled": ("latent_distilled", "latentalign train distill --model shapes-one-step --ship"),
+}
+SHIPPED = tuple(SHIPPED_FOLDERS)
 
 
 def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
-    """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name ("shapes-latent", ...);
+    """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name (one of `SHIPPED`);
     `vae` re-attaches a pixel scorer's decoder."""
     if str(folder) in SHIPPED:
         from ..pipeline import SHAPES_SCORERS
 
-        folder = SHAPES_SCORERS / str(folder).split("-", 1)[1]
+        name, command = SHIPPED_FOLDERS[str(folder)]
+        folder = SHAPES_SCORERS / name
         if not (folder / SCORER_FILE).exists():
-            raise FileNotFoundError(f"{folder} is missing: train it with `latentalign train scorer --ship`")
+            raise FileNotFoundError(f"{folder} is missing: train it with `{command}`")
     folder = Path(folder)
     if not (folder / SCORER_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {SCORER_FILE}: not a saved latentalign scorer")
@@ -111,6 +116,10 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     clip = CLIPModel.from_pretrained(folder)
     extra = {"vae": vae} if kind == "pixel" else {}
     scorer = KINDS[kind](clip, CLIPTokenizer.from_pretrained(folder), **settings, **extra)
-    if kind == "noisy" and (folder / TIMESTEP_FILE).exists():
-        scorer.timestep_embedding.load_state_dict(load_file(folder / TIMESTEP_FILE))
+    for name, module in scorer.extra_modules().items():
+        path = folder / f"{name}.safetensors"
+        if path.exists():
+            module.load_state_dict(load_file(path))
+        elif name != "timestep_embedding":  # a NoisyCLIP saved without one has a zero (no-op) timestep embedding
+            raise FileNotFoundError(f"{folder} has no {path.name}: its {kind} scorer needs it")
     return scorer.eval()

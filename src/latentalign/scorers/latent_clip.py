@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from .base import Scorer
@@ -22,15 +23,50 @@ _BLOCK = {
 }
 
 
+class LatentStem(nn.Module):
+    """A convolutional stem (Xiao et al., 2021, "Early convolutions help transformers see better") on the latent
+    grid: `layers` 3x3 convolutions with GELU, from the latent channels to `width` channels per cell."""
+
+    def __init__(self, in_channels: int = 4, width: int = 128, layers: int = 3):
+        super().__init__()
+        if in_channels < 1 or width < 1 or layers < 1:
+            raise ValueError(f"a latent stem needs in_channels, width, layers >= 1, got {in_channels, width, layers}")
+        self.config = {"in_channels": in_channels, "width": width, "layers": layers}
+        convs = []
+        for i in range(layers):
+            convs += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1), nn.GELU()]
+        self.net = nn.Sequential(*convs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class LatentCLIPScorer(Scorer):
-    """Latent-CLIP (Wendler et al., arXiv 2503.08455): CLIPScore on VAE latents, no decode."""
+    """Latent-CLIP (Wendler et al., arXiv 2503.08455): CLIPScore on VAE latents, no decode.
+
+    With `stem` (a `LatentStem` config) a convolutional stem reads the latents and the vision tower reads its
+    output cell for cell (`num_channels` = the stem's width, patch size 1); `distill_latent_clip` trains one.
+    """
 
     space = "latents"
     kind = "latent"
 
-    def __init__(self, clip: CLIPModel, tokenizer, vae_scaling_factor: float):
+    def __init__(self, clip: CLIPModel, tokenizer, vae_scaling_factor: float, stem: dict | None = None):
         super().__init__(clip, tokenizer)
         self.vae_scaling_factor = float(vae_scaling_factor)
+        self.stem = None
+        if stem is not None:
+            self.stem = LatentStem(**stem)
+            vision = clip.config.vision_config
+            if vision.num_channels != self.stem.config["width"] or vision.patch_size != 1:
+                raise ValueError(
+                    f"a stem of width {self.stem.config['width']} needs a vision tower with num_channels "
+                    f"{self.stem.config['width']} and patch_size 1, got {vision.num_channels} and {vision.patch_size}"
+                )
+
+    @property
+    def in_channels(self) -> int:
+        return self.clip.config.vision_config.num_channels if self.stem is None else self.stem.config["in_channels"]
 
     @property
     def latent_size(self) -> int:
@@ -38,10 +74,17 @@ class LatentCLIPScorer(Scorer):
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
         # Latent-CLIP was trained on raw VAE posterior samples; the pipeline's latents carry the scaling factor.
-        return self.clip.get_image_features(pixel_values=x / self.vae_scaling_factor).pooler_output
+        x = x / self.vae_scaling_factor
+        if self.stem is not None:
+            x = self.stem(x)
+        return self.clip.get_image_features(pixel_values=x).pooler_output
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        return {} if self.stem is None else {"latent_stem": self.stem}
 
     def scorer_config(self) -> dict:
-        return {"vae_scaling_factor": self.vae_scaling_factor}
+        config = {"vae_scaling_factor": self.vae_scaling_factor}
+        return config if self.stem is None else {**config, "stem": self.stem.config}
 
     @classmethod
     def from_open_clip(

@@ -123,6 +123,9 @@ class NoisyCLIPScorer(Scorer):
         h = vision.encoder(inputs_embeds=vision.pre_layrnorm(h)).last_hidden_state
         return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
 
+    def extra_modules(self) -> dict[str, torch.nn.Module]:
+        return {"timestep_embedding": self.timestep_embedding}
+
     def scorer_config(self) -> dict:
         return {
             "vae_scaling_factor": self.vae_scaling_factor,

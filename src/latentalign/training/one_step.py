@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import Denoiser
 from ..checkpoint import (
+    checkpoint_exists,
     load_checkpoint,
     load_prompted_tensors,
     recover_checkpoint,
@@ -141,9 +142,7 @@ def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=pri
     ckpt = out / "checkpoint"
     recover_checkpoint(ckpt)
     meta = {"step": 0, "seconds": 0.0, "losses": {}, "config": _config_json(cfg)}
-    if (ckpt / "meta.json").exists():  # refuse a mismatched resume before the teacher's samples are drawn
-        if json.loads((ckpt / "meta.json").read_text())["config"] != meta["config"]:
-            raise ValueError(f"{ckpt} was written with another config; remove it or pass the same settings")
+    checkpoint_exists(ckpt, meta["config"])  # refuse a mismatched resume before the teacher's samples are drawn
     teacher.set_progress_bar_config(disable=True)
     pairs = teacher_pairs(teacher, cfg, out / "pairs.safetensors", log=log)
     den = Denoiser(teacher)

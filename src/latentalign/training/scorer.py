@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..adapters import Denoiser
 from ..checkpoint import (
+    checkpoint_exists,
     load_checkpoint,
     load_prompted_tensors,
     recover_checkpoint,
@@ -389,10 +390,7 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
     if main:
         recover_checkpoint(ckpt)
     acc.wait_for_everyone()
-    if (ckpt / "meta.json").exists():
-        saved = json.loads((ckpt / "meta.json").read_text())
-        if saved["config"] != meta["config"]:
-            raise ValueError(f"{ckpt} was written with another config; remove it or pass the same settings")
+    if checkpoint_exists(ckpt, meta["config"]):
         meta = load_checkpoint(ckpt, {"scorer": scorer}, opt)
         log(f"resuming from {ckpt} at step {meta['step']}")
     t_start = time.time() - meta["seconds"]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from tqdm.auto import tqdm
 
-from ..checkpoint import load_checkpoint, recover_checkpoint, save_checkpoint
+from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..pipeline import assemble, build_shapes_components, shapes_scheduler_config, write_defaults
 from ..world import SUITE_NAMES, check, inverse_phrasing, parse, suite
 from ..world.dataset import build_dataset
@@ -131,10 +131,8 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
     meta = {"phase": "vae", "step": 0, "seconds": 0.0, "losses": {}}
     vae_opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     recover_checkpoint(ckpt)
-    if (ckpt / "meta.json").exists():
+    if checkpoint_exists(ckpt, _config_json(cfg)):
         saved = json.loads((ckpt / "meta.json").read_text())
-        if saved["config"] != _config_json(cfg):
-            raise ValueError(f"{ckpt} was written with another config; remove it or pass the same settings")
         if saved["phase"] == "vae":
             meta = load_checkpoint(ckpt, {"vae": vae}, vae_opt)
         else:
