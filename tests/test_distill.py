@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import latentalign.training.distill as td
 from latentalign.scorers import build_shapes_scorer, load_scorer, save_scorer
-from latentalign.training.distill import DistillConfig, distill_latent_clip, student_from, student_tokens
+from latentalign.training.distill import DistillConfig, distill_latent_clip, student_forward, student_from
 
 TINY = dict(steps=4, batch=8, samples=8, samples_per_prompt=2, renders=8, holdout=4, stem_width=16, stem_layers=2)
 TINY |= dict(checkpoint_every=2, eval_per_suite=2)
@@ -54,7 +54,9 @@ def test_student_takes_the_teachers_towers_and_scores_text_alike(tiny_shapes_pip
     frozen = [*student.clip.text_model.parameters(), student.clip.logit_scale]
     assert not any(p.requires_grad for p in frozen) and all(p.requires_grad for p in student.stem.parameters())
     z = torch.randn(3, 4, 8, 8)
-    assert student_tokens(student, z).shape == (3, 64, teacher.clip.config.vision_config.hidden_size)
+    tokens, image = student_forward(student, z)
+    assert tokens.shape == (3, 64, teacher.clip.config.vision_config.hidden_size)
+    torch.testing.assert_close(image, student.embed_images(z))  # one stem pass gives what embed_images gives
     assert student.score(z, PROMPTS).shape == (3,)
 
 
@@ -149,3 +151,23 @@ def test_second_round_starts_from_the_student_and_learns_its_reno_iterates(
         distill_latent_clip(tmp_path / "c", DistillConfig(**plain), tiny_shapes_pipeline, **quiet)
     with pytest.raises(ValueError, match="needs init_from"):
         DistillConfig(reward_samples=2)
+
+
+def test_ship_scorer_makes_the_shipped_name_load_it(tiny_shapes_pipeline, tmp_path, monkeypatch):
+    import latentalign.pipeline as pipeline_module
+    from latentalign.scorers.factory import check_scorer_source, ship_scorer
+
+    monkeypatch.setattr(pipeline_module, "SHAPES_SCORERS", tmp_path / "shipped")
+    with pytest.raises(FileNotFoundError, match="train distill"):
+        load_scorer("shapes-latent-distilled")
+    scaling = float(tiny_shapes_pipeline.vae.config.scaling_factor)
+    scorer = build_shapes_scorer("latent", scaling, seed=4)
+    save_scorer(scorer, tmp_path / "run")
+    assert ship_scorer(tmp_path / "run", "shapes-latent-distilled") == tmp_path / "shipped" / "latent_distilled"
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            load_scorer("shapes-latent-distilled").score(z, PROMPTS[:2]), scorer.score(z, PROMPTS[:2])
+        )
+    with pytest.raises(FileNotFoundError, match="neither a shipped scorer nor a folder"):
+        check_scorer_source(str(tmp_path / "nowhere"))

@@ -61,7 +61,8 @@ def _train_scorer(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .pipeline import SHAPES_SCORERS, load_pipeline
+    from .pipeline import load_pipeline
+    from .scorers.factory import ship_scorer
     from .training.scorer import train_scorer
 
     if os.environ.get("WORLD_SIZE", "1") == "1":  # one process owns the threads; under accelerate, one each
@@ -71,11 +72,7 @@ def _train_scorer(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/scorer_{args.kind}")
     final = train_scorer(out, cfg, load_pipeline(args.model))
     if args.ship and os.environ.get("RANK", "0") == "0":
-        target = SHAPES_SCORERS / args.kind
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(final, target)
-        print(f"shipped to {target}")
+        print(f"shipped to {ship_scorer(final, f'shapes-{args.kind}')}")
     return 0
 
 
@@ -111,14 +108,9 @@ def _train_distill(args: argparse.Namespace) -> int:
     final = distill_latent_clip(args.out, cfg, load_pipeline(args.model))
     print(f"saved {final}")
     if args.ship:
-        from .pipeline import SHAPES_SCORERS
-        from .scorers.factory import SHIPPED_FOLDERS
+        from .scorers.factory import ship_scorer
 
-        target = SHAPES_SCORERS / SHIPPED_FOLDERS["shapes-latent-distilled"][0]
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(final, target)
-        print(f"shipped to {target} as shapes-latent-distilled")
+        print(f"shipped to {ship_scorer(final, 'shapes-latent-distilled')} as shapes-latent-distilled")
     return 0
 
 

@@ -37,9 +37,10 @@ def resolve_scorer(scorer: Scorer | str | None, pipe, method: str) -> Scorer:
     if isinstance(scorer, Scorer):
         return scorer
     if scorer is None:
-        if sampling_defaults(pipe).world != "shapes":
+        defaults = sampling_defaults(pipe)
+        if defaults.world != "shapes":
             raise ValueError(f"method {method!r} needs scorer=... outside the Shapes world (see latentalign.scorers)")
-        recommended = sampling_defaults(pipe).noise_optimization_scorer
+        recommended = defaults.noise_optimization_scorer
         scorer = recommended if method == "noise-optimization" and recommended else DEFAULT_SCORERS[method]
     if not isinstance(scorer, str):
         raise ValueError(f"scorer must be a Scorer, a folder or a shipped name, got {type(scorer).__name__}")

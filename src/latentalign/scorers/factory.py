@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -94,6 +95,23 @@ SHIPPED_FOLDERS = {
     "shapes-latent-distilled": ("latent_distilled", "latentalign train distill --model shapes-one-step --ship"),
 }
 SHIPPED = tuple(SHIPPED_FOLDERS)
+
+
+def check_scorer_source(name: str, field: str = "init_from") -> None:
+    """Refuse, before any work, a scorer that is neither a shipped name nor a folder."""
+    if name not in SHIPPED and not Path(name).is_dir():
+        raise FileNotFoundError(f"{field} {name!r} is neither a shipped scorer nor a folder")
+
+
+def ship_scorer(folder: str | Path, name: str) -> Path:
+    """Copy a saved scorer folder into the package as the shipped scorer `name` (one of `SHIPPED`)."""
+    from ..pipeline import SHAPES_SCORERS
+
+    target = SHAPES_SCORERS / SHIPPED_FOLDERS[name][0]
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(folder, target)
+    return target
 
 
 def load_scorer(folder: str | Path, *, vae=None) -> Scorer:

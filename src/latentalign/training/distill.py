@@ -91,10 +91,9 @@ class DistillConfig:
         if self.reward_samples and self.init_from is None:
             raise ValueError("reward_samples needs init_from: the reward whose iterates the student learns")
         if self.init_from is not None:
-            from ..scorers.factory import SHIPPED
+            from ..scorers.factory import check_scorer_source
 
-            if self.init_from not in SHIPPED and not Path(self.init_from).is_dir():
-                raise FileNotFoundError(f"init_from {self.init_from!r} is neither a shipped scorer nor a folder")
+            check_scorer_source(self.init_from)
 
 
 def student_from(
@@ -129,10 +128,12 @@ def student_from(
     return student
 
 
-def student_tokens(student: LatentCLIPScorer, latents: torch.Tensor) -> torch.Tensor:
-    """The student's patch embeddings (batch, cells, width) of the pipeline's latents."""
-    x = student.stem(latents / student.vae_scaling_factor)
-    return student.clip.vision_model.embeddings.patch_embedding(x).flatten(2).transpose(1, 2)
+def student_forward(student: LatentCLIPScorer, latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The student's patch embeddings (batch, cells, width) and L2-normalised image embeddings of the pipeline's
+    latents, from one pass of the stem (what `embed_images` computes, without running the stem twice)."""
+    cells = student.stem(latents / student.vae_scaling_factor)
+    tokens = student.clip.vision_model.embeddings.patch_embedding(cells).flatten(2).transpose(1, 2)
+    return tokens, F.normalize(student.clip.get_image_features(pixel_values=cells).pooler_output, dim=-1)
 
 
 def teacher_tokens(teacher, pixels: torch.Tensor) -> torch.Tensor:
@@ -254,8 +255,9 @@ def distill_latent_clip(out: str | Path, cfg: DistillConfig, pipe, *, log=print)
             group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         with torch.no_grad():
             target_tokens = teacher_tokens(teacher, views[j].float())
-        tokens = F.mse_loss(student_tokens(student, latents[j]), target_tokens) / token_var
-        cosine = (1 - (student.embed_images(latents[j]) * targets[j]).sum(-1)).mean()
+        student_tokens, image = student_forward(student, latents[j])
+        tokens = F.mse_loss(student_tokens, target_tokens) / token_var
+        cosine = (1 - (image * targets[j]).sum(-1)).mean()
         loss = cfg.token_weight * tokens + cosine
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -269,7 +271,6 @@ def distill_latent_clip(out: str | Path, cfg: DistillConfig, pipe, *, log=print)
 
     final = out / "scorer"
     student.eval()
-    student.cost.scorer_calls = 0
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".scorer-"))
     save_scorer(student, tmp)
     report = {k: v for k, v in meta.items() if k != "param_groups"}

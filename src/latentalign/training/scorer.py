@@ -155,10 +155,9 @@ class ScorerTrainConfig:
         if self.init_from is not None and (self.vision_width or self.vision_layers):
             raise ValueError("a fine-tuned scorer keeps init_from's size: drop vision_width/vision_layers")
         if self.init_from is not None:
-            from ..scorers.factory import SHIPPED
+            from ..scorers.factory import check_scorer_source
 
-            if self.init_from not in SHIPPED and not Path(self.init_from).is_dir():
-                raise FileNotFoundError(f"init_from {self.init_from!r} is neither a shipped scorer nor a folder")
+            check_scorer_source(self.init_from)
 
 
 class ContrastiveLoss(nn.Module):
