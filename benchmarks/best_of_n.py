@@ -216,6 +216,8 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=3, help="seed groups per prompt (16 candidates each)")
     ap.add_argument("--timing-prompts", type=int, default=6, help="prompts per suite for the real-run check")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--noisy", default="shapes-noisy", help="the NoisyCLIP: a shipped name or a saved folder")
+    ap.add_argument("--latent", default="shapes-latent", help="the Latent-CLIP: a shipped name or a saved folder")
     args = ap.parse_args()
     state = PartialState(cpu=True)
     if state.num_processes > 1:
@@ -225,8 +227,8 @@ def main() -> None:
     pipe = load_pipeline("shapes")
     scorers = {
         "pixel": load_scorer("shapes-pixel", vae=pipe.vae),
-        "latent": load_scorer("shapes-latent"),
-        "noisy": load_scorer("shapes-noisy"),
+        "latent": load_scorer(args.latent),
+        "noisy": load_scorer(args.noisy),
     }
     jobs = plan(args.split, args.prompts_per_suite, args.groups)
     rows = run_candidates(pipe, scorers, jobs, out, state)
@@ -264,6 +266,7 @@ def main() -> None:
         "prompts": len({r["prompt"] for r in rows}),
         "groups": args.groups,
         "steps": steps,
+        "scorers": {"noisy": args.noisy, "latent": args.latent, "pixel": "shapes-pixel"},
         "unit_seconds": unit,
         "table": table,
         "real_runs": timing,
@@ -317,6 +320,7 @@ def write_report(out: Path, result: dict) -> None:
         f"{result['candidates']} candidates, {result['steps']} steps. Accuracy by the exact checker.",
         "Compute per prompt in denoiser-evaluation equivalents (decodes and scorer calls converted by their measured "
         "cost); ratios against full pixel-CLIP Best-of-N at the same N.",
+        *([f"Scorers: {json.dumps(result['scorers'])}."] if "scorers" in result else []),
         "",
         "| N | method | accuracy | 95% CI | eval-equivalents | accuracy / full pixel | compute / full pixel |",
         "|---:|---|---:|---|---:|---:|---:|",

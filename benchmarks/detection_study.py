@@ -56,6 +56,20 @@ def score_all(scorer, reads: str, traj, step: int | None, prompts: list[str], ba
     return torch.cat(out).float().numpy()
 
 
+def heldout_candidates(prompts_per_suite: int, seeds_per_prompt: int) -> tuple[list[str], list[int], list[str]]:
+    """The study's candidates: up to `prompts_per_suite` held-out prompts of each suite (a fixed shuffle), each with
+    seeds 0 .. seeds_per_prompt - 1; returns (prompts, seeds, suite names), one entry per candidate."""
+    prompts, seeds, suites = [], [], []
+    for name in SUITE_NAMES:
+        chosen = suite(name, "heldout")
+        random.Random(0).shuffle(chosen)
+        for p in chosen[:prompts_per_suite]:
+            prompts += [p] * seeds_per_prompt
+            seeds += list(range(seeds_per_prompt))
+            suites += [name] * seeds_per_prompt
+    return prompts, seeds, suites
+
+
 def within_prompt_auroc(scores: np.ndarray, labels: np.ndarray, prompts: list[str]) -> float:
     """Mean AUROC over prompts that have both aligned and misaligned candidates (the Best-of-N view)."""
     groups: dict[str, list[int]] = {}
@@ -86,14 +100,7 @@ def main() -> None:
     chosen = {"shapes-noisy": args.noisy, "shapes-latent": args.latent, "shapes-pixel": args.pixel}
     keys = {name: chosen[key] for name, (key, _) in SCORERS.items()}
     scorers = {name: load_scorer(key, vae=pipe.vae) for name, key in keys.items()}
-    prompts, seeds, suites = [], [], []
-    for name in SUITE_NAMES:
-        chosen = suite(name, "heldout")
-        random.Random(0).shuffle(chosen)
-        for p in chosen[: args.prompts_per_suite]:
-            prompts += [p] * args.seeds
-            seeds += list(range(args.seeds))
-            suites += [name] * args.seeds
+    prompts, seeds, suites = heldout_candidates(args.prompts_per_suite, args.seeds)
     traj = record_trajectories(pipe, prompts, seeds)
     labels = np.array([check(im, p).ok for im, p in zip(traj.images, prompts, strict=True)])
     steps = traj.latents.shape[1]

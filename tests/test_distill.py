@@ -37,6 +37,12 @@ def teacher_path(tiny_shapes_pipeline, tmp_path_factory):
         dict(samples=10, samples_per_prompt=4),
         dict(perturb=float("nan")),
         dict(holdout=10**9),
+        dict(student="pixel"),
+        dict(student="noisy", renders=8),  # a noisy student learns from trajectories alone
+        dict(student="noisy", perturb=0.5),
+        dict(student="noisy", samples=8, holdout=8),
+        dict(renoise=0.5),  # a latent student's latents are clean
+        dict(student="noisy", renoise=1.5),
     ],
 )
 def test_bad_configs_fail_at_once(bad):
@@ -153,6 +159,78 @@ def test_second_round_starts_from_the_student_and_learns_its_reno_iterates(
         DistillConfig(reward_samples=2)
 
 
+NOISY = dict(TINY, student="noisy", renders=None, perturb=None, holdout=2)
+
+
+def test_noisy_student_learns_the_teachers_view_of_each_steps_x0_prediction(
+    tiny_shapes_pipeline, teacher_path, tmp_path
+):
+    cfg = DistillConfig(teacher=str(teacher_path), **NOISY)
+    assert (cfg.renders, cfg.perturb) == (0, 0.0)
+    final = distill_latent_clip(tmp_path, cfg, tiny_shapes_pipeline, log=lambda *_: None)
+    scorer = load_scorer(final)
+    assert scorer.kind == "noisy" and scorer.stem.config["in_channels"] == 5 and scorer.in_channels == 4
+    data = load_file(tmp_path / "distillation.safetensors")
+    traj = load_file(tmp_path / "trajectories.safetensors")
+    steps = traj["latents"].shape[1]  # the tiny pipeline's 3; each trajectory adds its final latents at t = 0
+    assert data["latents"].shape == (8 * (steps + 1), 4, 8, 8)
+    assert data["timesteps"].tolist()[: steps + 1] == [*traj["timesteps"].long().tolist(), 0]
+    assert data["trajectory"].tolist()[: 2 * (steps + 1)] == [0] * (steps + 1) + [1] * (steps + 1)
+    torch.testing.assert_close(data["latents"][1], traj["latents"][0, 1])
+    torch.testing.assert_close(data["latents"][steps], traj["final"][0])
+    teacher = load_scorer(teacher_path, vae=tiny_shapes_pipeline.vae)
+    with torch.no_grad():  # the target of z_t is the teacher on the decoded x0 prediction at that step
+        expected = teacher.embed_images(teacher.decode(torch.stack([traj["x0"][0, 1], traj["final"][0]])))
+    torch.testing.assert_close(data["teacher_embedding"][[1, steps]], expected, atol=1e-5, rtol=1e-5)
+    report = json.loads((final / "training.json").read_text())
+    # held back: the last 2 trajectories (one prompt group of samples_per_prompt 2), every step of them
+    assert len(report["holdout_cosine_by_timestep"]) == steps + 1 and -1 <= report["holdout_cosine"] <= 1
+    # the cached data serves another run of the same data settings (here with renoised rows), and no other
+    quiet = dict(log=lambda *_: None)
+    again = DistillConfig(teacher=str(teacher_path), **dict(NOISY, renoise=1.0))
+    renoised = distill_latent_clip(_with_caches_of(tmp_path, tmp_path / "b"), again, tiny_shapes_pipeline, **quiet)
+    assert load_scorer(renoised).kind == "noisy"
+    assert torch.equal(load_file(tmp_path / "b/distillation.safetensors")["latents"], data["latents"])
+    other = DistillConfig(teacher=str(teacher_path), **dict(NOISY, samples=6))
+    with pytest.raises(ValueError, match="delete it"):
+        distill_latent_clip(_with_caches_of(tmp_path, tmp_path / "c"), other, tiny_shapes_pipeline, **quiet)
+
+
+def _with_caches_of(src, dst):
+    """A fresh run folder `dst` holding copies of `src`'s trajectory and distillation caches."""
+    import shutil
+
+    dst.mkdir()
+    for name in ("trajectories.safetensors", "distillation.safetensors"):
+        shutil.copy(src / name, dst / name)
+    return dst
+
+
+def test_noisy_student_from_a_distilled_latent_clip_starts_as_it(tiny_shapes_pipeline, teacher_path, tmp_path):
+    quiet = dict(log=lambda *_: None)
+    latent = distill_latent_clip(
+        tmp_path / "latent", DistillConfig(teacher=str(teacher_path), **TINY), tiny_shapes_pipeline, **quiet
+    )
+    teacher = load_scorer(teacher_path, vae=tiny_shapes_pipeline.vae)
+    cfg = DistillConfig(teacher=str(teacher_path), **dict(NOISY, init_from=str(latent)))
+    student = student_from(teacher, 8, teacher.vae_scaling_factor, cfg)
+    td.init_student(student, load_scorer(latent), teacher)
+    z, t = torch.randn(3, 4, 8, 8), torch.tensor([999, 500, 0])
+    with torch.no_grad():  # zero timestep channel and embedding: the Latent-CLIP's score, at every t
+        torch.testing.assert_close(student.score(z, PROMPTS, t), load_scorer(latent).score(z, PROMPTS))
+        tokens, image = student_forward(student, z, t)
+        torch.testing.assert_close(image, student.embed_images(z, t))
+    assert tokens.shape == (3, 64, teacher.clip.config.vision_config.hidden_size)
+    save_scorer(student, tmp_path / "saved")
+    with torch.no_grad():
+        torch.testing.assert_close(load_scorer(tmp_path / "saved").score(z, PROMPTS, t), student.score(z, PROMPTS, t))
+    noisy = distill_latent_clip(tmp_path / "noisy", cfg, tiny_shapes_pipeline, **quiet)
+    assert load_scorer(noisy).kind == "noisy"
+    wider = DistillConfig(teacher=str(teacher_path), **dict(NOISY, init_from=str(latent), stem_width=8))
+    with pytest.raises(ValueError, match="another stem"):
+        distill_latent_clip(tmp_path / "wider", wider, tiny_shapes_pipeline, **quiet)
+
+
 def test_ship_scorer_makes_the_shipped_name_load_it(tiny_shapes_pipeline, tmp_path, monkeypatch):
     import latentalign.pipeline as pipeline_module
     from latentalign.scorers.factory import check_scorer_source, ship_scorer
@@ -171,3 +249,13 @@ def test_ship_scorer_makes_the_shipped_name_load_it(tiny_shapes_pipeline, tmp_pa
         )
     with pytest.raises(FileNotFoundError, match="neither a shipped scorer nor a folder"):
         check_scorer_source(str(tmp_path / "nowhere"))
+
+
+def test_cli_refuses_shipping_a_noisy_student_before_any_work(capsys, tmp_path):
+    from latentalign.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "distill", "--student", "noisy", "--ship", "--out", str(out)]) == 2
+    assert "no noisy one is shipped" in capsys.readouterr().err and not out.exists()
+    assert main(["train", "distill", "--student", "noisy", "--renders", "8", "--out", str(out)]) == 2
+    assert "trajectories alone" in capsys.readouterr().err and not out.exists()

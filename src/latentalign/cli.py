@@ -79,8 +79,12 @@ def _train_scorer(args: argparse.Namespace) -> int:
 def _train_distill(args: argparse.Namespace) -> int:
     from .training.distill import DistillConfig
 
+    if args.ship and args.student != "latent":
+        raise ValueError("--ship ships a latent student (as shapes-latent-distilled); no noisy one is shipped")
+
     cfg = DistillConfig(  # validates before any work
         teacher=args.teacher,
+        student=args.student,
         steps=args.steps,
         batch=args.batch,
         lr=args.lr,
@@ -92,6 +96,7 @@ def _train_distill(args: argparse.Namespace) -> int:
         renders=args.renders,
         perturb=args.perturb,
         holdout=args.holdout,
+        renoise=args.renoise,
         init_from=args.init,
         reward_samples=args.reward_samples,
         reward_iterations=args.reward_iterations,
@@ -424,8 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     ts.set_defaults(func=_user_errors(_train_scorer))
     td = train_sub.add_parser(
         "distill",
-        help="distil a pixel CLIP (decode + CLIP) into a Latent-CLIP that reads the latents: a conv stem plus the "
-        "teacher's own towers (resumable)",
+        help="distil a pixel CLIP (decode + CLIP) into a Latent-CLIP that reads the latents, or a NoisyCLIP that reads "
+        "z_t: a conv stem plus the teacher's own towers (resumable)",
+    )
+    td.add_argument(
+        "--student",
+        choices=("latent", "noisy"),
+        default="latent",
+        help="latent: reads clean latents; noisy: reads z_t, taught the teacher's view of the decoded x0 prediction",
     )
     td.add_argument("--model", default="shapes", help="the pipeline whose VAE and samples the student reads")
     td.add_argument("--teacher", default="shapes-pixel", help="the pixel scorer to distil (folder or shipped name)")
@@ -436,11 +447,17 @@ def build_parser() -> argparse.ArgumentParser:
     td.add_argument("--stem-width", type=int, default=128, help="channels of the convolutional stem")
     td.add_argument("--stem-layers", type=int, default=3, help="3x3 convolutions in the stem")
     td.add_argument("--token-weight", type=float, default=1.0, help="weight of the patch-embedding term")
-    td.add_argument("--samples", type=int, default=16384, help="generator samples on train prompts")
+    td.add_argument("--samples", type=int, default=16384, help="generator samples (noisy: trajectories)")
     td.add_argument("--samples-per-prompt", type=int, default=4)
-    td.add_argument("--renders", type=int, default=8192, help="encoded renders of train scenes")
-    td.add_argument("--perturb", type=float, default=0.5, help="noise of the perturbed copies, in latent stds")
-    td.add_argument("--init", default=None, help="go on training this distilled Latent-CLIP (folder or shipped name)")
+    td.add_argument("--renders", type=int, default=None, help="encoded renders of train scenes (8192; noisy: 0)")
+    td.add_argument(
+        "--perturb", type=float, default=None, help="noise of the perturbed copies, in latent stds (0.5; noisy: 0)"
+    )
+    td.add_argument(
+        "--init",
+        default=None,
+        help="start from this distilled scorer (folder or shipped name); a noisy student may start from a latent one",
+    )
     td.add_argument(
         "--reward-samples",
         type=int,
@@ -448,11 +465,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="noise-optimisation runs on train prompts with --init as the reward; their iterates join the latents",
     )
     td.add_argument("--reward-iterations", type=int, default=10, help="iterations per --reward-samples run")
-    td.add_argument("--holdout", type=int, default=1024, help="latents kept out of training, for the report")
+    td.add_argument(
+        "--renoise",
+        type=float,
+        default=0.0,
+        help="noisy: share of rows shown as their trajectory's final latents noised afresh, with its targets",
+    )
+    td.add_argument(
+        "--holdout",
+        type=int,
+        default=None,
+        help="kept out of training, for the report: latents (1024) or, noisy, trajectories (256)",
+    )
     td.add_argument("--eval-per-suite", type=int, default=200, help="held-out renders per suite in the report")
     td.add_argument("--seed", type=int, default=0)
     td.add_argument("--threads", type=int, default=2)
-    td.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-latent-distilled'")
+    td.add_argument(
+        "--ship", action="store_true", help="copy a latent student into the package: shapes-latent-distilled"
+    )
     td.set_defaults(func=_user_errors(_train_distill))
     to = train_sub.add_parser(
         "one-step",

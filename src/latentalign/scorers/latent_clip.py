@@ -37,6 +37,18 @@ class LatentStem(nn.Module):
             convs += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1), nn.GELU()]
         self.net = nn.Sequential(*convs)
 
+    @classmethod
+    def for_tower(cls, config: dict, clip: CLIPModel) -> LatentStem:
+        """A stem from `config` after checking that `clip`'s vision tower reads its output cell for cell."""
+        stem = cls(**config)
+        vision = clip.config.vision_config
+        if vision.num_channels != stem.config["width"] or vision.patch_size != 1:
+            raise ValueError(
+                f"a stem of width {stem.config['width']} needs a vision tower with num_channels "
+                f"{stem.config['width']} and patch_size 1, got {vision.num_channels} and {vision.patch_size}"
+            )
+        return stem
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
@@ -54,15 +66,7 @@ class LatentCLIPScorer(Scorer):
     def __init__(self, clip: CLIPModel, tokenizer, vae_scaling_factor: float, stem: dict | None = None):
         super().__init__(clip, tokenizer)
         self.vae_scaling_factor = float(vae_scaling_factor)
-        self.stem = None
-        if stem is not None:
-            self.stem = LatentStem(**stem)
-            vision = clip.config.vision_config
-            if vision.num_channels != self.stem.config["width"] or vision.patch_size != 1:
-                raise ValueError(
-                    f"a stem of width {self.stem.config['width']} needs a vision tower with num_channels "
-                    f"{self.stem.config['width']} and patch_size 1, got {vision.num_channels} and {vision.patch_size}"
-                )
+        self.stem = None if stem is None else LatentStem.for_tower(stem, clip)
 
     @property
     def in_channels(self) -> int:
@@ -72,12 +76,18 @@ class LatentCLIPScorer(Scorer):
     def latent_size(self) -> int:
         return self.clip.config.vision_config.image_size
 
-    def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
+    def stem_cells(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """What the vision tower's patch embedding reads: the unscaled latents, through the stem if there is one."""
         # Latent-CLIP was trained on raw VAE posterior samples; the pipeline's latents carry the scaling factor.
         x = x / self.vae_scaling_factor
-        if self.stem is not None:
-            x = self.stem(x)
-        return self.clip.get_image_features(pixel_values=x).pooler_output
+        return x if self.stem is None else self.stem(x)
+
+    def tower_features(self, cells: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """The vision tower and projection on `stem_cells`' output."""
+        return self.clip.get_image_features(pixel_values=cells).pooler_output
+
+    def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
+        return self.tower_features(self.stem_cells(x))
 
     def extra_modules(self) -> dict[str, nn.Module]:
         return {} if self.stem is None else {"latent_stem": self.stem}

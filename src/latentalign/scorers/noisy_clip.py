@@ -1,7 +1,9 @@
 """NoisyCLIP: CLIP on the noisy latent z_t, conditioned on the timestep.
 
 The published model reads a fixed linear RGB preview of z_t (clamped to [0, 1]); a scorer built without a
-preview map reads the (unscaled) latent channels directly, as Latent-CLIP does, so no noise is clipped away.
+preview map reads the (unscaled) latent channels directly, as Latent-CLIP does, so no noise is clipped away; one
+built with a stem (`LatentStem`) reads them through a convolutional stem that also sees t (`distill_latent_clip`
+with `student="noisy"` trains one).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
 from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, clip_preprocess, image_stats
+from .latent_clip import LatentStem
 
 # The community SDXL "latent preview" factors (0-255 RGB per latent channel, applied to the pipeline's scaled
 # latents), the map the published NoisyCLIP was trained with. They fit SDXL's VAE only: users of another VAE
@@ -57,7 +60,9 @@ class NoisyCLIPScorer(Scorer):
     """NoisyCLIP (Ramos et al., arXiv 2512.08505): alignment of noisy latents z_t.
 
     With `preview_matrix`/`preview_bias` (the published layout) the vision tower reads the clamped linear RGB
-    preview of z_t; with both None it reads z_t / vae_scaling_factor channel for channel at latent resolution.
+    preview of z_t; with both None it reads z_t / vae_scaling_factor channel for channel at latent resolution;
+    with `stem` (a `LatentStem` config whose `in_channels` are the latent channels plus one) a convolutional stem
+    reads z_t / vae_scaling_factor beside a constant plane t / 1000, and the tower reads its output cell for cell.
     """
 
     space = "noisy_latents"
@@ -73,11 +78,19 @@ class NoisyCLIPScorer(Scorer):
         preview_bias: torch.Tensor | list | None = None,
         image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN,
         image_std: tuple[float, ...] = OPENAI_CLIP_STD,
+        stem: dict | None = None,
     ):
         super().__init__(clip, tokenizer)
         self.vae_scaling_factor = float(vae_scaling_factor)
         if (preview_matrix is None) != (preview_bias is None):
             raise ValueError("pass both preview_matrix and preview_bias, or neither (read the latents directly)")
+        self.stem = None
+        if stem is not None:
+            if preview_matrix is not None:
+                raise ValueError("a NoisyCLIP reads either a preview map or a stem, not both")
+            self.stem = LatentStem.for_tower(stem, clip)
+            if self.stem.config["in_channels"] < 2:
+                raise ValueError("a NoisyCLIP stem reads the latent channels plus a timestep plane: in_channels >= 2")
         matrix = bias = None  # None buffers: no preview, the tower reads the latents
         if preview_matrix is not None:
             matrix, bias = torch.as_tensor(preview_matrix, dtype=torch.float32), torch.as_tensor(preview_bias).float()
@@ -94,6 +107,8 @@ class NoisyCLIPScorer(Scorer):
 
     @property
     def in_channels(self) -> int:
+        if self.stem is not None:
+            return self.stem.config["in_channels"] - 1  # the last stem channel is the timestep plane
         if self.preview_matrix is None:
             return self.clip.config.vision_config.num_channels
         return self.preview_matrix.shape[1]
@@ -103,6 +118,25 @@ class NoisyCLIPScorer(Scorer):
         # the preview is resized by CLIP preprocessing; raw latents go to the tower as they are
         return self.clip.config.vision_config.image_size if self.preview_matrix is None else None
 
+    def stem_cells(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the vision tower's patch embedding reads: the stem's output (batch, width, h, w) for a stem scorer,
+        else the unscaled latents or the preprocessed preview. `t` has one entry per latent."""
+        if self.stem is not None:
+            plane = (t.float() / 1000).to(x.dtype)[:, None, None, None].expand(-1, 1, *x.shape[-2:])
+            return self.stem(torch.cat([x / self.vae_scaling_factor, plane], dim=1))
+        if self.preview_matrix is None:
+            return x / self.vae_scaling_factor
+        size = self.clip.config.vision_config.image_size
+        return clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
+
+    def tower_features(self, cells: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The vision tower and projection on `stem_cells`' output, with the timestep embedding on the class token."""
+        vision = self.clip.vision_model
+        h = vision.embeddings(cells)
+        h = torch.cat([h[:, :1] + self.timestep_embedding(t)[:, None].to(h.dtype), h[:, 1:]], dim=1)
+        h = vision.encoder(inputs_embeds=vision.pre_layrnorm(h)).last_hidden_state
+        return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
+
     def preview(self, z: torch.Tensor) -> torch.Tensor:
         """The pipeline's (scaled) latents -> the fixed linear RGB preview in [0, 1], at latent resolution."""
         if self.preview_matrix is None:
@@ -111,20 +145,12 @@ class NoisyCLIPScorer(Scorer):
         return (rgb + self.preview_bias.to(z.dtype)[:, None, None]).clamp(0, 1)
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
-        if self.preview_matrix is None:
-            pixels = x / self.vae_scaling_factor
-        else:
-            size = self.clip.config.vision_config.image_size
-            pixels = clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
         t = torch.as_tensor(t, device=x.device).flatten().expand(x.shape[0])
-        vision = self.clip.vision_model
-        h = vision.embeddings(pixels)
-        h = torch.cat([h[:, :1] + self.timestep_embedding(t)[:, None].to(h.dtype), h[:, 1:]], dim=1)
-        h = vision.encoder(inputs_embeds=vision.pre_layrnorm(h)).last_hidden_state
-        return self.clip.visual_projection(vision.post_layernorm(h[:, 0]))
+        return self.tower_features(self.stem_cells(x, t), t)
 
     def extra_modules(self) -> dict[str, torch.nn.Module]:
-        return {"timestep_embedding": self.timestep_embedding}
+        modules = {"timestep_embedding": self.timestep_embedding}
+        return modules if self.stem is None else {**modules, "latent_stem": self.stem}
 
     def scorer_config(self) -> dict:
         return {
@@ -133,7 +159,7 @@ class NoisyCLIPScorer(Scorer):
             "preview_bias": None if self.preview_bias is None else self.preview_bias.tolist(),
             "image_mean": self.image_mean.flatten().tolist(),
             "image_std": self.image_std.flatten().tolist(),
-        }
+        } | ({} if self.stem is None else {"stem": self.stem.config})
 
     @classmethod
     def from_pretrained(
