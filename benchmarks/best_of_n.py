@@ -91,7 +91,7 @@ def run_candidates(pipe, scorers, jobs, out: Path, state: PartialState) -> list[
 def unit_costs(pipe, scorers, repeats: int = 10) -> dict[str, float]:
     """Seconds per item of one denoiser evaluation, a VAE decode and each scorer call, at batch 16."""
     den = Denoiser(pipe)
-    z = den.initial_latents(list(range(MAX_N)))
+    z = den.initial_noise(list(range(MAX_N)))
     prompt = "a red circle left of a blue square"
     embeds = den.encode([prompt], 1.0).prompt_embeds.expand(MAX_N, -1, -1)
     t = torch.full((MAX_N,), 500)

@@ -36,7 +36,7 @@ def main() -> None:
     noisy = load_scorer("shapes-noisy")
     distilled = load_scorer(args.distilled)
     den = Denoiser(pipe)
-    z = den.initial_latents(list(range(args.batch)))
+    z = den.initial_noise(list(range(args.batch)))
     t = torch.full((args.batch,), 500)
     prompts = ["a red circle left of a blue square"] * args.batch
     cond = den.encode(prompts[:1], 1.0)  # unguided: one evaluation per latent

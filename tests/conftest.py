@@ -7,8 +7,15 @@ import warnings
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from latentalign import load_pipeline
 from latentalign.pipeline import assemble, build_shapes_components
@@ -31,6 +38,35 @@ TINY_UNET = dict(
 )
 
 
+def _tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=32,
+        scaling_factor=scaling_factor,
+    )
+
+
+def _tiny_text_config(tokenizer, **overrides) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **overrides,
+    )
+
+
 def tiny_sd_components() -> dict:
     """A Stable Diffusion 1.x-style pipeline's parts with random weights: 8x8 latents, 16x16 images."""
     torch.manual_seed(0)
@@ -42,35 +78,50 @@ def tiny_sd_components() -> dict:
         clip_sample=False,
         set_alpha_to_one=False,
     )
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2,
-        up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-    )
+    vae = _tiny_vae()
     tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
     torch.manual_seed(0)
-    text_config = CLIPTextConfig(
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
     return {
         "unet": unet,
         "scheduler": scheduler,
         "vae": vae,
-        "text_encoder": CLIPTextModel(text_config).eval(),
+        "text_encoder": CLIPTextModel(_tiny_text_config(tokenizer)).eval(),
         "tokenizer": tokenizer,
+    }
+
+
+def tiny_sdxl_components() -> dict:
+    """An SDXL-style pipeline's parts with random weights (as diffusers' SDXL tests build them): two text encoders
+    whose hidden states are concatenated, a pooled projection and size/crop time ids as added conditioning, an
+    Euler scheduler (scaled model input), SDXL's VAE scaling factor; 8x8 latents, 16x16 images."""
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        **{**TINY_UNET, "cross_attention_dim": 64},  # 32 + 32: both encoders' hidden states
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six time ids + the pooled projection
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    vae = _tiny_vae(scaling_factor=0.13025)
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer)).eval()
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, projection_dim=32)).eval()
+    return {
+        "unet": unet,
+        "scheduler": scheduler,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
     }
 
 
@@ -83,6 +134,13 @@ def tiny_sd_pipeline() -> StableDiffusionPipeline:
         pipe = StableDiffusionPipeline(
             **tiny_sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_pipeline() -> StableDiffusionXLPipeline:
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(), add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import json
+import warnings
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY_UNET
-from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from conftest import TINY_UNET, tiny_sd_components
+from diffusers import (
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+    UniPCMultistepScheduler,
+)
 
 from latentalign import Cost, generate, load_pipeline
-from latentalign.adapters import Denoiser
+from latentalign.adapters import Conditioning, Denoiser
+from latentalign.methods import PruneSchedule, best_of_n
+from latentalign.scorers import build_shapes_scorer
 from latentalign.world import PromptError
 
 STEPS, GUIDANCE = 3, 2.0
@@ -60,16 +71,18 @@ def test_x0_prediction_matches_epsilon_formula(tiny_sd_pipeline, guidance):
             latents = ddim.prev_sample
 
 
-def test_denoiser_rejects_sdxl_like_unets(tiny_sd_pipeline):
-    unet = UNet2DConditionModel(
-        **TINY_UNET,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=80,
-    )
-    fake = SimpleNamespace(unet=unet, vae=tiny_sd_pipeline.vae, scheduler=tiny_sd_pipeline.scheduler)
-    with pytest.raises(ValueError, match="SDXL"):
-        Denoiser(fake)
+def test_denoiser_rejects_unets_it_cannot_condition(tiny_sd_pipeline):
+    def fake(**unet_options):
+        unet = UNet2DConditionModel(**TINY_UNET, **unet_options)
+        return SimpleNamespace(unet=unet, vae=tiny_sd_pipeline.vae, scheduler=tiny_sd_pipeline.scheduler)
+
+    sdxl = {"addition_embed_type": "text_time", "addition_time_embed_dim": 8}
+    with pytest.raises(ValueError, match="StableDiffusionXLPipeline"):  # an SDXL UNet in a pipeline without time ids
+        Denoiser(fake(**sdxl, projection_class_embeddings_input_dim=80))
+    with pytest.raises(ValueError, match="'text'"):
+        Denoiser(fake(addition_embed_type="text", encoder_hid_dim=32))
+    with pytest.raises(ValueError, match="time_cond_proj_dim"):
+        Denoiser(fake(time_cond_proj_dim=8))
 
 
 def test_denoiser_rejects_pipelines_without_a_unet(tiny_sd_pipeline):
@@ -220,3 +233,117 @@ def test_shapes_save_load_round_trip(tiny_shapes_pipeline, tmp_path):
     b = generate(reloaded, ["a red circle", "two blue squares"], **kwargs)
     assert torch.equal(a.latents, b.latents)
     assert [im.tobytes() for im in a.images] == [im.tobytes() for im in b.images]
+
+
+# SDXL: two text encoders, pooled + time-id added conditioning, an Euler (sigma-space) scheduler
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_sdxl_shared_loop_equals_the_stock_pipeline(tiny_sdxl_pipeline, guidance):
+    prompt, seed = "a photo of a cat", 5
+    # The stock pipeline last ran with another step count: its scheduler's init_noise_sigma must not leak into ours.
+    tiny_sdxl_pipeline("a dog", num_inference_steps=STEPS + 2, guidance_scale=guidance, output_type="latent")
+    ours = run(tiny_sdxl_pipeline, prompt, seed=seed, guidance_scale=guidance).latents
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+    stock = tiny_sdxl_pipeline(
+        prompt, latents=latents, num_inference_steps=STEPS, guidance_scale=guidance, output_type="latent"
+    ).images
+    assert torch.allclose(stock, ours, atol=1e-5)
+
+
+def test_sdxl_conditioning_carries_pooled_embeddings_and_time_ids(tiny_sdxl_pipeline):
+    den = Denoiser(tiny_sdxl_pipeline)
+    cond = den.encode(["a red ball", "a blue cat"], GUIDANCE)
+    assert cond.added["text_embeds"].shape == cond.negative_added["text_embeds"].shape == (2, 32)
+    # original size, crop corner, target size: the 16x16 images the pipeline draws by default
+    assert cond.added["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
+    one = cond.select([1])
+    assert torch.equal(one.added["text_embeds"][0], cond.added["text_embeds"][1])
+    assert torch.equal(one.prompt_embeds[0], cond.prompt_embeds[1])
+    # the pooled text embedding reaches the UNet: another prompt's pooled rows change its output
+    z = den.initial_noise([0, 0])
+    t = den.new_scheduler(STEPS).timesteps[0]
+    swapped = Conditioning(
+        cond.prompt_embeds, None, 1.0, {**cond.added, "text_embeds": cond.added["text_embeds"].flip(0)}
+    )
+    with torch.no_grad():
+        plain = den.denoise(z, t, Conditioning(cond.prompt_embeds, None, 1.0, cond.added))[0]
+        assert not torch.allclose(plain, den.denoise(z, t, swapped)[0])
+
+
+def test_sdxl_x0_is_the_euler_schedulers_own_estimate(tiny_sdxl_pipeline):
+    calls = []
+    run(tiny_sdxl_pipeline, "a red ball", seed=1, callback=calls.append)
+    den = Denoiser(tiny_sdxl_pipeline)
+    scheduler = den.new_scheduler(STEPS)
+    for c in calls:
+        ref = scheduler.step(c["model_output"], c["t"], c["latents"]).pred_original_sample
+        assert torch.allclose(c["x0"], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_sdxl_batched_equals_single(tiny_sdxl_pipeline, guidance):
+    prompts = ["a red ball on grass", "a painting of a dog"]
+    batched = run(tiny_sdxl_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
+    singles = [
+        run(tiny_sdxl_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)
+    ]
+    assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
+
+
+# Schedulers with state (multistep history) or step noise: one scheduler per row
+
+
+def _sd_with(scheduler_cls) -> StableDiffusionPipeline:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="(?s).*steps_offset", category=FutureWarning)
+        pipe = StableDiffusionPipeline(
+            **tiny_sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("scheduler_cls", [EulerAncestralDiscreteScheduler, DDPMScheduler])
+def test_stochastic_schedulers_are_seeded_per_image(scheduler_cls):
+    pipe = _sd_with(scheduler_cls)
+    prompts, seeds = ["a red ball on grass", "a painting of a dog"], [0, 1]
+    batched = run(pipe, prompts, seed=seeds)
+    assert torch.equal(batched.latents, run(pipe, prompts, seed=seeds).latents)
+    singles = torch.cat([run(pipe, p, seed=s).latents for p, s in zip(prompts, seeds, strict=True)])
+    assert torch.allclose(batched.latents, singles, atol=1e-4)
+    # diffusers with one generator per image draws the same initial and step noise
+    stock = pipe(
+        prompts,
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        output_type="latent",
+    ).images
+    assert torch.allclose(stock, batched.latents, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "scheduler_cls",
+    [PNDMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler, EulerAncestralDiscreteScheduler],
+)
+@pytest.mark.parametrize("max_batch", [1, 64])
+def test_pruned_best_of_n_keeps_each_candidates_scheduler_state(scheduler_cls, max_batch):
+    """Stages of Best-of-N continue each survivor's own scheduler: the winner is its seed's plain image even for
+    multistep schedulers (history) and stochastic ones (step noise)."""
+    pipe = _sd_with(scheduler_cls)
+    scorer = build_shapes_scorer("latent", pipe.vae.config.scaling_factor)
+    kw = {"num_inference_steps": 6, "guidance_scale": GUIDANCE}
+    r = best_of_n(
+        pipe,
+        "a red ball",
+        scorer=scorer,
+        n=3,
+        seed=0,
+        schedule=PruneSchedule((2, 4), (2, 1)),
+        max_batch=max_batch,
+        **kw,
+    )
+    winner = generate(pipe, "a red ball", seed=r.candidate_seeds[0][r.chosen[0]], **kw)
+    assert torch.allclose(winner.latents, r.latents, atol=1e-4)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHAPES_DEFAULTS
 from safetensors.torch import load_file
 
 import latentalign.training.one_step as one_step_training
@@ -43,7 +44,8 @@ def test_pairs_are_the_teachers_samples_on_train_prompts(distilled, tiny_shapes_
         seed = 20_000_000 + i
         ref = generate(tiny_shapes_pipeline, pairs["prompts"][i], seed=seed)  # the teacher's own defaults
         torch.testing.assert_close(pairs["final"][i], ref.latents[0], rtol=1e-3, atol=1e-3)  # batched vs single
-        torch.testing.assert_close(pairs["noise"][i], Denoiser(tiny_shapes_pipeline).initial_latents([seed])[0])
+        den = Denoiser(tiny_shapes_pipeline)
+        torch.testing.assert_close(pairs["noise"][i], den.start([seed], SHAPES_DEFAULTS["num_inference_steps"])[0][0])
 
 
 def test_result_is_a_one_step_pipeline_of_the_ema_weights(distilled, tiny_shapes_path):
@@ -74,7 +76,8 @@ def test_the_trained_step_is_the_samplers_step(distilled):
     assert result.cost.denoiser_evals == 2  # one unguided call per image
     with torch.no_grad():
         embeds = den.encode(prompts, 1.0).prompt_embeds
-        mine = one_step(pipe.unet, den.new_scheduler(1), den.initial_latents(seeds), embeds)
+        scheduler = den.new_scheduler(1)
+        mine = one_step(pipe.unet, scheduler, den.start(seeds, 1)[0], embeds)
     torch.testing.assert_close(result.latents, mine)
 
 

@@ -6,7 +6,10 @@ lives here and nowhere else.
 
 from __future__ import annotations
 
+import copy
+import inspect
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
@@ -16,11 +19,15 @@ from .cost import Cost
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Encoded prompts, and the negative (unconditional) embeddings when guidance is on."""
+    """Encoded prompts, and the negative (unconditional) embeddings when guidance is on. `added` (and
+    `negative_added`) hold SDXL's added conditioning, one row per prompt: the pooled text embeddings and the
+    size/crop time ids (`added_cond_kwargs`); None for models without it."""
 
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
     guidance_scale: float
+    added: dict[str, torch.Tensor] | None = None
+    negative_added: dict[str, torch.Tensor] | None = None
 
     @property
     def guided(self) -> bool:
@@ -28,22 +35,93 @@ class Conditioning:
 
     def select(self, index: torch.Tensor | list[int]) -> Conditioning:
         """The conditioning of a subset of the batch (for pruning candidates)."""
-        neg = None if self.negative_embeds is None else self.negative_embeds[index]
-        return Conditioning(self.prompt_embeds[index], neg, self.guidance_scale)
+
+        def pick(x):
+            if x is None:
+                return None
+            return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
+
+        return Conditioning(
+            pick(self.prompt_embeds),
+            pick(self.negative_embeds),
+            self.guidance_scale,
+            pick(self.added),
+            pick(self.negative_added),
+        )
+
+    def unet_inputs(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """`encoder_hidden_states` and `added_cond_kwargs` for one UNet call: negative rows first when guided."""
+        if not self.guided:
+            return self.prompt_embeds, self.added
+        embeds = torch.cat([self.negative_embeds, self.prompt_embeds])
+        if self.added is None:
+            return embeds, None
+        return embeds, {k: torch.cat([self.negative_added[k], self.added[k]]) for k in self.added}
+
+
+class RowSchedulers:
+    """One scheduler per batch row, used where the loop uses one scheduler (`timesteps`, `scale_model_input`,
+    `step`): rows can be dropped or split between stages (Best-of-N pruning, memory-bounded batches) without losing
+    a multistep scheduler's history (PNDM, DPM-Solver, UniPC), and a stochastic scheduler (DDPM, Euler ancestral)
+    takes each row's step noise from that row's generator, so a seed makes the same image alone or in a batch."""
+
+    def __init__(self, schedulers: list, generators: list[torch.Generator]):
+        if not schedulers or len(schedulers) != len(generators):
+            raise ValueError(f"need one generator per scheduler, got {len(schedulers)} and {len(generators)}")
+        self.schedulers, self.generators = schedulers, generators
+        self._takes_generator = "generator" in inspect.signature(schedulers[0].step).parameters
+
+    def __len__(self) -> int:
+        return len(self.schedulers)
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self.schedulers[0].timesteps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(getattr(self.schedulers[0], "init_noise_sigma", 1.0))
+
+    def select(self, index: torch.Tensor | list[int]) -> RowSchedulers:
+        """The rows at `index`; they share the scheduler objects, so a stage continues where the last one ended."""
+        index = [int(i) for i in index]
+        return RowSchedulers([self.schedulers[i] for i in index], [self.generators[i] for i in index])
+
+    def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        return torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(self.schedulers)])
+
+    def step(self, model_output: torch.Tensor, t: torch.Tensor | int, latents: torch.Tensor) -> SimpleNamespace:
+        rows = []
+        for i, (s, g) in enumerate(zip(self.schedulers, self.generators, strict=True)):
+            kwargs = {"generator": g} if self._takes_generator else {}
+            rows.append(s.step(model_output[i : i + 1], t, latents[i : i + 1], **kwargs).prev_sample)
+        return SimpleNamespace(prev_sample=torch.cat(rows))
 
 
 class Denoiser:
-    """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x)."""
+    """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x, XL)."""
 
     def __init__(self, pipe: DiffusionPipeline, cost: Cost | None = None):
         unet = getattr(pipe, "unet", None)
         if not isinstance(unet, UNet2DConditionModel):
             raise ValueError(
                 f"{type(pipe).__name__} has no UNet2DConditionModel; "
-                "latentalign supports Stable Diffusion 1.x/2.x pipelines"
+                "latentalign supports Stable Diffusion 1.x/2.x/XL pipelines"
             )
-        if unet.config.addition_embed_type is not None:
-            raise ValueError(f"{type(pipe).__name__} needs added conditioning (SDXL-style), which is not supported yet")
+        added = unet.config.addition_embed_type
+        if added not in (None, "text_time"):
+            raise ValueError(f"{type(pipe).__name__}'s UNet needs added conditioning {added!r}; SDXL's is 'text_time'")
+        if added == "text_time" and not hasattr(pipe, "_get_add_time_ids"):
+            raise ValueError(
+                f"{type(pipe).__name__} has an SDXL-style UNet ('text_time' added conditioning) but no "
+                "_get_add_time_ids: load it as a StableDiffusionXLPipeline"
+            )
+        if unet.config.time_cond_proj_dim is not None:
+            raise ValueError(
+                f"{type(pipe).__name__}'s UNet takes a guidance embedding (time_cond_proj_dim, LCM-style), "
+                "which is not supported"
+            )
+        self.sdxl = added == "text_time"
         if not hasattr(pipe.scheduler, "alphas_cumprod"):
             raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
         self.pipe = pipe
@@ -79,18 +157,54 @@ class Denoiser:
         scheduler.set_timesteps(num_inference_steps, device=self.device)
         return scheduler
 
-    def initial_latents(self, seeds: list[int]) -> torch.Tensor:
-        """One Gaussian latent per seed, drawn on the CPU so a seed means the same noise on any device."""
-        noise = [torch.randn((1, *self.latent_shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        sigma = float(getattr(self.pipe.scheduler, "init_noise_sigma", 1.0))
-        return (torch.cat(noise) * sigma).to(self.device, self.dtype)
+    def initial_noise(self, seeds: list[int]) -> torch.Tensor:
+        """One standard Gaussian latent per seed, drawn on the CPU so a seed means the same noise on any device."""
+        return self._draw(seeds)[0]
+
+    def _draw(self, seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        noise = torch.cat([torch.randn((1, *self.latent_shape), generator=g) for g in generators])
+        return noise.to(self.device, self.dtype), generators
+
+    def start(self, seeds: list[int], num_inference_steps: int) -> tuple[torch.Tensor, RowSchedulers]:
+        """The first latents of a run from each seed and one scheduler per row (`RowSchedulers`).
+
+        The latents are the seed's noise times the run's `init_noise_sigma` (sigma-space schedulers such as Euler
+        start at a sigma that depends on the step count, so the pipeline's own scheduler, whatever it was last set
+        to, must not decide it). A stochastic scheduler draws its step noise from the row's generator after the
+        initial noise, as diffusers does with one generator per image."""
+        noise, generators = self._draw(seeds)
+        template = self.new_scheduler(num_inference_steps)
+        rows = RowSchedulers([copy.deepcopy(template) for _ in seeds], generators)
+        return noise * rows.init_noise_sigma, rows
 
     def encode(
         self, prompts: list[str], guidance_scale: float, negative_prompt: list[str] | None = None
     ) -> Conditioning:
         guided = guidance_scale > 1.0
-        pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt)
-        return Conditioning(pos, neg if guided else None, float(guidance_scale))
+        if not self.sdxl:
+            pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt)
+            return Conditioning(pos, neg if guided else None, float(guidance_scale))
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompts,
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative_prompt,
+        )
+        # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop.
+        size = (self.latent_shape[1] * self.pipe.vae_scale_factor, self.latent_shape[2] * self.pipe.vae_scale_factor)
+        te2 = getattr(self.pipe, "text_encoder_2", None)
+        projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
+        time_ids = self.pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
+        )
+        time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
+        added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
+        if not guided:
+            return Conditioning(pos, None, float(guidance_scale), added)
+        negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids}
+        return Conditioning(pos, neg, float(guidance_scale), added, negative_added)
 
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The denoised prediction (Tweedie's x0) from a model output, for the scheduler's parameterisation."""
@@ -108,15 +222,14 @@ class Denoiser:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided denoiser evaluation: `(model_output, x0_pred)`."""
         n = latents.shape[0]
+        embeds, added = cond.unet_inputs()
         if cond.guided:
-            out = self.unet(
-                torch.cat([latents, latents]), t, torch.cat([cond.negative_embeds, cond.prompt_embeds])
-            ).sample
+            out = self.unet(torch.cat([latents, latents]), t, embeds, added_cond_kwargs=added).sample
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)
             self.cost.denoiser_evals += 2 * n
         else:
-            out = self.unet(latents, t, cond.prompt_embeds).sample
+            out = self.unet(latents, t, embeds, added_cond_kwargs=added).sample
             self.cost.denoiser_evals += n
         return out, self.x0_from(out, latents, t)
 

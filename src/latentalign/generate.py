@@ -132,8 +132,8 @@ def generate(
     with cost.timed():
         den = Denoiser(pipe, cost)
         cond = den.encode(prompts, scale, negatives)
-        scheduler = den.new_scheduler(steps)
-        latents = sample(den, den.initial_latents(seeds), cond, scheduler, callback=callback)
+        latents, schedulers = den.start(seeds, steps)
+        latents = sample(den, latents, cond, schedulers, callback=callback)
         images = to_pil(den.decode(latents))
     settings = {"num_inference_steps": steps, "guidance_scale": scale}
     return GenerationResult(images, latents, prompts, seeds, cost, settings)

@@ -21,8 +21,9 @@ def sample(
     stop: int | None = None,
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run scheduler steps [start, stop) from `latents`; the callback gets
-    `{"step", "t", "latents", "x0", "model_output"}` after each step's denoiser call (before the update)."""
+    """Run scheduler steps [start, stop) from `latents` (`scheduler`: a scheduler, or the `RowSchedulers` of
+    `Denoiser.start`); the callback gets `{"step", "t", "latents", "x0", "model_output"}` after each step's
+    denoiser call (before the update)."""
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop is None else stop
     if not 0 <= start <= stop <= len(timesteps):

@@ -57,8 +57,8 @@ def record_trajectories(
                 x0_steps.append(info["x0"].cpu())
 
             cond = den.encode(prompts[i : i + batch], scale)
-            start = den.initial_latents(seeds[i : i + batch])
-            final = sample(den, start, cond, den.new_scheduler(steps), callback=keep)
+            start, schedulers = den.start(seeds[i : i + batch], steps)
+            final = sample(den, start, cond, schedulers, callback=keep)
             zs.append(torch.stack(z_steps, 1))
             x0s.append(torch.stack(x0_steps, 1))
             finals.append(final.cpu())

@@ -64,14 +64,15 @@ def score_candidates(
     return scorer.score(den.decode(x0), prompt)
 
 
-def _run(den, cond, latents, steps, start, stop, max_batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps [start, stop) for every candidate, `max_batch` at a time; returns (latents, last x0 prediction)."""
+def _run(den, cond, schedulers, latents, start, stop, max_batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps [start, stop) for every candidate, `max_batch` at a time, each on its own scheduler (which carries
+    any multistep history on to the next stage); returns (latents, last x0 prediction)."""
     outs, x0s = [], []
     for i in range(0, latents.shape[0], max_batch):
         seen: dict[str, torch.Tensor] = {}
         index = list(range(i, min(i + max_batch, latents.shape[0])))
-        scheduler = den.new_scheduler(steps)
-        out = sample(den, latents[index], cond.select(index), scheduler, start=start, stop=stop, callback=seen.update)
+        rows = schedulers.select(index)
+        out = sample(den, latents[index], cond.select(index), rows, start=start, stop=stop, callback=seen.update)
         outs.append(out)
         x0s.append(seen.get("x0", out))
     return torch.cat(outs), torch.cat(x0s)
@@ -112,19 +113,24 @@ def best_of_n(
             scores: list[dict[str, float]] = [{} for _ in range(n)]
             pruned: list[int | None] = [None] * n
             cond_all = den.encode([p] * n, scale)
-            latents = den.initial_latents(candidates)
-            timesteps = den.new_scheduler(steps).timesteps
+            latents, schedulers = den.start(candidates, steps)  # row j of both: candidate alive[j]
+            timesteps = schedulers.timesteps
             start = 0
             for stop, keep in zip(schedule.steps, schedule.keep, strict=True):
-                latents, x0 = _run(den, cond_all.select(alive), latents, steps, start, stop, max_batch)
-                values = score_candidates(scorer, den, latents, x0, timesteps[stop], p, cost)
+                latents, x0 = _run(den, cond_all.select(alive), schedulers, latents, start, stop, max_batch)
+                t = timesteps[stop]
+                # noisy-latent scorers read z_t in its DDPM form, sqrt(a) x0 + sqrt(1 - a) eps: the scaled model
+                # input (the latents themselves for DDIM; latents / sqrt(sigma^2 + 1) for Euler-type schedulers)
+                z = schedulers.scale_model_input(latents, t) if scorer.space == "noisy_latents" else latents
+                values = score_candidates(scorer, den, z, x0, t, p, cost)
                 for j, v in zip(alive, values.tolist(), strict=True):
                     scores[j][f"step {stop}"] = v
                 best = values.argsort(descending=True, stable=True)[:keep].sort().values
                 for j in set(range(len(alive))) - set(best.tolist()):
                     pruned[alive[j]] = stop
                 alive, latents, start = [alive[j] for j in best.tolist()], latents[best], stop
-            latents, _ = _run(den, cond_all.select(alive), latents, steps, start, steps, max_batch)
+                schedulers = schedulers.select(best)
+            latents, _ = _run(den, cond_all.select(alive), schedulers, latents, start, None, max_batch)
             if len(alive) > 1:
                 values = score_candidates(final_scorer, den, latents, latents, 0, p, cost)
                 for j, v in zip(alive, values.tolist(), strict=True):

@@ -108,10 +108,12 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
     return total
 
 
-def _generate(den: Denoiser, z: torch.Tensor, cond, steps: int, checkpointing: bool) -> torch.Tensor:
-    """The deterministic short sampler as a differentiable function of the initial noise."""
-    scheduler = den.new_scheduler(steps)
-    latents = z
+def _generate(den: Denoiser, z: torch.Tensor, cond, seed: int, steps: int, checkpointing: bool) -> torch.Tensor:
+    """The short sampler as a differentiable function of the initial (standard Gaussian) noise `z`; a stochastic
+    scheduler's step noise comes from the seed's generator afresh on every call, so it is the same function at
+    every iterate."""
+    _, scheduler = den.start([seed], steps)
+    latents = z * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(latents, t)
         if checkpointing:
@@ -149,13 +151,15 @@ def noise_optimization(
         for index, (p, s) in enumerate(zip(prompts, seeds, strict=True)):
             with torch.no_grad():
                 cond = den.encode([p], scale)
-            z = den.initial_latents([s]).float().clone().requires_grad_(True)
+            # the optimised variable is the standard Gaussian noise (what the chi regulariser's norm is about); the
+            # sampler scales it to its scheduler's start (sigma_max for Euler-type schedulers, 1 for DDIM/DDPM)
+            z = den.initial_noise([s]).float().clone().requires_grad_(True)
             opt = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
             history, best, best_it, best_latents, bad = [], -math.inf, 0, None, 0
             for it in range(config.iterations + 1):  # iterate 0 scores the initial noise
                 last = it == config.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
-                    latents = _generate(den, z.to(den.dtype), cond, steps, config.gradient_checkpointing)
+                    latents = _generate(den, z.to(den.dtype), cond, s, steps, config.gradient_checkpointing)
                     reward = _reward(rewards, den, latents, p, cost)
                     loss = -reward.sum() + chi_regulariser(z, config.reg_weight).sum()
                 value = float(reward.detach().sum())

@@ -80,7 +80,7 @@ def _config_json(cfg: OneStepTrainConfig) -> dict:
 
 def teacher_pairs(teacher, cfg: OneStepTrainConfig, path: Path, *, log=print) -> dict:
     """(noise, final latents, prompts) of the teacher on `cfg.pairs` train prompts; cached atomically at `path`."""
-    from ..generate import generate
+    from ..generate import generate, sampling_defaults
 
     if path.exists():
         pairs = load_prompted_tensors(path)
@@ -90,10 +90,11 @@ def teacher_pairs(teacher, cfg: OneStepTrainConfig, path: Path, *, log=print) ->
     prompts = sample_prompts(cfg.pairs, random.Random(cfg.seed + 20), split="train", weights=list(cfg.category_weights))
     seeds = [20_000_000 + cfg.seed * cfg.pairs + i for i in range(cfg.pairs)]
     den = Denoiser(teacher)
+    steps = sampling_defaults(teacher).num_inference_steps  # the teacher's own runs start where its noise is
     noise, finals = [], []
     for i in tqdm(range(0, cfg.pairs, cfg.pair_batch), desc="teacher pairs"):
         chunk = seeds[i : i + cfg.pair_batch]
-        noise.append(den.initial_latents(chunk).cpu())
+        noise.append(den.start(chunk, steps)[0].cpu())
         finals.append(generate(teacher, prompts[i : i + cfg.pair_batch], seed=chunk).latents.cpu())
     tensors = {"noise": torch.cat(noise).contiguous(), "final": torch.cat(finals).contiguous()}
     save_prompted_tensors(path, tensors, prompts)
