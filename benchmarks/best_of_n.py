@@ -98,7 +98,7 @@ def unit_costs(pipe, scorers, repeats: int = 10) -> dict[str, float]:
     pixels = scorers["pixel"].decode(z)
     images = to_pil(pixels)
     calls = {
-        "denoiser_eval": lambda: den.unet(z, 500, embeds),
+        "denoiser_eval": lambda: den.model(z, 500, embeds),
         "vae_decode": lambda: den.decode(z),
         "pixel_score": lambda: scorers["pixel"].score(pixels, prompt),
         "latent_score": lambda: scorers["latent"].score(z, prompt),

@@ -44,7 +44,7 @@ def main() -> None:
 
     with torch.no_grad():
         calls = {
-            "denoiser evaluation (UNet)": lambda: den.unet(z, 500, embeds),
+            "denoiser evaluation (UNet)": lambda: den.model(z, 500, embeds),
             "VAE decode": lambda: pixel.decode(z),
             "pixel CLIP image tower (on decoded pixels)": lambda: pixel.embed_images(pixel.decode(z)),
             "latent CLIP image tower": lambda: latent.embed_images(z),

@@ -11,6 +11,9 @@ from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
@@ -38,7 +41,7 @@ TINY_UNET = dict(
 )
 
 
-def _tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
+def _tiny_vae(scaling_factor: float = 0.18215, shift_factor: float | None = None) -> AutoencoderKL:
     torch.manual_seed(0)
     return AutoencoderKL(
         block_out_channels=[32, 64],
@@ -49,6 +52,7 @@ def _tiny_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=32,
         scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
     )
 
 
@@ -134,6 +138,48 @@ def tiny_sd_pipeline() -> StableDiffusionPipeline:
         pipe = StableDiffusionPipeline(
             **tiny_sd_components(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
         )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_sd3_components() -> dict:
+    """An SD3-style pipeline's parts with random weights (as diffusers' SD3 tests build them, without T5, which the
+    pipeline then replaces by zeros): an MMDiT transformer predicting flow-matching velocity, two CLIP text encoders
+    with projections (pooled), a flow-matching Euler scheduler, SD3's shifted and scaled VAE latents; 8x8 latents."""
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=8,
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        caption_projection_dim=32,
+        joint_attention_dim=32,
+        pooled_projection_dim=64,  # both encoders' pooled projections
+        out_channels=4,
+    )
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, projection_dim=32)).eval()
+    torch.manual_seed(1)
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer, projection_dim=32)).eval()
+    return {
+        "transformer": transformer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),
+        "vae": _tiny_vae(scaling_factor=1.5035, shift_factor=0.0609),
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "text_encoder_3": None,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "tokenizer_3": None,
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_pipeline() -> StableDiffusion3Pipeline:
+    pipe = StableDiffusion3Pipeline(**tiny_sd3_components())
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

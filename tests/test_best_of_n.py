@@ -137,10 +137,12 @@ def first_noise(seed: int) -> torch.Tensor:
     return torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))[0]
 
 
-def test_best_of_n_and_early_exit_on_sdxl(tiny_sdxl_pipeline):
-    """SDXL's added conditioning follows the candidates through pruning, and NoisyCLIP reads z_t in its DDPM form
-    (the Euler scheduler's latents carry sigma: the scaled model input is sqrt(a) x0 + sqrt(1 - a) eps)."""
-    pipe, kw = tiny_sdxl_pipeline, {"num_inference_steps": 3, "guidance_scale": 2.0}
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_best_of_n_and_early_exit_on_sdxl_and_sd3(request, family):
+    """The added conditioning (SDXL's pooled embeddings and time ids, SD3's pooled projections) follows the
+    candidates through pruning, and NoisyCLIP reads z_t in its DDPM form: SDXL's Euler latents carry sigma (the
+    scaled model input is sqrt(a) x0 + sqrt(1 - a) eps); SD3's flow-matching z_t is read as it is."""
+    pipe, kw = request.getfixturevalue(f"tiny_{family}_pipeline"), {"num_inference_steps": 3, "guidance_scale": 2.0}
     scale = pipe.vae.config.scaling_factor
     latent = build_shapes_scorer("latent", scale)
     noisy = build_shapes_scorer(
@@ -152,7 +154,8 @@ def test_best_of_n_and_early_exit_on_sdxl(tiny_sdxl_pipeline):
     r = best_of_n(
         pipe, "a red ball", scorer=noisy, final_scorer=latent, n=3, seed=0, schedule=PruneSchedule((1,), (2,)), **kw
     )
-    scheduler = Denoiser(pipe).new_scheduler(3)
+    sigma = Denoiser(pipe).new_scheduler(3).sigmas[1]
+    read_as = 1 / (sigma**2 + 1) ** 0.5 if family == "sdxl" else 1.0
     for j, seed in enumerate(r.candidate_seeds[0]):
         seen = {}
         winner = generate(
@@ -160,7 +163,7 @@ def test_best_of_n_and_early_exit_on_sdxl(tiny_sdxl_pipeline):
         )
         z1, t1 = seen[1]["latents"], seen[1]["t"]
         with torch.no_grad():
-            expected = noisy.score(z1 / (scheduler.sigmas[1] ** 2 + 1) ** 0.5, "a red ball", t1)
+            expected = noisy.score(z1 * read_as, "a red ball", torch.as_tensor(t1).long())
         assert r.scores[0][j]["step 1"] == pytest.approx(float(expected), abs=1e-5)
         if j == r.chosen[0]:
             assert torch.allclose(winner.latents, r.latents, atol=1e-4)

@@ -185,22 +185,20 @@ def test_pipeline_recommends_its_reward(tiny_shapes_path, latent_scorer, tmp_pat
     assert len(result.rewards[0]) == 2
 
 
-def test_sdxl_euler_pipeline_optimises_the_standard_noise(tiny_sdxl_pipeline):
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_sdxl_and_sd3_pipelines_optimise_the_standard_noise(request, family):
     """On a sigma-space (Euler) scheduler the sampler starts at init_noise_sigma times the noise; ReNO optimises the
-    standard Gaussian noise itself (what the chi regulariser's typical norm is about), so lr 0 is plain generation."""
-    scorer = build_shapes_scorer("latent", tiny_sdxl_pipeline.vae.config.scaling_factor)
-    cfg = NoiseOptimizationConfig(iterations=2, lr=0.0, num_inference_steps=2)
+    standard Gaussian noise itself (what the chi regulariser's typical norm is about), so lr 0 is plain generation;
+    gradients reach the noise through SDXL's UNet and SD3's transformer."""
+    pipe = request.getfixturevalue(f"tiny_{family}_pipeline")
+    scorer = build_shapes_scorer("latent", pipe.vae.config.scaling_factor)
+    kw = {"rewards": [Reward(scorer)], "seed": 3, "guidance_scale": 2.0}
     r = noise_optimization(
-        tiny_sdxl_pipeline, "a red ball", rewards=[Reward(scorer)], seed=3, config=cfg, guidance_scale=2.0
+        pipe, "a red ball", config=NoiseOptimizationConfig(iterations=2, lr=0.0, num_inference_steps=2), **kw
     )
-    plain = generate(tiny_sdxl_pipeline, "a red ball", seed=3, num_inference_steps=2, guidance_scale=2.0)
+    plain = generate(pipe, "a red ball", seed=3, num_inference_steps=2, guidance_scale=2.0)
     assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
     moved = noise_optimization(
-        tiny_sdxl_pipeline,
-        "a red ball",
-        rewards=[Reward(scorer)],
-        seed=3,
-        guidance_scale=2.0,
-        config=NoiseOptimizationConfig(iterations=2, lr=5.0, num_inference_steps=2),
+        pipe, "a red ball", config=NoiseOptimizationConfig(iterations=2, lr=5.0, num_inference_steps=2), **kw
     )
     assert len(set(moved.rewards[0])) > 1 and torch.isfinite(moved.latents).all()

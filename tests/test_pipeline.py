@@ -6,6 +6,7 @@ import json
 import warnings
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_UNET, tiny_sd_components
@@ -13,6 +14,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
@@ -347,3 +349,69 @@ def test_pruned_best_of_n_keeps_each_candidates_scheduler_state(scheduler_cls, m
     )
     winner = generate(pipe, "a red ball", seed=r.candidate_seeds[0][r.chosen[0]], **kw)
     assert torch.allclose(winner.latents, r.latents, atol=1e-4)
+
+
+# SD3: an MMDiT transformer predicting flow-matching velocity, pooled projections, shifted VAE latents
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_sd3_shared_loop_equals_the_stock_pipeline(tiny_sd3_pipeline, guidance):
+    prompt, seed = "a photo of a cat", 5
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(seed))
+    kw = {"num_inference_steps": STEPS, "guidance_scale": guidance}
+    stock = tiny_sd3_pipeline(prompt, latents=latents, output_type="pt", **kw).images
+    ours = run(tiny_sd3_pipeline, prompt, seed=seed, guidance_scale=guidance)
+    assert torch.allclose(tiny_sd3_pipeline(prompt, latents=latents, output_type="latent", **kw).images, ours.latents)
+    # decoding applies SD3's shift factor as the stock pipeline does
+    pixels = torch.from_numpy(np.asarray(ours.images[0])).permute(2, 0, 1).float() / 255
+    assert (pixels - stock[0]).abs().max() <= 1 / 255 + 1e-6
+    assert ours.cost.denoiser_evals == STEPS * (2 if guidance > 1 else 1)
+
+
+def test_sd3_x0_is_the_flow_matching_estimate(tiny_sd3_pipeline):
+    calls = []
+    result = run(tiny_sd3_pipeline, "a red ball", seed=1, callback=calls.append)
+    for c in calls:
+        sigma = c["t"] / 1000  # FlowMatchEulerDiscreteScheduler: t = 1000 sigma
+        assert torch.allclose(c["x0"], c["latents"] - sigma * c["model_output"], atol=1e-6)
+    # the last Euler step goes to sigma = 0: it lands on that step's x0 prediction
+    assert torch.allclose(calls[-1]["x0"], result.latents, atol=1e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
+def test_sd3_batched_equals_single(tiny_sd3_pipeline, guidance):
+    prompts = ["a red ball on grass", "a painting of a dog"]
+    batched = run(tiny_sd3_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
+    singles = [run(tiny_sd3_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)]
+    assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
+
+
+def test_sd3_pixel_scorer_and_encoder_use_the_shift_factor(tiny_sd3_pipeline):
+    den = Denoiser(tiny_sd3_pipeline)
+    latents = run(tiny_sd3_pipeline, "a red ball", seed=2).latents
+    scorer = build_shapes_scorer("pixel", tiny_sd3_pipeline.vae.config.scaling_factor, vae=tiny_sd3_pipeline.vae)
+    assert torch.allclose(scorer.decode(latents), den.decode(latents))
+    # encode_images and decode undo each other's shift and scale: together they are the VAE's own round trip
+    vae, images = tiny_sd3_pipeline.vae, torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        ref = (vae.decode(vae.encode(images * 2 - 1).latent_dist.mean).sample / 2 + 0.5).clamp(0, 1)
+        assert torch.allclose(den.decode(den.encode_images(images)), ref, atol=1e-5)
+
+
+def test_sd3_rejects_schedulers_it_cannot_read(tiny_sd3_pipeline):
+    fake = SimpleNamespace(transformer=tiny_sd3_pipeline.transformer, vae=tiny_sd3_pipeline.vae, scheduler=None)
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler"):
+        Denoiser(fake)
+    fake.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
+    with pytest.raises(ValueError, match="dynamic"):
+        Denoiser(fake)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+def test_sdxl_and_sd3_folders_load_and_generate_the_same(request, family, tmp_path):
+    pipe = request.getfixturevalue(f"tiny_{family}_pipeline")
+    pipe.save_pretrained(tmp_path, safe_serialization=True)
+    without_t5 = {"text_encoder_3": None, "tokenizer_3": None} if family == "sd3" else {}  # as diffusers loads it
+    loaded = load_pipeline(str(tmp_path), **without_t5)
+    assert type(loaded) is type(pipe)
+    assert torch.allclose(run(loaded, "a red ball", seed=4).latents, run(pipe, "a red ball", seed=4).latents)

@@ -12,16 +12,27 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
-from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
 from .cost import Cost
+
+
+def vae_shift(vae) -> float:
+    """The latent shift SD3's VAE applies before scaling (`shift_factor`); 0 for SD 1.x/2.x/XL."""
+    return float(getattr(vae.config, "shift_factor", None) or 0.0)
+
+
+def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW; differentiable."""
+    images = vae.decode(latents / float(vae.config.scaling_factor) + vae_shift(vae)).sample
+    return (images / 2 + 0.5).clamp(0, 1)
 
 
 @dataclass(frozen=True)
 class Conditioning:
     """Encoded prompts, and the negative (unconditional) embeddings when guidance is on. `added` (and
-    `negative_added`) hold SDXL's added conditioning, one row per prompt: the pooled text embeddings and the
-    size/crop time ids (`added_cond_kwargs`); None for models without it."""
+    `negative_added`) hold the added conditioning, one row per prompt: SDXL's pooled text embeddings and size/crop
+    time ids (`added_cond_kwargs`), SD3's `pooled_projections`; None for models without it."""
 
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
@@ -49,8 +60,9 @@ class Conditioning:
             pick(self.negative_added),
         )
 
-    def unet_inputs(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
-        """`encoder_hidden_states` and `added_cond_kwargs` for one UNet call: negative rows first when guided."""
+    def model_inputs(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
+        """`encoder_hidden_states` and the added conditioning (SDXL's `added_cond_kwargs`, SD3's
+        `pooled_projections`) for one denoiser call: negative rows first when guided."""
         if not self.guided:
             return self.prompt_embeds, self.added
         embeds = torch.cat([self.negative_embeds, self.prompt_embeds])
@@ -88,6 +100,8 @@ class RowSchedulers:
         return RowSchedulers([self.schedulers[i] for i in index], [self.generators[i] for i in index])
 
     def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        if not hasattr(self.schedulers[0], "scale_model_input"):  # flow matching: the model reads z_t as it is
+            return latents
         return torch.cat([s.scale_model_input(latents[i : i + 1], t) for i, s in enumerate(self.schedulers)])
 
     def step(self, model_output: torch.Tensor, t: torch.Tensor | int, latents: torch.Tensor) -> SimpleNamespace:
@@ -99,14 +113,25 @@ class RowSchedulers:
 
 
 class Denoiser:
-    """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x, XL)."""
+    """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x, XL) or MMDiT
+    flow-matching velocity (SD3)."""
 
     def __init__(self, pipe: DiffusionPipeline, cost: Cost | None = None):
+        self.pipe = pipe
+        self.cost = cost if cost is not None else Cost()
+        transformer = getattr(pipe, "transformer", None)
+        if isinstance(transformer, SD3Transformer2DModel):
+            self._init_sd3(pipe, transformer)
+        else:
+            self._init_unet(pipe)
+        self.vae = pipe.vae
+
+    def _init_unet(self, pipe: DiffusionPipeline) -> None:
         unet = getattr(pipe, "unet", None)
         if not isinstance(unet, UNet2DConditionModel):
             raise ValueError(
-                f"{type(pipe).__name__} has no UNet2DConditionModel; "
-                "latentalign supports Stable Diffusion 1.x/2.x/XL pipelines"
+                f"{type(pipe).__name__} has no UNet2DConditionModel or SD3Transformer2DModel; "
+                "latentalign supports Stable Diffusion 1.x/2.x/XL/3 pipelines"
             )
         added = unet.config.addition_embed_type
         if added not in (None, "text_time"):
@@ -121,27 +146,38 @@ class Denoiser:
                 f"{type(pipe).__name__}'s UNet takes a guidance embedding (time_cond_proj_dim, LCM-style), "
                 "which is not supported"
             )
-        self.sdxl = added == "text_time"
         if not hasattr(pipe.scheduler, "alphas_cumprod"):
             raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
-        self.pipe = pipe
-        self.unet = unet
-        self.vae = pipe.vae
-        self.cost = cost if cost is not None else Cost()
+        self.family = "sdxl" if added == "text_time" else "sd"
+        self.model = unet
         self.prediction_type = pipe.scheduler.config.prediction_type
+
+    def _init_sd3(self, pipe: DiffusionPipeline, transformer: SD3Transformer2DModel) -> None:
+        scheduler = pipe.scheduler
+        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+            raise ValueError(
+                f"an SD3 transformer needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}"
+            )
+        if scheduler.config.use_dynamic_shifting or scheduler.config.stochastic_sampling:
+            raise ValueError(
+                "FlowMatchEulerDiscreteScheduler with use_dynamic_shifting or stochastic_sampling is not supported"
+            )
+        self.family = "sd3"
+        self.model = transformer
+        self.prediction_type = "flow"  # the transformer predicts the velocity noise - x0
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.model.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return self.model.dtype
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.unet.config.sample_size
-        return (self.unet.config.in_channels, size, size)
+        size = self.model.config.sample_size
+        return (self.model.config.in_channels, size, size)
 
     @property
     def vae_scaling_factor(self) -> float:
@@ -182,9 +218,24 @@ class Denoiser:
         self, prompts: list[str], guidance_scale: float, negative_prompt: list[str] | None = None
     ) -> Conditioning:
         guided = guidance_scale > 1.0
-        if not self.sdxl:
+        if self.family == "sd":
             pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt)
             return Conditioning(pos, neg if guided else None, float(guidance_scale))
+        if self.family == "sd3":  # CLIP-L, CLIP-G (and T5 when loaded); pooled CLIP embeddings
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=prompts,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guided,
+                negative_prompt=negative_prompt,
+            )
+            if not guided:
+                return Conditioning(pos, None, float(guidance_scale), {"pooled_projections": pooled})
+            return Conditioning(
+                pos, neg, float(guidance_scale), {"pooled_projections": pooled}, {"pooled_projections": neg_pooled}
+            )
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=prompts,
             device=self.device,
@@ -208,6 +259,9 @@ class Denoiser:
 
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The denoised prediction (Tweedie's x0) from a model output, for the scheduler's parameterisation."""
+        if self.prediction_type == "flow":  # z_t = (1 - sigma) x0 + sigma noise, v = noise - x0, t = 1000 sigma
+            sigma = torch.as_tensor(t, dtype=latents.dtype, device=latents.device) / self.num_train_timesteps
+            return latents - sigma * model_output
         a = self.pipe.scheduler.alphas_cumprod.to(latents.device)[int(t)].to(latents.dtype)
         if self.prediction_type == "epsilon":
             return (latents - (1 - a).sqrt() * model_output) / a.sqrt()
@@ -221,26 +275,32 @@ class Denoiser:
         self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided denoiser evaluation: `(model_output, x0_pred)`."""
-        n = latents.shape[0]
-        embeds, added = cond.unet_inputs()
+        embeds, added = cond.model_inputs()
+        x = torch.cat([latents, latents]) if cond.guided else latents
+        if self.family == "sd3":
+            timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+            out = self.model(
+                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added
+            )[0]
+        else:
+            out = self.model(x, t, embeds, added_cond_kwargs=added).sample
         if cond.guided:
-            out = self.unet(torch.cat([latents, latents]), t, embeds, added_cond_kwargs=added).sample
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)
-            self.cost.denoiser_evals += 2 * n
-        else:
-            out = self.unet(latents, t, embeds, added_cond_kwargs=added).sample
-            self.cost.denoiser_evals += n
+        self.cost.denoiser_evals += x.shape[0]
         return out, self.x0_from(out, latents, t)
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents as the pipeline produces them -> images in [0, 1], NCHW."""
         self.cost.vae_decodes += latents.shape[0]
-        images = self.vae.decode(latents / self.vae_scaling_factor).sample
-        return (images / 2 + 0.5).clamp(0, 1)
+        return decode_latents(self.vae, latents)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1], NCHW -> scaled latents (the posterior mean)."""
+        """Images in [0, 1], NCHW -> latents as the pipeline makes them (the posterior mean, shifted and scaled)."""
         self.cost.vae_encodes += images.shape[0]
         dist = self.vae.encode(images.to(self.device, self.dtype) * 2 - 1).latent_dist
-        return dist.mean * self.vae_scaling_factor
+        return (dist.mean - vae_shift(self.vae)) * self.vae_scaling_factor

@@ -110,10 +110,15 @@ def ship_one_step(folder: str | Path) -> Path:
 
 
 def load_pipeline(
-    name_or_path: str | Path = SHAPES, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None
+    name_or_path: str | Path = SHAPES,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    **components,
 ) -> DiffusionPipeline:
     """Load a diffusers pipeline: "shapes" (the embedded default), "shapes-one-step" (it, distilled into one
-    step), a local folder, or a Hub id."""
+    step), a local folder, or a Hub id. `components` go to `DiffusionPipeline.from_pretrained` as they would in
+    diffusers: e.g. `text_encoder_3=None, tokenizer_3=None` loads SD3 without T5, or `scheduler=...` swaps one."""
     embedded = embedded_folder(name_or_path)
     if embedded is not None:
         path: str | Path = embedded
@@ -136,7 +141,7 @@ def load_pipeline(
                 f"no pipeline at {name_or_path!r}: not a folder, and not a Hub id of the form 'owner/name'"
             )
     kwargs = {"torch_dtype": dtype} if dtype is not None else {}
-    pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs)
+    pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs, **components)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

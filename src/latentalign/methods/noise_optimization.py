@@ -144,7 +144,7 @@ def noise_optimization(
         raise ValueError("rewards must be latentalign.methods.Reward objects")
     cost = Cost()
     den = Denoiser(pipe, cost)
-    for module in (den.unet, den.vae, *[r.scorer for r in rewards]):
+    for module in (den.model, den.vae, *[r.scorer for r in rewards]):
         module.requires_grad_(False)
     finals, all_rewards, best_its, skipped = [], [], [], []
     with cost.timed():
