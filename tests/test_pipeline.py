@@ -118,11 +118,13 @@ def test_generate_returns_images_and_settings(tiny_sd_pipeline):
     assert result.settings == {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE}
 
 
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
 @pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
-def test_batched_equals_single(tiny_sd_pipeline, guidance):
+def test_batched_equals_single(request, family, guidance):
+    pipe = request.getfixturevalue(f"tiny_{family}_pipeline")
     prompts = ["a red ball on grass", "a painting of a dog"]
-    batched = run(tiny_sd_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
-    singles = [run(tiny_sd_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)]
+    batched = run(pipe, prompts, seed=[0, 1], guidance_scale=guidance)
+    singles = [run(pipe, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)]
     assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
 
 
@@ -283,16 +285,6 @@ def test_sdxl_x0_is_the_euler_schedulers_own_estimate(tiny_sdxl_pipeline):
         assert torch.allclose(c["x0"], ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
-def test_sdxl_batched_equals_single(tiny_sdxl_pipeline, guidance):
-    prompts = ["a red ball on grass", "a painting of a dog"]
-    batched = run(tiny_sdxl_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
-    singles = [
-        run(tiny_sdxl_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)
-    ]
-    assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
-
-
 # Schedulers with state (multistep history) or step noise: one scheduler per row
 
 
@@ -376,14 +368,6 @@ def test_sd3_x0_is_the_flow_matching_estimate(tiny_sd3_pipeline):
         assert torch.allclose(c["x0"], c["latents"] - sigma * c["model_output"], atol=1e-6)
     # the last Euler step goes to sigma = 0: it lands on that step's x0 prediction
     assert torch.allclose(calls[-1]["x0"], result.latents, atol=1e-5)
-
-
-@pytest.mark.parametrize("guidance", [1.0, GUIDANCE])
-def test_sd3_batched_equals_single(tiny_sd3_pipeline, guidance):
-    prompts = ["a red ball on grass", "a painting of a dog"]
-    batched = run(tiny_sd3_pipeline, prompts, seed=[0, 1], guidance_scale=guidance)
-    singles = [run(tiny_sd3_pipeline, p, seed=s, guidance_scale=guidance) for p, s in zip(prompts, [0, 1], strict=True)]
-    assert torch.allclose(batched.latents, torch.cat([r.latents for r in singles]), atol=1e-4)
 
 
 def test_sd3_pixel_scorer_and_encoder_use_the_shift_factor(tiny_sd3_pipeline):
