@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from types import SimpleNamespace
@@ -22,7 +23,7 @@ from diffusers import (
 )
 
 from latentalign import Cost, generate, load_pipeline
-from latentalign.adapters import Conditioning, Denoiser
+from latentalign.adapters import Conditioning, Denoiser, decode_latents
 from latentalign.methods import PruneSchedule, best_of_n
 from latentalign.scorers import build_shapes_scorer
 from latentalign.world import PromptError
@@ -399,3 +400,18 @@ def test_sdxl_and_sd3_folders_load_and_generate_the_same(request, family, tmp_pa
     loaded = load_pipeline(str(tmp_path), **without_t5)
     assert type(loaded) is type(pipe)
     assert torch.allclose(run(loaded, "a red ball", seed=4).latents, run(pipe, "a red ball", seed=4).latents)
+
+
+def test_half_precision_vae_that_asks_for_it_decodes_in_float32(tiny_sdxl_pipeline):
+    vae = copy.deepcopy(tiny_sdxl_pipeline.vae)
+    latents = torch.randn(1, 4, 8, 8) * 0.5
+    with torch.no_grad():
+        reference = decode_latents(vae, latents)
+        vae.to(torch.float16)
+        assert vae.config.force_upcast
+        seen = []
+        vae.decoder.register_forward_hook(lambda module, args, out: seen.append(args[0].dtype))
+        half = decode_latents(vae, latents.half())
+    assert seen == [torch.float32]  # the decoder ran in float32
+    assert vae.dtype == torch.float16 and half.dtype == torch.float16  # cast back, images in the latents' dtype
+    assert torch.allclose(half.float(), reference, atol=2e-3)

@@ -22,10 +22,21 @@ def vae_shift(vae) -> float:
     return float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
-def decode_latents(vae, latents: torch.Tensor) -> torch.Tensor:
-    """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW; differentiable."""
-    images = vae.decode(latents / float(vae.config.scaling_factor) + vae_shift(vae)).sample
-    return (images / 2 + 0.5).clamp(0, 1)
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float | None = None) -> torch.Tensor:
+    """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW, in the
+    latents' dtype; differentiable. A float16 VAE whose config asks for it (`force_upcast`, as SDXL's does: it
+    overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after."""
+    scale = float(vae.config.scaling_factor) if scaling_factor is None else float(scaling_factor)
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        z = latents / scale + vae_shift(vae)
+        images = vae.decode(z.to(vae.dtype)).sample
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+    return (images / 2 + 0.5).clamp(0, 1).to(latents.dtype)
 
 
 @dataclass(frozen=True)

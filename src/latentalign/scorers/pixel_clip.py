@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import CLIPModel, CLIPTokenizer
 
-from ..adapters import vae_shift
+from ..adapters import decode_latents
 from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, as_prompts, clip_preprocess, image_stats
 
 
@@ -44,8 +44,7 @@ class PixelCLIPScorer(Scorer):
         if latents.ndim != 4 or latents.shape[1] != self.vae.config.latent_channels:
             raise ValueError(f"the VAE decodes {self.vae.config.latent_channels}-channel NCHW latents")
         self.cost.vae_decodes += latents.shape[0]
-        images = self.vae.decode(latents / self.vae_scaling_factor + vae_shift(self.vae)).sample
-        return (images / 2 + 0.5).clamp(0, 1)
+        return decode_latents(self.vae, latents, self.vae_scaling_factor)
 
     def score_latents(self, latents: torch.Tensor, prompts: str | list[str]) -> torch.Tensor:
         """Decode the pipeline's latents with the VAE, then `score` the pixels."""
