@@ -140,7 +140,7 @@ def load_pipeline(
             raise FileNotFoundError(
                 f"no pipeline at {name_or_path!r}: not a folder, and not a Hub id of the form 'owner/name'"
             )
-    kwargs = {"torch_dtype": dtype} if dtype is not None else {}
+    kwargs = {"dtype": dtype} if dtype is not None else {}
     pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs, **components)
     if device is not None:
         pipe = pipe.to(device)
