@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -15,6 +17,57 @@ import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
 
 from .cost import Cost
+
+
+class StoreCrossAttention:
+    """diffusers' plain `AttnProcessor` computation, keeping the attention probabilities (which SDPA never
+    materialises) of the layers whose query grid is `size` x `size`, averaged over heads: (batch, size^2, tokens)."""
+
+    def __init__(self, store: list[torch.Tensor], size: int):
+        self.store, self.size = store, size
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channel, height * width).transpose(1, 2)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        batch, keys, _ = context.shape
+        attention_mask = attn.prepare_attention_mask(attention_mask, keys, batch)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        if encoder_hidden_states is not None and probs.shape[1] == self.size**2:
+            self.store.append(probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]).mean(1))
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+@contextmanager
+def capture_cross_attention(unet: UNet2DConditionModel, size: int) -> Iterator[list[torch.Tensor]]:
+    """Within the block, the UNet's cross-attention layers (`attn2`) store their maps at `size` x `size` in the
+    yielded list; the original processors come back afterwards, whatever happens."""
+    original = unet.attn_processors
+    store: list[torch.Tensor] = []
+    unet.set_attn_processor(
+        {name: StoreCrossAttention(store, size) if ".attn2." in name else p for name, p in original.items()}
+    )
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)
 
 
 def vae_shift(vae) -> float:
@@ -304,6 +357,35 @@ class Denoiser:
     @property
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def cross_attention_resolutions(self) -> list[int]:
+        """The query grid sizes of the UNet's cross-attention layers at its latent size, largest first."""
+        if self.family == "sd3":
+            raise ValueError(
+                "cross-attention maps are read from UNet pipelines; SD3's joint attention is not supported"
+            )
+        size, unet = self.latent_shape[1], self.model
+        n = len(unet.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
+        placed = [(b, size >> i) for i, b in enumerate(unet.down_blocks)] + [(unet.mid_block, size >> (n - 1))]
+        placed += [(b, size >> (n - 1 - i)) for i, b in enumerate(unet.up_blocks)]
+        out = {s for b, s in placed if b is not None and getattr(b, "has_cross_attention", False)}
+        return sorted(out, reverse=True)
+
+    def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
+        """The prompt branch's cross-attention maps at `size` x `size`, averaged over heads and layers:
+        (batch, size^2, tokens). Differentiable in `latents` (already the scaled model input)."""
+        if self.family == "sd3":
+            raise ValueError(
+                "cross-attention maps are read from UNet pipelines; SD3's joint attention is not supported"
+            )
+        with capture_cross_attention(self.model, size) as store:
+            self.model(latents, t, cond.prompt_embeds, added_cond_kwargs=cond.added)
+        self.cost.denoiser_evals += latents.shape[0]
+        if not store:
+            raise ValueError(
+                f"no cross-attention layer works at {size}x{size}; the UNet has {self.cross_attention_resolutions()}"
+            )
+        return torch.stack(store).mean(0)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents as the pipeline produces them -> images in [0, 1], NCHW."""

@@ -194,8 +194,12 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("--n and --scorer need a --method other than plain")
     if args.method != "noise-optimization" and (args.avoid or args.iterations is not None):
         raise ValueError("--avoid and --iterations need --method noise-optimization")
-    if args.method == "noise-optimization" and args.n is not None:
+    if args.method in ("noise-optimization", "attention-refinement") and args.n is not None:
         raise ValueError("--n is for the Best-of-N methods")
+    if args.method == "attention-refinement" and args.scorer:
+        raise ValueError("attention refinement uses no scorer")
+    if args.words and args.method != "attention-refinement":
+        raise ValueError("--words needs --method attention-refinement")
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     _check_settings(args)
@@ -214,6 +218,8 @@ def _generate(args: argparse.Namespace) -> int:
     options = {}
     if args.method == "noise-optimization":
         options = {"scorer": args.scorer, "avoid": args.avoid, "iterations": args.iterations}
+    elif args.method == "attention-refinement":
+        options = {"words": args.words.split(",") if args.words else None}
     elif args.method != "plain":
         options = {"n": 4 if args.n is None else args.n, "scorer": args.scorer, "max_batch": args.max_batch}
     pipe = load_pipeline(args.model)
@@ -237,6 +243,8 @@ def _generate(args: argparse.Namespace) -> int:
     }
     if args.method == "noise-optimization":
         record.update(rewards=result.rewards[0], best_iteration=result.best_iteration[0])
+    elif args.method == "attention-refinement":
+        record.update(attention_losses=result.losses[0], refine_iterations=result.refine_iterations[0])
     elif args.method != "plain":
         record.update(
             chosen=result.chosen[0],
@@ -509,7 +517,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--method",
         default="plain",
-        choices=["plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization"],
+        choices=[
+            "plain",
+            "best-of-n",
+            "early-exit",
+            "successive-halving",
+            "noise-optimization",
+            "attention-refinement",
+        ],
         help="alignment method (default: plain sampling)",
     )
     gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
@@ -518,6 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
     gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
+    gen.add_argument(
+        "--words",
+        default=None,
+        help="attention-refinement: comma-separated subject words to excite (Shapes default: the shape nouns)",
+    )
     gen.add_argument(
         "--iterations",
         type=int,

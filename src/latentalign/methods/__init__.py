@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from ..generate import resolve, sampling_defaults
 from ..scorers import Scorer, load_scorer
+from .attention_refinement import (
+    AttentionRefinementConfig,
+    AttentionRefinementResult,
+    attend_and_excite_loss,
+    attention_refinement,
+    subject_tokens,
+)
 from .best_of_n import (
     BestOfNResult,
     PruneSchedule,
@@ -21,7 +28,7 @@ from .noise_optimization import (
     recommended_steps,
 )
 
-METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization")
+METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization", "attention-refinement")
 # the scorer each method uses on the Shapes world when none is given (noise optimisation: unless the pipeline's
 # latentalign.json recommends its own reward, as shapes-one-step does)
 DEFAULT_SCORERS = {
@@ -53,6 +60,8 @@ def run_method(method: str, pipe, prompt: str | list[str], **options):
         raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     if method == "noise-optimization":
         return run_noise_optimization(pipe, prompt, **options)
+    if method == "attention-refinement":
+        return run_attention_refinement(pipe, prompt, **options)
     return run_best_of_n(method, pipe, prompt, **options)
 
 
@@ -99,6 +108,28 @@ def run_noise_optimization(
         if avoid is not None:
             rewards.append(Reward(chosen, avoid_weight, concept_texts(pipe, avoid), avoid=True))
     return noise_optimization(pipe, prompt, rewards=rewards, seed=seed, config=config, guidance_scale=guidance_scale)
+
+
+def run_attention_refinement(
+    pipe,
+    prompt: str | list[str],
+    *,
+    seed: int | list[int] = 0,
+    num_inference_steps: int | None = None,
+    guidance_scale: float | None = None,
+    words: list[str] | None = None,
+    config: AttentionRefinementConfig | None = None,
+) -> AttentionRefinementResult:
+    """Attend-and-Excite with refinement at chosen steps; `words` are the subjects (Shapes: the shape nouns)."""
+    return attention_refinement(
+        pipe,
+        prompt,
+        words=words,
+        seed=seed,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        config=config or AttentionRefinementConfig(),
+    )
 
 
 def run_best_of_n(
@@ -151,6 +182,12 @@ def run_best_of_n(
 
 __all__ = [
     "METHODS",
+    "AttentionRefinementConfig",
+    "AttentionRefinementResult",
+    "attend_and_excite_loss",
+    "attention_refinement",
+    "run_attention_refinement",
+    "subject_tokens",
     "NoiseOptimizationConfig",
     "NoiseOptimizationResult",
     "Reward",

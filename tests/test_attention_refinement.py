@@ -1,0 +1,114 @@
+"""Attention refinement (Attend-and-Excite with refine steps) on tiny components: the capture context restores the
+processors and changes nothing it computes, zero step size is plain generation, subject tokens are found or
+refused, the loss reads peaks, cost counts every extra denoiser call, bad options fail before any work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentalign import generate
+from latentalign.adapters import Denoiser, capture_cross_attention
+from latentalign.methods import (
+    AttentionRefinementConfig,
+    attend_and_excite_loss,
+    attention_refinement,
+    subject_tokens,
+)
+
+CHEAP = AttentionRefinementConfig(max_refine_iterations=2)
+
+
+def test_capture_restores_the_processors_even_after_an_error(tiny_sd_pipeline):
+    unet = tiny_sd_pipeline.unet
+    before = dict(unet.attn_processors)
+    with pytest.raises(RuntimeError), capture_cross_attention(unet, 4):
+        assert all(type(p).__name__ == "StoreCrossAttention" for n, p in unet.attn_processors.items() if ".attn2." in n)
+        raise RuntimeError
+    assert all(unet.attn_processors[n] is p for n, p in before.items())
+
+
+def test_capture_changes_nothing_the_unet_computes_and_stores_token_distributions(tiny_sd_pipeline):
+    den = Denoiser(tiny_sd_pipeline)
+    cond = den.encode(["a red ball on grass"], 1.0)
+    z, t = den.initial_noise([0]), den.new_scheduler(3).timesteps[0]
+    with torch.no_grad():
+        plain = den.model(z, t, cond.prompt_embeds).sample
+        with capture_cross_attention(den.model, 4) as store:
+            captured = den.model(z, t, cond.prompt_embeds).sample
+    assert torch.allclose(plain, captured, atol=1e-5)
+    # the tiny UNet attends to text at 4x4 only: one down, one mid and two up attentions
+    assert den.cross_attention_resolutions() == [4] and len(store) == 4
+    maps = den.cross_attention(z, t, cond, 4)
+    assert maps.shape == (1, 16, 77) and torch.allclose(maps.sum(-1), torch.ones(1, 16), atol=1e-5)
+    with pytest.raises(ValueError, match="at 8x8"):
+        den.cross_attention(z, t, cond, 8)
+
+
+def test_loss_is_one_minus_the_weakest_subjects_peak():
+    tokens, last = [1, 3], 5  # positions in the encoding; 0 is the start token, 5 the end token
+    maps = torch.full((16, 8), -20.0)
+    maps[0, 1] = maps[5, 3] = 1.0  # both subjects own one cell outright (logits before x100 and softmax)
+    strong = attend_and_excite_loss(maps.softmax(-1), tokens, last, smooth=False)
+    assert strong < 0.01
+    maps[5, 3] = -20.0  # the second subject has no region left
+    weak = attend_and_excite_loss(maps.softmax(-1), tokens, last, smooth=False)
+    assert weak > 0.5 and torch.isfinite(weak)
+
+
+def test_subject_tokens(tiny_shapes_pipeline, tiny_sd_pipeline):
+    pipe = tiny_shapes_pipeline
+    ids = pipe.tokenizer("a red circle left of two blue squares").input_ids
+    found = subject_tokens(pipe, "a red circle left of two blue squares", None)  # Shapes: the shape nouns
+    assert [pipe.tokenizer.decode([ids[i]]).strip() for i in found] == ["circle", "squares"]
+    assert subject_tokens(pipe, "a red circle left of two blue squares", ["red"]) == [2]
+    with pytest.raises(ValueError, match="not a word"):
+        subject_tokens(pipe, "a red circle", ["square"])
+    with pytest.raises(ValueError, match="words="):
+        subject_tokens(tiny_sd_pipeline, "a red ball", None)
+
+
+def test_zero_step_size_is_plain_generation(tiny_shapes_pipeline):
+    config = AttentionRefinementConfig(step_size=0.0, max_refine_iterations=0)
+    r = attention_refinement(tiny_shapes_pipeline, ["a red circle and a blue square"], seed=[2], config=config)
+    plain = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2)
+    assert torch.allclose(r.latents, plain.latents, atol=1e-5)
+
+
+def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline):
+    r = attention_refinement(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, config=CHEAP)
+    plain = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2)
+    assert not torch.allclose(r.latents, plain.latents)
+    steps = r.settings["num_inference_steps"]
+    losses = r.losses[0]
+    assert set(losses) == set(range(r.settings["update_steps"])) | set(r.settings["refine_steps"])
+    assert all(0 <= v <= 1 for v in losses.values())
+    loss_calls = len(losses) + r.refine_iterations[0]  # one prompt-branch UNet call per loss
+    assert r.cost.denoiser_evals == plain.cost.denoiser_evals + loss_calls
+    assert r.refine_iterations[0] <= CHEAP.max_refine_iterations * len(r.settings["refine_steps"])
+    again = attention_refinement(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, config=CHEAP)
+    assert torch.equal(again.latents, r.latents) and steps == 3
+
+
+def test_runs_on_sdxl_and_refuses_sd3(tiny_sdxl_pipeline, tiny_sd3_pipeline):
+    kw = {"num_inference_steps": 3, "guidance_scale": 2.0, "config": CHEAP}
+    r = attention_refinement(tiny_sdxl_pipeline, "a red ball on grass", words=["ball", "grass"], **kw)
+    assert torch.isfinite(r.latents).all() and len(r.settings["subject_tokens"][0]) == 2
+    with pytest.raises(ValueError, match="SD3"):
+        attention_refinement(tiny_sd3_pipeline, "a red ball", words=["ball"], **kw)
+
+
+def test_generate_dispatches_and_bad_options_fail_first(tiny_shapes_pipeline):
+    r = generate(tiny_shapes_pipeline, "two red circles", method="attention-refinement", config=CHEAP)
+    assert r.settings["subject_tokens"] == [[3]]
+    for bad in (
+        {"refine_at": ((1.5, 0.5),)},
+        {"step_size": float("nan")},
+        {"update_until": 2.0},
+        {"resolution": 0},
+        {"max_refine_iterations": -1},
+    ):
+        with pytest.raises(ValueError):
+            AttentionRefinementConfig(**bad)
+    with pytest.raises(ValueError, match="no cross-attention layer"):
+        attention_refinement(tiny_shapes_pipeline, "two red circles", config=AttentionRefinementConfig(resolution=3))
