@@ -5,10 +5,12 @@ Step sizes are swept on TRAIN prompts (`--split train --step-sizes ...`); the he
 Each (method, prompt, seed) row is appended to rows.jsonl as it finishes, so an interrupted run resumes. Compute is
 reported as denoiser evaluations and wall seconds per image, both measured in this run.
 
-python benchmarks/attention_refinement.py --split train --per-suite 16 --seeds 2 --step-sizes 5 20 50 \
+python benchmarks/attention_refinement.py --split train --per-suite 16 --seeds 2 --step-sizes 5 20 80 \
     --out benchmarks/results/attention_refinement_train
-python benchmarks/attention_refinement.py --per-suite 40 --seeds 3 --step-sizes 20 --best-of 2 8 \
-    --out benchmarks/results/attention_refinement
+python benchmarks/attention_refinement.py --split train --per-suite 16 --seeds 2 --step-sizes 0.5 1 2 \
+    --out benchmarks/results/attention_refinement_train_small
+python benchmarks/attention_refinement.py --per-suite 40 --seeds 3 --step-sizes 1 --best-of 2 8 \
+    --out benchmarks/results/attention_refinement     # step size 1: the best on train prompts
 """
 
 from __future__ import annotations

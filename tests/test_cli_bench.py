@@ -56,6 +56,9 @@ def test_generate_writes_image_and_record(pipe_dir, tmp_path, capsys):
         ([PROMPT, "--seed", "-1"], "--seed"),
         ([PROMPT, "--n", "4"], "--method"),
         ([PROMPT, "--method", "early-exit", "--n", "0"], "--n"),
+        ([PROMPT, "--words", "circle"], "--words"),
+        ([PROMPT, "--method", "attention-refinement", "--n", "2"], "--n"),
+        ([PROMPT, "--method", "attention-refinement", "--scorer", "shapes-pixel"], "no scorer"),
     ],
 )
 def test_generate_rejects_bad_input_before_loading(pipe_dir, tmp_path, capsys, monkeypatch, argv, message):
@@ -180,3 +183,12 @@ def test_generate_with_early_exit_records_candidates(pipe_dir, tmp_path, capsys)
     assert record["pruned_at"].count(None) == 1 and record["pruned_at"][record["chosen"]] is None
     # 4 candidates for the first step, then one for the second, two evaluations each (guidance)
     assert record["cost"]["denoiser_evals"] == 2 * (4 + 1) and record["cost"]["scorer_calls"] == 4
+
+
+def test_generate_with_attention_refinement_records_losses(pipe_dir, tmp_path):
+    out = tmp_path / "gen"
+    argv = ["generate", PROMPT, "--out", str(out), "--model", str(pipe_dir), "--method", "attention-refinement"]
+    assert main([*argv, "--words", "circle,square"]) == 0
+    record = json.loads((out / "a_red_circle_left_of_a_blue_square_s0.json").read_text())
+    assert record["method"] == "attention-refinement" and record["settings"]["subject_tokens"] == [[3, 8]]
+    assert record["attention_losses"] and record["refine_iterations"] >= 0 and "verdict" in record
