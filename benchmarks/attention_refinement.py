@@ -20,14 +20,18 @@ import json
 import time
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 from tqdm.auto import tqdm
 
-from latentalign import generate, load_pipeline
-from latentalign.bench import plan, read_rows, wilson_interval
-from latentalign.methods import AttentionRefinementConfig, attention_refinement
-from latentalign.scorers import load_scorer
-from latentalign.world import check
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from latentalign import generate, load_pipeline  # noqa: E402
+from latentalign.bench import plan, read_rows, wilson_interval  # noqa: E402
+from latentalign.methods import AttentionRefinementConfig, attention_refinement  # noqa: E402
+from latentalign.scorers import load_scorer  # noqa: E402
+from latentalign.world import check  # noqa: E402
 
 SUITES = ("two_objects", "relation")
 
@@ -123,7 +127,25 @@ def main() -> None:
             f"{r['denoiser_evals']:.1f} | {r['seconds']:.2f} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
+    plot(out / "compute.png", table, args.split)
     print("\n".join(lines))
+
+
+def plot(path: Path, table: list[dict], split: str) -> None:
+    """Accuracy (with its 95% CI) against denoiser evaluations and against wall time per image."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for ax, key, label in zip(
+        axes, ("denoiser_evals", "seconds"), ("denoiser evaluations / image", "seconds / image"), strict=True
+    ):
+        for r in table:
+            err = [[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]]
+            ax.errorbar(r[key], r["accuracy"], yerr=err, fmt="o", capsize=3, label=r["method"])
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"accuracy by the exact checker ({split})")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
