@@ -147,9 +147,6 @@ class RowSchedulers:
         self.schedulers, self.generators = schedulers, generators
         self._takes_generator = "generator" in inspect.signature(schedulers[0].step).parameters
 
-    def __len__(self) -> int:
-        return len(self.schedulers)
-
     @property
     def timesteps(self) -> torch.Tensor:
         return self.schedulers[0].timesteps
@@ -295,30 +292,28 @@ class Denoiser:
                 do_classifier_free_guidance=guided,
                 negative_prompt=negative_prompt,
             )
-            if not guided:
-                return Conditioning(pos, None, float(guidance_scale), {"pooled_projections": pooled})
-            return Conditioning(
-                pos, neg, float(guidance_scale), {"pooled_projections": pooled}, {"pooled_projections": neg_pooled}
+            added, negative_added = {"pooled_projections": pooled}, {"pooled_projections": neg_pooled}
+        else:  # SDXL
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+                prompt=prompts,
+                device=self.device,
+                num_images_per_prompt=1,
+                do_classifier_free_guidance=guided,
+                negative_prompt=negative_prompt,
             )
-        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-            prompt=prompts,
-            device=self.device,
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=guided,
-            negative_prompt=negative_prompt,
-        )
-        # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop.
-        size = (self.latent_shape[1] * self.pipe.vae_scale_factor, self.latent_shape[2] * self.pipe.vae_scale_factor)
-        te2 = getattr(self.pipe, "text_encoder_2", None)
-        projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
-        time_ids = self.pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
-        )
-        time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
-        added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
+            # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop
+            scale = self.pipe.vae_scale_factor
+            size = (self.latent_shape[1] * scale, self.latent_shape[2] * scale)
+            te2 = getattr(self.pipe, "text_encoder_2", None)
+            projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
+            time_ids = self.pipe._get_add_time_ids(
+                size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
+            )
+            time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
+            added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
+            negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids} if guided else None
         if not guided:
             return Conditioning(pos, None, float(guidance_scale), added)
-        negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids}
         return Conditioning(pos, neg, float(guidance_scale), added, negative_added)
 
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
@@ -358,12 +353,15 @@ class Denoiser:
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
-    def cross_attention_resolutions(self) -> list[int]:
-        """The query grid sizes of the UNet's cross-attention layers at its latent size, largest first."""
+    def _require_cross_attention(self) -> None:
         if self.family == "sd3":
             raise ValueError(
                 "cross-attention maps are read from UNet pipelines; SD3's joint attention is not supported"
             )
+
+    def cross_attention_resolutions(self) -> list[int]:
+        """The query grid sizes of the UNet's cross-attention layers at its latent size, largest first."""
+        self._require_cross_attention()
         size, unet = self.latent_shape[1], self.model
         n = len(unet.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
         placed = [(b, size >> i) for i, b in enumerate(unet.down_blocks)] + [(unet.mid_block, size >> (n - 1))]
@@ -374,10 +372,7 @@ class Denoiser:
     def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
         """The prompt branch's cross-attention maps at `size` x `size`, averaged over heads and layers:
         (batch, size^2, tokens). Differentiable in `latents` (already the scaled model input)."""
-        if self.family == "sd3":
-            raise ValueError(
-                "cross-attention maps are read from UNet pipelines; SD3's joint attention is not supported"
-            )
+        self._require_cross_attention()
         with capture_cross_attention(self.model, size) as store:
             self.model(latents, t, cond.prompt_embeds, added_cond_kwargs=cond.added)
         self.cost.denoiser_evals += latents.shape[0]
