@@ -94,7 +94,13 @@ def main() -> None:
         default=None,
         help="DDIM steps of the generator back-propagated through (default: the pipeline's recommendation, else 4)",
     )
-    ap.add_argument("--seeds", type=int, default=1, help="part 1 runs every prompt with seeds 0 .. N-1")
+    ap.add_argument("--seeds", type=int, default=1, help="part 1 runs every prompt with N seeds, from --first-seed on")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="the first seed of part 1 (a replication on fresh seeds starts past the seeds of an earlier run)",
+    )
     ap.add_argument("--steering-prompts", type=int, default=24, help="0 skips part 2")
     ap.add_argument(
         "--split",
@@ -113,6 +119,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.per_suite < 1 or args.seeds < 1 or (args.generator_steps or 1) < 1 or args.steering_prompts < 0:
         ap.error("--per-suite, --seeds and --generator-steps must be >= 1, --steering-prompts >= 0")
+    if args.first_seed < 0:
+        ap.error("--first-seed must be >= 0")
     if args.iterations is not None and args.iterations < 1:
         ap.error("--iterations must be >= 1")
     if args.split == "train" and args.steering_prompts:
@@ -152,7 +160,11 @@ def main() -> None:
         rows[row_key(row)] = row
 
     # Part 1: accuracy against iterations and time; pixel and latent rewards interleaved per prompt.
-    jobs = [(name, p, seed) for seed in range(args.seeds) for name, p in prompts_for(args.per_suite, args.split)]
+    jobs = [
+        (name, p, seed)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
+        for name, p in prompts_for(args.per_suite, args.split)
+    ]
     for _, prompt, seed in tqdm(jobs, desc="reward optimisation"):
         if ("reward", prompt, seed) in rows:
             continue
