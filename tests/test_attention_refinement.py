@@ -90,12 +90,45 @@ def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline
     assert torch.equal(again.latents, r.latents) and steps == 3
 
 
-def test_runs_on_sdxl_and_refuses_sd3(tiny_sdxl_pipeline, tiny_sd3_pipeline):
+def test_runs_on_sdxl_and_sd3(tiny_sdxl_pipeline, tiny_sd3_pipeline):
     kw = {"num_inference_steps": 3, "guidance_scale": 2.0, "config": CHEAP}
-    r = attention_refinement(tiny_sdxl_pipeline, "a red ball on grass", words=["ball", "grass"], **kw)
-    assert torch.isfinite(r.latents).all() and len(r.settings["subject_tokens"][0]) == 2
-    with pytest.raises(ValueError, match="SD3"):
-        attention_refinement(tiny_sd3_pipeline, "a red ball", words=["ball"], **kw)
+    for pipe in (tiny_sdxl_pipeline, tiny_sd3_pipeline):
+        r = attention_refinement(pipe, "a red ball on grass", words=["ball", "grass"], **kw)
+        assert torch.isfinite(r.latents).all() and len(r.settings["subject_tokens"][0]) == 2
+        plain = generate(pipe, "a red ball on grass", seed=0, num_inference_steps=3, guidance_scale=2.0)
+        assert not torch.allclose(r.latents, plain.latents)
+    zero = AttentionRefinementConfig(step_size=0.0, max_refine_iterations=0)
+    r = attention_refinement(tiny_sd3_pipeline, "a red ball on grass", words=["ball"], **{**kw, "config": zero})
+    assert torch.allclose(r.latents, plain.latents, atol=1e-5)  # flow matching: step size 0 is plain generation
+
+
+def test_sd3_joint_attention_maps_are_the_text_block_of_the_joint_softmax(tiny_sd3_pipeline):
+    den = Denoiser(tiny_sd3_pipeline)
+    cond = den.encode(["a red ball on grass"], 1.0)
+    z, t = den.initial_noise([0]), den.new_scheduler(3).timesteps[0]
+    grid = den.cross_attention_resolutions()
+    assert grid == [8]  # sample size 8, patch size 1
+    with torch.no_grad():
+        plain = den._call(z, t, cond.prompt_embeds, cond.added)
+        with capture_cross_attention(den.model, 8) as store:
+            captured = den._call(z, t, cond.prompt_embeds, cond.added)
+        assert torch.equal(plain, captured) and len(store) == len(den.model.transformer_blocks)
+        # the first block's full joint softmax, written out: image rows, text columns, renormalised
+        block = den.model.transformer_blocks[0]
+        seen = {}
+        hook = block.attn.register_forward_pre_hook(lambda m, a, kw: seen.update(kw) and None, with_kwargs=True)
+        den._call(z, t, cond.prompt_embeds, cond.added)
+        hook.remove()
+        attn, x, c = block.attn, seen["hidden_states"], seen["encoder_hidden_states"]
+        heads = lambda v: v.view(1, -1, attn.heads, v.shape[-1] // attn.heads).transpose(1, 2)  # noqa: E731
+        q = torch.cat([heads(attn.to_q(x)), heads(attn.add_q_proj(c))], 2)
+        k = torch.cat([heads(attn.to_k(x)), heads(attn.add_k_proj(c))], 2)
+        joint = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)[:, :, :64, 64:]
+        expected = (joint / joint.sum(-1, keepdim=True)).mean(1)
+    assert torch.allclose(store[0], expected, atol=1e-5)
+    maps = den.cross_attention(z, t, cond, 8)
+    assert maps.shape == (1, 64, cond.prompt_embeds.shape[1])
+    assert torch.allclose(maps.sum(-1), torch.ones(1, 64), atol=1e-5)
 
 
 def test_generate_dispatches_and_bad_options_fail_first(tiny_shapes_pipeline):

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
+from diffusers.models.attention_processor import JointAttnProcessor2_0
 
 from .cost import Cost
 
@@ -55,19 +56,49 @@ class StoreCrossAttention:
         return hidden_states / attn.rescale_output_factor
 
 
+class StoreJointAttention:
+    """diffusers' `JointAttnProcessor2_0` (SD3's MMDiT blocks), unchanged, plus the image queries' attention over
+    the text keys, averaged over heads: (batch, size^2, text tokens). That is the joint softmax renormalised over
+    the text keys, i.e. the softmax of the image-to-text logits alone, so it is computed on its own (image x text,
+    small) and the block's output still comes from SDPA."""
+
+    def __init__(self, store: list[torch.Tensor], size: int):
+        self.store, self.size = store, size
+        self.inner = JointAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        if encoder_hidden_states is not None and hidden_states.shape[1] == self.size**2:
+            batch = hidden_states.shape[0]
+
+            def heads(x: torch.Tensor) -> torch.Tensor:
+                return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+            query, key = heads(attn.to_q(hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+            if attn.norm_q is not None:
+                query = attn.norm_q(query)
+            if attn.norm_added_k is not None:
+                key = attn.norm_added_k(key)
+            logits = query @ key.transpose(-1, -2) * query.shape[-1] ** -0.5  # SDPA's default scale
+            self.store.append(logits.softmax(-1).mean(1))
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+
+
 @contextmanager
-def capture_cross_attention(unet: UNet2DConditionModel, size: int) -> Iterator[list[torch.Tensor]]:
-    """Within the block, the UNet's cross-attention layers (`attn2`) store their maps at `size` x `size` in the
-    yielded list; the original processors come back afterwards, whatever happens."""
-    original = unet.attn_processors
+def capture_cross_attention(model: UNet2DConditionModel | SD3Transformer2DModel, size: int) -> Iterator[list]:
+    """Within the block, the model's text attention stores its maps at `size` x `size` in the yielded list: a
+    UNet's cross-attention layers (`attn2`), or an SD3 transformer's joint attention (`attn`; SD3.5's extra
+    image-only `attn2` is left alone). The original processors come back afterwards, whatever happens."""
+    original = model.attn_processors
     store: list[torch.Tensor] = []
-    unet.set_attn_processor(
-        {name: StoreCrossAttention(store, size) if ".attn2." in name else p for name, p in original.items()}
-    )
+    if isinstance(model, SD3Transformer2DModel):
+        storing = {n: StoreJointAttention(store, size) for n in original if n.endswith(".attn.processor")}
+    else:
+        storing = {n: StoreCrossAttention(store, size) for n in original if ".attn2." in n}
+    model.set_attn_processor({**original, **storing})
     try:
         yield store
     finally:
-        unet.set_attn_processor(original)
+        model.set_attn_processor(original)
 
 
 def vae_shift(vae) -> float:
@@ -241,6 +272,14 @@ class Denoiser:
         return (self.model.config.in_channels, size, size)
 
     @property
+    def text_dim(self) -> int:
+        """The width of the prompt embeddings the model reads (a UNet's cross_attention_dim, SD3's
+        joint_attention_dim)."""
+        key = "joint_attention_dim" if self.family == "sd3" else "cross_attention_dim"
+        dim = self.model.config[key]
+        return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
+
+    @property
     def vae_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
@@ -336,49 +375,48 @@ class Denoiser:
         """One guided denoiser evaluation: `(model_output, x0_pred)`."""
         embeds, added = cond.model_inputs()
         x = torch.cat([latents, latents]) if cond.guided else latents
-        if self.family == "sd3":
-            timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
-            out = self.model(
-                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added
-            )[0]
-        else:
-            out = self.model(x, t, embeds, added_cond_kwargs=added).sample
+        out = self._call(x, t, embeds, added)
         if cond.guided:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)
         self.cost.denoiser_evals += x.shape[0]
         return out, self.x0_from(out, latents, t)
 
+    def _call(self, x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None) -> torch.Tensor:
+        """One plain model call on a batch (no guidance arithmetic, no cost counted)."""
+        if self.family == "sd3":
+            timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+            return self.model(
+                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added
+            )[0]
+        return self.model(x, t, embeds, added_cond_kwargs=added).sample
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
-    def _require_cross_attention(self) -> None:
-        if self.family == "sd3":
-            raise ValueError(
-                "cross-attention maps are read from UNet pipelines; SD3's joint attention is not supported"
-            )
-
     def cross_attention_resolutions(self) -> list[int]:
-        """The query grid sizes of the UNet's cross-attention layers at its latent size, largest first."""
-        self._require_cross_attention()
-        size, unet = self.latent_shape[1], self.model
-        n = len(unet.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
-        placed = [(b, size >> i) for i, b in enumerate(unet.down_blocks)] + [(unet.mid_block, size >> (n - 1))]
-        placed += [(b, size >> (n - 1 - i)) for i, b in enumerate(unet.up_blocks)]
+        """The query grid sizes at which the model attends to the text, largest first: a UNet's cross-attention
+        layers at its latent size; SD3's joint attention at one grid, the latent size over the patch size."""
+        size, model = self.latent_shape[1], self.model
+        if self.family == "sd3":
+            return [size // model.config.patch_size]
+        n = len(model.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
+        placed = [(b, size >> i) for i, b in enumerate(model.down_blocks)] + [(model.mid_block, size >> (n - 1))]
+        placed += [(b, size >> (n - 1 - i)) for i, b in enumerate(model.up_blocks)]
         out = {s for b, s in placed if b is not None and getattr(b, "has_cross_attention", False)}
         return sorted(out, reverse=True)
 
     def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
-        """The prompt branch's cross-attention maps at `size` x `size`, averaged over heads and layers:
-        (batch, size^2, tokens). Differentiable in `latents` (already the scaled model input)."""
-        self._require_cross_attention()
+        """The prompt branch's attention from the image to the text at `size` x `size`, averaged over heads and
+        layers: (batch, size^2, text tokens), each row a distribution over the text tokens (SD3: CLIP's 77 tokens
+        first, then T5's). Differentiable in `latents` (already the scaled model input)."""
         with capture_cross_attention(self.model, size) as store:
-            self.model(latents, t, cond.prompt_embeds, added_cond_kwargs=cond.added)
+            self._call(latents, t, cond.prompt_embeds, cond.added)
         self.cost.denoiser_evals += latents.shape[0]
         if not store:
             raise ValueError(
-                f"no cross-attention layer works at {size}x{size}; the UNet has {self.cross_attention_resolutions()}"
+                f"no cross-attention layer works at {size}x{size}; the model has {self.cross_attention_resolutions()}"
             )
         return torch.stack(store).mean(0)
 

@@ -154,6 +154,33 @@ def _train_one_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_projector(args: argparse.Namespace) -> int:
+    from .training.projector import ProjectorTrainConfig
+
+    cfg = ProjectorTrainConfig(  # validates before any work
+        steps=args.steps, batch=args.batch, lr=args.lr, kl_weight=args.kl_weight, width=args.width, seed=args.seed
+    )
+
+    import torch
+
+    from .generate import sampling_defaults
+    from .methods.noise_projection import ship_projector
+    from .pipeline import load_pipeline
+    from .scorers import load_scorer
+    from .training.projector import train_projector
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model, device=args.device)
+    scorer_name = args.scorer or sampling_defaults(pipe).noise_optimization_scorer or "shapes-latent"
+    scorer = load_scorer(scorer_name, vae=pipe.vae).to(args.device)
+    folder = train_projector(args.out, cfg, pipe, scorer, scorer_name=scorer_name)
+    if args.ship:
+        print(f"shipped to {ship_projector(folder)}")
+    return 0
+
+
 def _user_errors(command):
     """Bad input ends a command with a one-line `error: ...` and exit code 2, not a traceback."""
 
@@ -200,6 +227,10 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("attention refinement uses no scorer")
     if args.words and args.method != "attention-refinement":
         raise ValueError("--words needs --method attention-refinement")
+    if args.projector and args.method != "noise-projection":
+        raise ValueError("--projector needs --method noise-projection")
+    if args.method == "noise-projection" and (args.scorer or args.n is not None):
+        raise ValueError("noise projection uses no scorer and no --n")
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     _check_settings(args)
@@ -220,6 +251,8 @@ def _generate(args: argparse.Namespace) -> int:
         options = {"scorer": args.scorer, "avoid": args.avoid, "iterations": args.iterations}
     elif args.method == "attention-refinement":
         options = {"words": args.words.split(",") if args.words else None}
+    elif args.method == "noise-projection":
+        options = {"projector": args.projector}
     elif args.method != "plain":
         options = {"n": 4 if args.n is None else args.n, "scorer": args.scorer, "max_batch": args.max_batch}
     pipe = load_pipeline(args.model)
@@ -245,7 +278,7 @@ def _generate(args: argparse.Namespace) -> int:
         record.update(rewards=result.rewards[0], best_iteration=result.best_iteration[0])
     elif args.method == "attention-refinement":
         record.update(attention_losses=result.losses[0], refine_iterations=result.refine_iterations[0])
-    elif args.method != "plain":
+    elif args.method not in ("plain", "noise-projection"):
         record.update(
             chosen=result.chosen[0],
             candidate_seeds=result.candidate_seeds[0],
@@ -509,6 +542,25 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--threads", type=int, default=2)
     to.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-one-step'")
     to.set_defaults(func=_user_errors(_train_one_step))
+    tp = train_sub.add_parser(
+        "projector",
+        help="train a noise projector (prompt-aware initial noise) against a differentiable reward (resumable)",
+    )
+    tp.add_argument("--model", default="shapes-one-step", help="the generator the reward is read through")
+    tp.add_argument(
+        "--scorer", default=None, help="the reward (default: the pipeline's ReNO scorer, else shapes-latent)"
+    )
+    tp.add_argument("--out", default="runs/projector", help="working folder: checkpoint/ and projector/")
+    tp.add_argument("--steps", type=int, default=1500)
+    tp.add_argument("--batch", type=int, default=32)
+    tp.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
+    tp.add_argument("--kl-weight", type=float, default=0.01, help="weight of the KL to N(0, I), summed over elements")
+    tp.add_argument("--width", type=int, default=128)
+    tp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    tp.add_argument("--seed", type=int, default=0)
+    tp.add_argument("--threads", type=int, default=2)
+    tp.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-projector'")
+    tp.set_defaults(func=_user_errors(_train_projector))
 
     gen = sub.add_parser("generate", help="generate one image; on the Shapes world, also check it")
     gen.add_argument("prompt")
@@ -523,9 +575,15 @@ def build_parser() -> argparse.ArgumentParser:
             "early-exit",
             "successive-halving",
             "noise-optimization",
+            "noise-projection",
             "attention-refinement",
         ],
         help="alignment method (default: plain sampling)",
+    )
+    gen.add_argument(
+        "--projector",
+        default=None,
+        help="noise-projection: a projector folder or shipped name (default: the one the pipeline names)",
     )
     gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
     gen.add_argument(

@@ -15,6 +15,7 @@ class Cost:
     vae_decodes: int = 0  # latents decoded to pixels
     vae_encodes: int = 0
     scorer_calls: int = 0  # images or latents scored
+    projector_calls: int = 0  # noise projector forward passes, per latent
     seconds: float = 0.0  # wall-clock time
 
     def __add__(self, other: Cost) -> Cost:

@@ -29,6 +29,9 @@ class SamplingDefaults:
     # the reward noise optimisation uses when none is given (a shipped scorer name or a folder); None: the method's
     # default for the world
     noise_optimization_scorer: str | None = None
+    # the projector noise projection uses when none is given (a shipped projector name or a folder); None: it
+    # must be given
+    noise_projector: str | None = None
 
 
 def sampling_defaults(pipe) -> SamplingDefaults:

@@ -27,8 +27,24 @@ from .noise_optimization import (
     recommended_iterations,
     recommended_steps,
 )
+from .noise_projection import (
+    NoiseProjector,
+    NoiseProjectorConfig,
+    load_projector,
+    noise_projection,
+    projection_kl,
+    save_projector,
+)
 
-METHODS = ("plain", "best-of-n", "early-exit", "successive-halving", "noise-optimization", "attention-refinement")
+METHODS = (
+    "plain",
+    "best-of-n",
+    "early-exit",
+    "successive-halving",
+    "noise-optimization",
+    "noise-projection",
+    "attention-refinement",
+)
 # the scorer each method uses on the Shapes world when none is given (noise optimisation: unless the pipeline's
 # latentalign.json recommends its own reward, as shapes-one-step does)
 DEFAULT_SCORERS = {
@@ -55,13 +71,16 @@ def resolve_scorer(scorer: Scorer | str | None, pipe, method: str) -> Scorer:
 
 
 def run_method(method: str, pipe, prompt: str | list[str], **options):
-    """`generate(..., method=...)`: the Best-of-N family or noise optimisation; checks options before any work."""
+    """`generate(..., method=...)`: the Best-of-N family, noise optimisation, noise projection or attention
+    refinement; checks options before any work."""
     if method not in METHODS or method == "plain":
         raise ValueError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
     if method == "noise-optimization":
         return run_noise_optimization(pipe, prompt, **options)
     if method == "attention-refinement":
         return run_attention_refinement(pipe, prompt, **options)
+    if method == "noise-projection":
+        return noise_projection(pipe, prompt, **options)
     return run_best_of_n(method, pipe, prompt, **options)
 
 
@@ -196,6 +215,12 @@ __all__ = [
     "recommended_iterations",
     "recommended_steps",
     "run_noise_optimization",
+    "NoiseProjector",
+    "NoiseProjectorConfig",
+    "load_projector",
+    "noise_projection",
+    "projection_kl",
+    "save_projector",
     "run_best_of_n",
     "BestOfNResult",
     "PruneSchedule",

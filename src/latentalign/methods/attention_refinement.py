@@ -5,8 +5,9 @@ At each step the prompt branch's cross-attention maps (heads and layers averaged
 subject token, a map over the latent grid: start token dropped, x100, softmax over tokens, Gaussian smoothing
 (3x3, sigma 0.5). The loss is max over subjects of (1 - max over pixels). z_t takes one gradient step at each of
 the first `update_until` of the steps, and at the `refine_at` steps it is refined until the loss is at most
-1 - threshold (or `max_refine_iterations` extra steps). UNet pipelines (SD 1.x/2.x/XL); SD3's joint attention is
-not read yet.
+1 - threshold (or `max_refine_iterations` extra steps). On UNet pipelines (SD 1.x/2.x/XL) the maps are the
+cross-attention layers'; on SD3 (flow matching) they are the joint attention's image-to-text block, renormalised
+over the text keys, and the subject tokens are positions among CLIP's 77 tokens (T5's follow them).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def chi_regulariser(z: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * (0.5 * sq - (d - 1) * log_norm)
 
 
-def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt: str, cost: Cost) -> torch.Tensor:
+def total_reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt: str, cost: Cost) -> torch.Tensor:
     total = torch.zeros(latents.shape[0], device=latents.device)
     pixels = None
     for r in rewards:
@@ -108,11 +108,13 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
     return total
 
 
-def _generate(den: Denoiser, z: torch.Tensor, cond, seed: int, steps: int, checkpointing: bool) -> torch.Tensor:
-    """The short sampler as a differentiable function of the initial (standard Gaussian) noise `z`; a stochastic
-    scheduler's step noise comes from the seed's generator afresh on every call, so it is the same function at
-    every iterate."""
-    _, scheduler = den.start([seed], steps)
+def differentiable_sample(
+    den: Denoiser, z: torch.Tensor, cond, seeds: list[int], steps: int, checkpointing: bool = False
+) -> torch.Tensor:
+    """The short sampler as a differentiable function of the initial (standard Gaussian) noise `z`, one row per
+    seed; a stochastic scheduler's step noise comes from each seed's generator afresh on every call, so it is the
+    same function at every iterate."""
+    _, scheduler = den.start(seeds, steps)
     latents = z * scheduler.init_noise_sigma
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(latents, t)
@@ -159,8 +161,9 @@ def noise_optimization(
             for it in range(config.iterations + 1):  # iterate 0 scores the initial noise
                 last = it == config.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
-                    latents = _generate(den, z.to(den.dtype), cond, s, steps, config.gradient_checkpointing)
-                    reward = _reward(rewards, den, latents, p, cost)
+                    z_in, checkpointing = z.to(den.dtype), config.gradient_checkpointing
+                    latents = differentiable_sample(den, z_in, cond, [s], steps, checkpointing)
+                    reward = total_reward(rewards, den, latents, p, cost)
                     loss = -reward.sum() + chi_regulariser(z, config.reg_weight).sum()
                 value = float(reward.detach().sum())
                 history.append(value)
