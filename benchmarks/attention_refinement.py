@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
-from latentalign.bench import plan, read_rows, wilson_interval  # noqa: E402
+from latentalign.bench import method_summary, plan, read_rows  # noqa: E402
 from latentalign.methods import AttentionRefinementConfig, attention_refinement  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
@@ -52,26 +51,8 @@ def run_one(pipe, method: str, prompt: str, seed: int, scorer) -> tuple[bool, in
 
 
 def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-    table = []
-    for m in methods:
-        mine = [r for r in rows if r["method"] == m]
-        if not mine:
-            continue
-        k, n = sum(r["ok"] for r in mine), len(mine)
-        lo, hi = wilson_interval(k, n)
-        per_suite = {s: round(float(np.mean([r["ok"] for r in mine if r["suite"] == s])), 4) for s in SUITES}
-        table.append(
-            {
-                "method": m,
-                "accuracy": round(k / n, 4),
-                "ci95": [round(lo, 4), round(hi, 4)],
-                "per_suite": per_suite,
-                "images": n,
-                "denoiser_evals": round(float(np.mean([r["evals"] for r in mine])), 1),
-                "seconds": round(float(np.mean([r["seconds"] for r in mine])), 3),
-            }
-        )
-    return table
+    mine = {m: [r for r in rows if r["method"] == m] for m in methods}
+    return [{"method": m, **method_summary(mine[m], SUITES)} for m in methods if mine[m]]
 
 
 def main() -> None:

@@ -19,14 +19,13 @@ import time
 from pathlib import Path
 
 import matplotlib
-import numpy as np
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
-from latentalign.bench import plan, read_rows, wilson_interval  # noqa: E402
+from latentalign.bench import method_summary, plan, read_rows  # noqa: E402
 from latentalign.methods import load_projector, noise_projection  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
@@ -58,24 +57,9 @@ def summarise(rows: list[dict], models: list[str], methods: list[str]) -> list[d
     for model in models:
         for m in methods:
             mine = [r for r in rows if r["method"] == m and r["model"] == model]
-            if not mine:
-                continue
-            k, n = sum(r["ok"] for r in mine), len(mine)
-            lo, hi = wilson_interval(k, n)
-            per_suite = {s: round(float(np.mean([r["ok"] for r in mine if r["suite"] == s])), 4) for s in SUITES}
-            table.append(
-                {
-                    "model": model,
-                    "method": m,
-                    "accuracy": round(k / n, 4),
-                    "ci95": [round(lo, 4), round(hi, 4)],
-                    "per_suite": per_suite,
-                    "images": n,
-                    "denoiser_evals": round(float(np.mean([r["evals"] for r in mine])), 1),
-                    "projector_calls": round(float(np.mean([r["projector_calls"] for r in mine])), 1),
-                    "seconds": round(float(np.median([r["seconds"] for r in mine])), 4),
-                }
-            )
+            if mine:
+                calls = sum(r["projector_calls"] for r in mine) / len(mine)
+                table.append({"model": model, "method": m, **method_summary(mine, SUITES), "projector_calls": calls})
     return table
 
 
@@ -144,7 +128,7 @@ def main() -> None:
         suites = " | ".join(f"{r['per_suite'][s]:.3f}" for s in SUITES)
         lines.append(
             f"| {r['model']} | {r['method']} | {r['accuracy']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
-            f"{suites} | {r['denoiser_evals']:.1f} | {r['projector_calls']:.0f} | {r['seconds']:.3f} |"
+            f"{suites} | {r['denoiser_evals']:.1f} | {r['projector_calls']:.0f} | {r['median_seconds']:.3f} |"
         )
     lines += ["", "Same prompt and seed, plain -> projection: " + json.dumps(pairs)]
     (out / "table.md").write_text("\n".join(lines) + "\n")
@@ -158,7 +142,9 @@ def plot(path: Path, table: list[dict], split: str) -> None:
     for r in table:
         err = [[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]]
         marker = "o" if r["model"] == "shapes" else "s"
-        ax.errorbar(r["seconds"], r["accuracy"], yerr=err, fmt=marker, capsize=3, label=f"{r['model']}: {r['method']}")
+        ax.errorbar(
+            r["median_seconds"], r["accuracy"], yerr=err, fmt=marker, capsize=3, label=f"{r['model']}: {r['method']}"
+        )
     ax.set_xscale("log")
     ax.set_xlabel("seconds / image (median, this run)")
     ax.set_ylabel(f"accuracy by the exact checker ({split})")

@@ -123,6 +123,26 @@ def summarise(rows: list[dict], suites: list[str]) -> list[dict]:
     return table
 
 
+def method_summary(rows: list[dict], suites: tuple[str, ...] | list[str]) -> dict:
+    """One method's rows ("ok", "suite", "evals", "seconds") as a benchmark table row: accuracy with its 95% Wilson
+    interval, accuracy per suite, image count, mean denoiser evaluations and mean and median wall seconds."""
+    k, n = sum(r["ok"] for r in rows), len(rows)
+    lo, hi = wilson_interval(k, n)
+    return {
+        "accuracy": round(k / n, 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "per_suite": {s: _share([r["ok"] for r in rows if r["suite"] == s]) for s in suites},
+        "images": n,
+        "denoiser_evals": round(statistics.fmean(r["evals"] for r in rows), 1),
+        "seconds": round(statistics.fmean(r["seconds"] for r in rows), 3),
+        "median_seconds": round(statistics.median(r["seconds"] for r in rows), 4),
+    }
+
+
+def _share(oks: list[bool]) -> float:
+    return round(sum(oks) / len(oks), 4) if oks else float("nan")
+
+
 def format_table(table: list[dict]) -> str:
     lines = ["| suite | n | accuracy | 95% CI |", "|---|---:|---:|---|"]
     for t in table:
