@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 from tqdm.auto import tqdm
 
 matplotlib.use("Agg")
@@ -99,7 +100,8 @@ def main() -> None:
     rows = read_rows(rows_path)
     done = {(r["model"], r["method"], r["prompt"], r["seed"]) for r in rows}
     for model in args.models:
-        todo = [(m, *job) for m in methods for job in jobs if (model, m, job[1], job[2]) not in done]
+        # methods interleaved per prompt and seed, so a drift in machine speed does not favour one method's timing
+        todo = [(m, *job) for job in jobs for m in methods if (model, m, job[1], job[2]) not in done]
         if not todo:
             continue
         pipe = load_pipeline(model)
@@ -146,6 +148,9 @@ def plot(path: Path, table: list[dict], split: str) -> None:
             r["median_seconds"], r["accuracy"], yerr=err, fmt=marker, capsize=3, label=f"{r['model']}: {r['method']}"
         )
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("seconds / image (median, this run)")
     ax.set_ylabel(f"accuracy by the exact checker ({split})")
     ax.grid(alpha=0.3)

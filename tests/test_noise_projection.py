@@ -167,3 +167,14 @@ def test_trainer_refuses_bad_settings(tiny_shapes_pipeline, tmp_path, capsys):
     assert "kl_weight" in capsys.readouterr().err and not (tmp_path / "cli").exists()
     assert main(["generate", "a red circle", "--projector", "x", "--out", str(tmp_path / "g")]) == 2
     assert "--projector needs --method noise-projection" in capsys.readouterr().err
+
+
+def test_cli_generates_with_a_projector_folder(tiny_shapes_pipeline, tiny_shapes_path, tmp_path):
+    folder = save_projector(projector_for(tiny_shapes_pipeline, seed=1), tmp_path / "p")
+    args = ["generate", "two red circles", "--model", str(tiny_shapes_path), "--method", "noise-projection"]
+    assert main([*args, "--projector", str(folder), "--seed", "3", "--out", str(tmp_path / "g")]) == 0
+    record = json.loads(next((tmp_path / "g").glob("*.json")).read_text())
+    assert record["method"] == "noise-projection" and record["cost"]["projector_calls"] == 1
+    assert "verdict" in record
+    direct = noise_projection(tiny_shapes_pipeline, "two red circles", projector=load_projector(folder), seed=3)
+    assert record["cost"]["denoiser_evals"] == direct.cost.denoiser_evals

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,20 @@ def test_shipped_one_step_settings_are_what_shipping_writes(tmp_path, monkeypatc
     assert result.settings == {"num_inference_steps": 1, "guidance_scale": 1.0}
     assert result.cost.denoiser_evals == 2  # one unguided UNet call per image
     assert torch.isfinite(result.latents).all()
+
+
+def test_shipped_projector_is_the_one_step_pipelines_default_and_records_its_training():
+    from latentalign.methods import load_projector
+
+    projector = load_projector("shapes-projector")
+    folder = Path(latentalign.__file__).parent / "weights" / "shapes_projector"
+    training = json.loads((folder / "projector.json").read_text())["training"]
+    assert training["pipeline"] == "shapes-one-step" and training["scorer"] == "shapes-latent-distilled"
+    assert training["step"] == training["config"]["steps"]
+    pipe = latentalign.load_pipeline("shapes-one-step")
+    prompts = ["a red circle left of a blue square", "two green triangles"]
+    result = latentalign.generate(pipe, prompts, seed=[0, 1], method="noise-projection")  # the pipeline's projector
+    explicit = latentalign.generate(pipe, prompts, seed=[0, 1], method="noise-projection", projector=projector)
+    assert torch.equal(result.latents, explicit.latents)
+    assert result.cost.projector_calls == 2 and result.cost.denoiser_evals == 2
+    assert not any(p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"} for p in folder.rglob("*"))

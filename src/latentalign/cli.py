@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--steps", type=int, default=1500)
     tp.add_argument("--batch", type=int, default=32)
     tp.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
-    tp.add_argument("--kl-weight", type=float, default=0.01, help="weight of the KL to N(0, I), summed over elements")
+    tp.add_argument("--kl-weight", type=float, default=0.0001, help="weight of the KL to N(0, I), summed over elements")
     tp.add_argument("--width", type=int, default=128)
     tp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     tp.add_argument("--seed", type=int, default=0)

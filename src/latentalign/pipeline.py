@@ -27,6 +27,8 @@ SHAPES_NOISE_OPTIMIZATION_ITERATIONS = 8
 # on its own samples and ReNO iterates; the same rule, with that reward beside pixel CLIP, gives 13 iterations
 # (benchmarks/results/latent_distilled/reno_train2/; with the plain Latent-CLIP it gave 11)
 SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER = "shapes-latent-distilled"
+# trained through shapes-one-step (`latentalign train projector`): a re-distilled one-step pipeline needs it retrained
+SHAPES_ONE_STEP_NOISE_PROJECTOR = "shapes-projector"
 SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 13
 
 
@@ -104,6 +106,7 @@ def ship_one_step(folder: str | Path) -> Path:
         **one_step_settings(SHAPES),
         "noise_optimization_iterations": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS,
         "noise_optimization_scorer": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER,
+        "noise_projector": SHAPES_ONE_STEP_NOISE_PROJECTOR,
     }
     (SHAPES_ONE_STEP_WEIGHTS / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     return SHAPES_ONE_STEP_WEIGHTS
