@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
-from latentalign.bench import method_summary, plan, read_rows  # noqa: E402
+from latentalign.bench import accuracy_cells, method_summary, plan, read_rows  # noqa: E402
 from latentalign.methods import AttentionRefinementConfig, attention_refinement  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
@@ -102,10 +102,8 @@ def main() -> None:
         "|---|---:|---|" + "---:|" * len(SUITES) + "---:|---:|",
     ]
     for r in table:
-        suites = " | ".join(f"{r['per_suite'][s]:.3f}" for s in SUITES)
         lines.append(
-            f"| {r['method']} | {r['accuracy']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {suites} | "
-            f"{r['denoiser_evals']:.1f} | {r['seconds']:.2f} |"
+            f"| {r['method']} | {accuracy_cells(r, SUITES)} | {r['denoiser_evals']:.1f} | {r['seconds']:.2f} |"
         )
     (out / "table.md").write_text("\n".join(lines) + "\n")
     plot(out / "compute.png", table, args.split)

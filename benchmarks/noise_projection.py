@@ -26,7 +26,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
-from latentalign.bench import method_summary, plan, read_rows  # noqa: E402
+from latentalign.bench import accuracy_cells, method_summary, plan, read_rows  # noqa: E402
 from latentalign.methods import load_projector, noise_projection  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
@@ -127,10 +127,9 @@ def main() -> None:
         "|---|---|---:|---|" + "---:|" * len(SUITES) + "---:|---:|---:|",
     ]
     for r in table:
-        suites = " | ".join(f"{r['per_suite'][s]:.3f}" for s in SUITES)
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['accuracy']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | "
-            f"{suites} | {r['denoiser_evals']:.1f} | {r['projector_calls']:.0f} | {r['median_seconds']:.3f} |"
+            f"| {r['model']} | {r['method']} | {accuracy_cells(r, SUITES)} | {r['denoiser_evals']:.1f} | "
+            f"{r['projector_calls']:.0f} | {r['median_seconds']:.3f} |"
         )
     lines += ["", "Same prompt and seed, plain -> projection: " + json.dumps(pairs)]
     (out / "table.md").write_text("\n".join(lines) + "\n")

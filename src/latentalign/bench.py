@@ -139,6 +139,14 @@ def method_summary(rows: list[dict], suites: tuple[str, ...] | list[str]) -> dic
     }
 
 
+def accuracy_cells(row: dict, suites: tuple[str, ...] | list[str]) -> str:
+    """A `method_summary` row's accuracy, 95% CI and per-suite accuracy as markdown table cells."""
+    lo, hi = row["ci95"]
+    return " | ".join(
+        [f"{row['accuracy']:.3f}", f"[{lo:.3f}, {hi:.3f}]", *(f"{row['per_suite'][s]:.3f}" for s in suites)]
+    )
+
+
 def _share(oks: list[bool]) -> float:
     return round(sum(oks) / len(oks), 4) if oks else float("nan")
 

@@ -119,6 +119,15 @@ def _train_distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_device(args: argparse.Namespace) -> None:
+    """Refuse a CUDA --device on a machine without one; set the CPU threads (--threads)."""
+    import torch
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+
+
 def _train_one_step(args: argparse.Namespace) -> int:
     from .training.one_step import OneStepTrainConfig
 
@@ -126,14 +135,10 @@ def _train_one_step(args: argparse.Namespace) -> int:
         pairs=args.pairs, steps=args.steps, batch=args.batch, lr=args.lr, pair_batch=args.pair_batch, seed=args.seed
     )
 
-    import torch
-
     from .pipeline import load_pipeline, ship_one_step
     from .training.one_step import train_accuracy, train_one_step
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
-    torch.set_num_threads(args.threads)
+    _use_device(args)
     teacher = load_pipeline(args.model, device=args.device)
     final = train_one_step(args.out, cfg, teacher)
     if args.eval_per_suite > 0:
@@ -161,17 +166,13 @@ def _train_projector(args: argparse.Namespace) -> int:
         steps=args.steps, batch=args.batch, lr=args.lr, kl_weight=args.kl_weight, width=args.width, seed=args.seed
     )
 
-    import torch
-
     from .generate import sampling_defaults
     from .methods.noise_projection import ship_projector
     from .pipeline import load_pipeline
     from .scorers import load_scorer
     from .training.projector import train_projector
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {args.device}: no CUDA device is available")
-    torch.set_num_threads(args.threads)
+    _use_device(args)
     pipe = load_pipeline(args.model, device=args.device)
     scorer_name = args.scorer or sampling_defaults(pipe).noise_optimization_scorer or "shapes-latent"
     scorer = load_scorer(scorer_name, vae=pipe.vae).to(args.device)
