@@ -27,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
-from latentalign.bench import accuracy_cells, method_summary, plan, read_rows  # noqa: E402
+from latentalign.bench import accuracy_cells, claim_run_folder, method_summary, plan, read_rows  # noqa: E402
 from latentalign.methods import AttentionRefinementConfig, attention_refinement  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
@@ -70,13 +70,8 @@ def main() -> None:
     jobs = plan(list(SUITES), args.seeds, split=args.split, limit_prompts=args.per_suite)
     methods = ["plain", *(f"attend-and-excite step={s:g}" for s in args.step_sizes)]
     methods += [f"best-of-{n} pixel CLIP" for n in args.best_of]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    settings_path = out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        raise SystemExit(f"{out} holds a run with other settings; use another --out")
-    settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+    out = claim_run_folder(args.out, settings)
 
     pipe = load_pipeline(args.model)
     scorer = load_scorer("shapes-pixel", vae=pipe.vae) if args.best_of else None

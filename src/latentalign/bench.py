@@ -90,6 +90,18 @@ def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts
     return jobs
 
 
+def claim_run_folder(out: str | Path, settings: dict) -> Path:
+    """Create `out` for a resumable benchmark run and record `settings` there; refuse a folder that holds a run
+    with other settings (its rows would be mixed with this run's)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "settings.json"
+    if path.exists() and json.loads(path.read_text()) != settings:
+        raise SystemExit(f"{out} holds a run with other settings; use another --out")
+    path.write_text(json.dumps(settings, indent=1) + "\n")
+    return out
+
+
 def read_rows(path: Path) -> list[dict]:
     """Rows already written; a trailing partial line (an interrupted write) is cut off the file."""
     if not path.exists():

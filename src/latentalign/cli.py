@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .embedded import embedded_folder
+from .generate import METHODS
 
 
 def _train_world(args: argparse.Namespace) -> int:
@@ -570,15 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--method",
         default="plain",
-        choices=[
-            "plain",
-            "best-of-n",
-            "early-exit",
-            "successive-halving",
-            "noise-optimization",
-            "noise-projection",
-            "attention-refinement",
-        ],
+        choices=METHODS,
         help="alignment method (default: plain sampling)",
     )
     gen.add_argument(

@@ -14,6 +14,16 @@ from .cost import Cost
 from .sampling import StepCallback, sample
 
 DEFAULTS_FILE = "latentalign.json"  # shipped beside model_index.json: recommended settings and the world
+# what `generate(..., method=...)` and the CLI's --method take (latentalign.methods.run_method runs each)
+METHODS = (
+    "plain",
+    "best-of-n",
+    "early-exit",
+    "successive-halving",
+    "noise-optimization",
+    "noise-projection",
+    "attention-refinement",
+)
 
 
 @dataclass(frozen=True)

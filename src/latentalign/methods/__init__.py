@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..generate import resolve, sampling_defaults
+from ..generate import METHODS, resolve, sampling_defaults
 from ..scorers import Scorer, load_scorer
 from .attention_refinement import (
     AttentionRefinementConfig,
@@ -36,15 +36,6 @@ from .noise_projection import (
     save_projector,
 )
 
-METHODS = (
-    "plain",
-    "best-of-n",
-    "early-exit",
-    "successive-halving",
-    "noise-optimization",
-    "noise-projection",
-    "attention-refinement",
-)
 # the scorer each method uses on the Shapes world when none is given (noise optimisation: unless the pipeline's
 # latentalign.json recommends its own reward, as shapes-one-step does)
 DEFAULT_SCORERS = {

@@ -89,7 +89,7 @@ def chi_regulariser(z: torch.Tensor, weight: float) -> torch.Tensor:
     return weight * (0.5 * sq - (d - 1) * log_norm)
 
 
-def total_reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt: str, cost: Cost) -> torch.Tensor:
+def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt: str, cost: Cost) -> torch.Tensor:
     total = torch.zeros(latents.shape[0], device=latents.device)
     pixels = None
     for r in rewards:
@@ -161,9 +161,10 @@ def noise_optimization(
             for it in range(config.iterations + 1):  # iterate 0 scores the initial noise
                 last = it == config.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
-                    z_in, checkpointing = z.to(den.dtype), config.gradient_checkpointing
-                    latents = differentiable_sample(den, z_in, cond, [s], steps, checkpointing)
-                    reward = total_reward(rewards, den, latents, p, cost)
+                    latents = differentiable_sample(
+                        den, z.to(den.dtype), cond, [s], steps, config.gradient_checkpointing
+                    )
+                    reward = _reward(rewards, den, latents, p, cost)
                     loss = -reward.sum() + chi_regulariser(z, config.reg_weight).sum()
                 value = float(reward.detach().sum())
                 history.append(value)
