@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
 from latentalign.bench import accuracy_cells, claim_run_folder, method_summary, plan, read_rows  # noqa: E402
-from latentalign.methods import AttentionRefinementConfig, attention_refinement  # noqa: E402
+from latentalign.methods import AttentionRefinement  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
 
@@ -45,7 +45,7 @@ def run_one(pipe, method: str, prompt: str, seed: int, scorer) -> tuple[bool, in
         result = generate(pipe, prompt, seed=seed, method="best-of-n", n=n, scorer=scorer)
     else:
         step_size = float(method.split("=")[1])
-        result = attention_refinement(pipe, prompt, seed=seed, config=AttentionRefinementConfig(step_size=step_size))
+        result = generate(pipe, prompt, seed=seed, method=AttentionRefinement(step_size=step_size))
     seconds = time.perf_counter() - start
     return check(result.images[0], prompt).ok, result.cost.denoiser_evals, seconds
 

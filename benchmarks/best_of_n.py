@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
 from latentalign.bench import median_seconds, read_rows, wilson_interval
-from latentalign.generate import sampling_defaults, to_pil
-from latentalign.methods import PruneSchedule, best_of_n, early_exit_schedule, successive_halving_schedule
+from latentalign.generate import generate, sampling_defaults, to_pil
+from latentalign.methods import BestOfN, EarlyExit, PruneSchedule, early_exit_schedule, successive_halving_schedule
 from latentalign.methods.best_of_n import SEED_STRIDE
 from latentalign.scorers import load_scorer
 from latentalign.trajectories import record_trajectories
@@ -293,12 +293,16 @@ def real_runs(pipe, scorers, rows, per_suite: int, steps: int, rng) -> dict:
     for label, (scorer, schedule) in picks.items():
         seconds, agree = 0.0, 0
         for r in chosen_rows:
-            res = best_of_n(pipe, r["prompt"], scorer=scorer, n=n, seed=r["group"], schedule=schedule)
+            stage = (
+                EarlyExit(scorer=scorer, n=n, prune_steps=schedule.steps, keep=schedule.keep)
+                if schedule.steps
+                else BestOfN(scorer=scorer, n=n)
+            )
+            res = generate(pipe, r["prompt"], method=stage, seed=r["group"])
             seconds += res.cost.seconds
             agree += int(res.chosen[0] == replay(r, n, methods[label], rng)[1])
         result[label] = {"seconds_per_prompt": round(seconds / len(chosen_rows), 4), "agrees_with_replay": agree}
     plain_seconds = 0.0
-    from latentalign import generate
 
     for r in chosen_rows:
         plain_seconds += generate(pipe, r["prompt"], seed=r["group"]).cost.seconds

@@ -33,15 +33,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from latentalign import load_pipeline  # noqa: E402
 from latentalign.adapters import Denoiser  # noqa: E402
 from latentalign.bench import read_rows, wilson_interval  # noqa: E402
-from latentalign.generate import to_pil  # noqa: E402
+from latentalign.generate import generate, to_pil  # noqa: E402
 from latentalign.methods import (  # noqa: E402
-    NoiseOptimizationConfig,
+    NoiseOptimization,
     Reward,
-    concept_texts,
-    noise_optimization,
     recommended_iterations,
     recommended_steps,
 )
+from latentalign.methods.noise_optimization import concept_texts  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check, parse, suite  # noqa: E402
 from latentalign.world.checker import detect  # noqa: E402
@@ -60,12 +59,16 @@ def prompts_for(per_suite: int, split: str = "heldout") -> list[tuple[str, str]]
     return out
 
 
-def run(pipe, prompt: str, seed: int, rewards: list[Reward], cfg: NoiseOptimizationConfig):
+def noise_optimization(pipe, prompt: str, *, rewards: list[Reward], config: dict, seed: int = 0, on_iterate=None):
+    """ReNO through `config["steps"]` generator steps for `config["iterations"]` iterations."""
+    stage = NoiseOptimization(iterations=config["iterations"], rewards=rewards, on_iterate=on_iterate)
+    return generate(pipe, prompt, method=stage, seed=seed, num_inference_steps=config["steps"])
+
+
+def run(pipe, prompt: str, seed: int, rewards: list[Reward], cfg: dict):
     """One optimisation; returns (the best-so-far latents after each iteration, seconds per iteration, result)."""
     iterates = []
-    result = noise_optimization(
-        pipe, prompt, rewards=rewards, seed=seed, config=cfg, callback=lambda info: iterates.append(info)
-    )
+    result = noise_optimization(pipe, prompt, rewards=rewards, seed=seed, config=cfg, on_iterate=iterates.append)
     best, best_value, trace = None, -np.inf, []
     for info in iterates:
         if best is None or info["reward"] > best_value:
@@ -136,7 +139,7 @@ def main() -> None:
         args.iterations = recommended_iterations(pipe)
     if args.generator_steps is None:
         args.generator_steps = recommended_steps(pipe)
-    cfg = NoiseOptimizationConfig(iterations=args.iterations, num_inference_steps=args.generator_steps)
+    cfg = {"iterations": args.iterations, "steps": args.generator_steps}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     # One JSON line per finished unit of work, so an interrupted run resumes where it stopped.
@@ -183,7 +186,7 @@ def main() -> None:
         return
 
     # Part 2: steering away from a concept, with latent and with pixel rewards (same seed, same settings).
-    cfg0 = NoiseOptimizationConfig(iterations=0, num_inference_steps=args.generator_steps)
+    cfg0 = {"iterations": 0, "steps": args.generator_steps}
     two = suite("two_objects", "heldout")
     random.Random(2).shuffle(two)
     for i, prompt in enumerate(tqdm(two[: args.steering_prompts], desc="steering")):

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import generate, load_pipeline  # noqa: E402
 from latentalign.bench import accuracy_cells, claim_run_folder, method_summary, plan, read_rows  # noqa: E402
-from latentalign.methods import load_projector, noise_projection  # noqa: E402
+from latentalign.methods import NoiseProjection, load_projector  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.world import check  # noqa: E402
 
@@ -39,7 +39,7 @@ def run_one(pipe, method: str, prompt: str, seed: int, projector, scorer) -> dic
     if method == "plain":
         result = generate(pipe, prompt, seed=seed)
     elif method == "noise projection":
-        result = noise_projection(pipe, prompt, seed=seed, projector=projector)
+        result = generate(pipe, prompt, seed=seed, method=NoiseProjection(projector=projector))
     else:
         n = int(method.split()[0].removeprefix("best-of-"))
         result = generate(pipe, prompt, seed=seed, method="best-of-n", n=n, scorer=scorer)

@@ -9,14 +9,9 @@ import torch
 
 from latentalign import generate
 from latentalign.adapters import Denoiser, capture_cross_attention
-from latentalign.methods import (
-    AttentionRefinementConfig,
-    attend_and_excite_loss,
-    attention_refinement,
-    subject_tokens,
-)
+from latentalign.methods import AttentionRefinement, attend_and_excite_loss, subject_tokens
 
-CHEAP = AttentionRefinementConfig(max_refine_iterations=2)
+CHEAP = AttentionRefinement(max_refine_iterations=2)
 
 
 def test_capture_restores_the_processors_even_after_an_error(tiny_sd_pipeline):
@@ -69,14 +64,14 @@ def test_subject_tokens(tiny_shapes_pipeline, tiny_sd_pipeline):
 
 
 def test_zero_step_size_is_plain_generation(tiny_shapes_pipeline):
-    config = AttentionRefinementConfig(step_size=0.0, max_refine_iterations=0)
-    r = attention_refinement(tiny_shapes_pipeline, ["a red circle and a blue square"], seed=[2], config=config)
+    zero = AttentionRefinement(step_size=0.0, max_refine_iterations=0)
+    r = generate(tiny_shapes_pipeline, ["a red circle and a blue square"], seed=[2], method=zero)
     plain = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2)
     assert torch.allclose(r.latents, plain.latents, atol=1e-5)
 
 
 def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline):
-    r = attention_refinement(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, config=CHEAP)
+    r = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, method=CHEAP)
     plain = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2)
     assert not torch.allclose(r.latents, plain.latents)
     steps = r.settings["num_inference_steps"]
@@ -86,19 +81,20 @@ def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline
     loss_calls = len(losses) + r.refine_iterations[0]  # one prompt-branch UNet call per loss
     assert r.cost.denoiser_evals == plain.cost.denoiser_evals + loss_calls
     assert r.refine_iterations[0] <= CHEAP.max_refine_iterations * len(r.settings["refine_steps"])
-    again = attention_refinement(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, config=CHEAP)
+    again = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, method=CHEAP)
     assert torch.equal(again.latents, r.latents) and steps == 3
 
 
 def test_runs_on_sdxl_and_sd3(tiny_sdxl_pipeline, tiny_sd3_pipeline):
-    kw = {"num_inference_steps": 3, "guidance_scale": 2.0, "config": CHEAP}
+    kw = {"num_inference_steps": 3, "guidance_scale": 2.0}
+    cheap = AttentionRefinement(words=("ball", "grass"), max_refine_iterations=2)
     for pipe in (tiny_sdxl_pipeline, tiny_sd3_pipeline):
-        r = attention_refinement(pipe, "a red ball on grass", words=["ball", "grass"], **kw)
+        r = generate(pipe, "a red ball on grass", method=cheap, **kw)
         assert torch.isfinite(r.latents).all() and len(r.settings["subject_tokens"][0]) == 2
         plain = generate(pipe, "a red ball on grass", seed=0, num_inference_steps=3, guidance_scale=2.0)
         assert not torch.allclose(r.latents, plain.latents)
-    zero = AttentionRefinementConfig(step_size=0.0, max_refine_iterations=0)
-    r = attention_refinement(tiny_sd3_pipeline, "a red ball on grass", words=["ball"], **{**kw, "config": zero})
+    zero = AttentionRefinement(words=("ball",), step_size=0.0, max_refine_iterations=0)
+    r = generate(tiny_sd3_pipeline, "a red ball on grass", method=zero, **kw)
     assert torch.allclose(r.latents, plain.latents, atol=1e-5)  # flow matching: step size 0 is plain generation
 
 
@@ -132,7 +128,7 @@ def test_sd3_joint_attention_maps_are_the_text_block_of_the_joint_softmax(tiny_s
 
 
 def test_generate_dispatches_and_bad_options_fail_first(tiny_shapes_pipeline):
-    r = generate(tiny_shapes_pipeline, "two red circles", method="attention-refinement", config=CHEAP)
+    r = generate(tiny_shapes_pipeline, "two red circles", method="attention-refinement", max_refine_iterations=2)
     assert r.settings["subject_tokens"] == [[3]]
     for bad in (
         {"refine_at": ((1.5, 0.5),)},
@@ -142,6 +138,6 @@ def test_generate_dispatches_and_bad_options_fail_first(tiny_shapes_pipeline):
         {"max_refine_iterations": -1},
     ):
         with pytest.raises(ValueError):
-            AttentionRefinementConfig(**bad)
+            AttentionRefinement(**bad)
     with pytest.raises(ValueError, match="no cross-attention layer"):
-        attention_refinement(tiny_shapes_pipeline, "two red circles", config=AttentionRefinementConfig(resolution=3))
+        generate(tiny_shapes_pipeline, "two red circles", method=AttentionRefinement(resolution=3))

@@ -42,7 +42,7 @@ def test_generate_writes_image_and_record(pipe_dir, tmp_path, capsys):
     assert Image.open(f"{stem}_x8.png").size == (256, 256)
     record = json.loads(stem.with_suffix(".json").read_text())
     assert record["prompt"] == PROMPT and record["seed"] == 3 and record["model"] == str(pipe_dir)
-    assert record["settings"] == {"num_inference_steps": 2, "guidance_scale": 2.0}
+    assert record["settings"].items() >= {"num_inference_steps": 2, "guidance_scale": 2.0, "method": "plain"}.items()
     assert record["cost"]["denoiser_evals"] == 4 and record["cost"]["vae_decodes"] == 1
     assert set(record["verdict"]) >= {"ok", "failures"}
 
@@ -58,7 +58,10 @@ def test_generate_writes_image_and_record(pipe_dir, tmp_path, capsys):
         ([PROMPT, "--method", "early-exit", "--n", "0"], "--n"),
         ([PROMPT, "--words", "circle"], "--words"),
         ([PROMPT, "--method", "attention-refinement", "--n", "2"], "--n"),
-        ([PROMPT, "--method", "attention-refinement", "--scorer", "shapes-pixel"], "no scorer"),
+        ([PROMPT, "--method", "attention-refinement", "--scorer", "shapes-pixel"], "--scorer needs --method"),
+        ([PROMPT, "--method", "best-of-n+early-exit"], "selection place"),
+        ([PROMPT, "--method", "best-of-all"], "unknown method"),
+        ([PROMPT, "--method", "noise-optimization+best-of-n", "--scorer", "shapes-pixel"], "pass stage objects"),
     ],
 )
 def test_generate_rejects_bad_input_before_loading(pipe_dir, tmp_path, capsys, monkeypatch, argv, message):

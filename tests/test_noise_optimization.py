@@ -8,14 +8,19 @@ import torch
 
 from latentalign import generate
 from latentalign.methods import (
-    NoiseOptimizationConfig,
+    NoiseOptimization,
     Reward,
     chi_regulariser,
-    noise_optimization,
     recommended_iterations,
     recommended_steps,
 )
 from latentalign.scorers import LatentCLIPScorer, build_shapes_scorer
+
+
+def reno(pipe, prompt, *, rewards, steps, seed=0, guidance_scale=None, **options):
+    """ReNO with explicit rewards through a `steps`-step generator."""
+    stage = NoiseOptimization(rewards=rewards, **options)
+    return generate(pipe, prompt, method=stage, seed=seed, num_inference_steps=steps, guidance_scale=guidance_scale)
 
 
 @pytest.fixture(scope="module")
@@ -30,17 +35,17 @@ def pixel_scorer(tiny_shapes_pipeline):
 
 
 def test_zero_learning_rate_returns_the_baseline(tiny_shapes_pipeline, latent_scorer):
-    cfg = NoiseOptimizationConfig(iterations=3, lr=0.0, num_inference_steps=2)
-    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=[Reward(latent_scorer)], seed=5, config=cfg)
+    r = reno(
+        tiny_shapes_pipeline, "a red circle", rewards=[Reward(latent_scorer)], seed=5, steps=2, iterations=3, lr=0.0
+    )
     plain = generate(tiny_shapes_pipeline, "a red circle", seed=5, num_inference_steps=2)
     assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
     assert r.best_iteration == [0] and len(r.rewards[0]) == 4 and len(set(r.rewards[0])) == 1
 
 
 def test_optimisation_moves_the_noise_and_keeps_the_best_iterate(tiny_shapes_pipeline, latent_scorer, pixel_scorer):
-    cfg = NoiseOptimizationConfig(iterations=4, lr=5.0, num_inference_steps=2)
     rewards = [Reward(latent_scorer), Reward(pixel_scorer, 0.5), Reward(latent_scorer, 1.0, "a blue square", True)]
-    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=rewards, seed=0, config=cfg)
+    r = reno(tiny_shapes_pipeline, "a red circle", rewards=rewards, seed=0, steps=2, iterations=4, lr=5.0)
     history = r.rewards[0]
     assert len(set(history)) > 1  # the noise moved
     assert history[r.best_iteration[0]] == max(history)
@@ -66,8 +71,7 @@ def test_regulariser_is_smallest_near_the_typical_norm():
 
 def test_one_step_pipeline(tiny_sd_pipeline):
     scorer = build_shapes_scorer("latent", tiny_sd_pipeline.vae.config.scaling_factor)
-    cfg = NoiseOptimizationConfig(iterations=2, num_inference_steps=1)
-    r = noise_optimization(tiny_sd_pipeline, "a red ball", rewards=[Reward(scorer)], config=cfg, guidance_scale=0.0)
+    r = reno(tiny_sd_pipeline, "a red ball", rewards=[Reward(scorer)], steps=1, iterations=2, guidance_scale=0.0)
     assert r.images[0].size == (16, 16) and len(r.rewards[0]) == 3
     assert r.cost.denoiser_evals == 3 and torch.isfinite(r.latents).all()
 
@@ -79,8 +83,7 @@ class NaNScorer(LatentCLIPScorer):
 
 def test_non_finite_gradients_never_reach_the_noise(tiny_shapes_pipeline, latent_scorer):
     nan = NaNScorer(latent_scorer.clip, latent_scorer.tokenizer, latent_scorer.vae_scaling_factor)
-    cfg = NoiseOptimizationConfig(iterations=2, num_inference_steps=2)
-    r = noise_optimization(tiny_shapes_pipeline, "a red circle", rewards=[Reward(nan)], seed=1, config=cfg)
+    r = reno(tiny_shapes_pipeline, "a red circle", rewards=[Reward(nan)], seed=1, steps=2, iterations=2)
     plain = generate(tiny_shapes_pipeline, "a red circle", seed=1, num_inference_steps=2)
     assert r.skipped_updates == [2] and r.best_iteration == [0]
     assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
@@ -89,21 +92,23 @@ def test_non_finite_gradients_never_reach_the_noise(tiny_shapes_pipeline, latent
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda s: dict(rewards=[]), "at least one"),
+        (lambda s: dict(rewards=[]), "non-empty"),
         (lambda s: dict(rewards=[s]), "Reward objects"),
-        (lambda s: dict(rewards=[Reward(s)], config=NoiseOptimizationConfig(iterations=1), seed=-1), "seeds"),
+        (lambda s: dict(rewards=[Reward(s)], iterations=1, seed=-1), "seeds"),
+        (lambda s: dict(rewards=[Reward(s)], iterations=1, steps=0), "num_inference_steps"),
     ],
 )
 def test_bad_options(tiny_shapes_pipeline, latent_scorer, make, match):
+    options = {"steps": 2, **make(latent_scorer)}
     with pytest.raises(ValueError, match=match):
-        noise_optimization(tiny_shapes_pipeline, "a red circle", **make(latent_scorer))
+        reno(tiny_shapes_pipeline, "a red circle", **options)
 
 
 def test_bad_config_and_rewards():
     with pytest.raises(ValueError):
-        NoiseOptimizationConfig(lr=float("nan"))
+        NoiseOptimization(lr=float("nan"))
     with pytest.raises(ValueError):
-        NoiseOptimizationConfig(num_inference_steps=0)
+        NoiseOptimization(iterations=-1)
     with pytest.raises(ValueError, match="concept"):
         Reward(build_shapes_scorer("latent", 1.0), avoid=True)
 
@@ -117,7 +122,7 @@ def test_generate_dispatches_noise_optimization(tiny_shapes_pipeline, latent_sco
         avoid="blue",
         iterations=1,
     )
-    assert len(r.rewards[0]) == 2 and r.settings["rewards"][1]["avoid"]
+    assert len(r.rewards[0]) == 2 and r.stages[0]["settings"]["rewards"][1]["avoid"]
     with pytest.raises(ValueError, match="colour or shape"):
         generate(
             tiny_shapes_pipeline,
@@ -139,15 +144,15 @@ def _recommending(tiny_shapes_path, tmp_path, **settings):
     folder = tmp_path / "pipeline"
     shutil.copytree(tiny_shapes_path, folder)
     defaults = json.loads((folder / "latentalign.json").read_text())
-    (folder / "latentalign.json").write_text(json.dumps({**defaults, **settings}))
+    (folder / "latentalign.json").write_text(json.dumps({**defaults, "noise-optimization": settings}))
     return load_pipeline(str(folder))
 
 
 @pytest.mark.parametrize(
     "setting, option, recommend, default",
     [
-        ("noise_optimization_iterations", "iterations", recommended_iterations, NoiseOptimizationConfig.iterations),
-        ("noise_optimization_steps", "num_inference_steps", recommended_steps, 4),
+        ("iterations", "iterations", recommended_iterations, 50),
+        ("num_inference_steps", "num_inference_steps", recommended_steps, 4),
     ],
 )
 def test_pipeline_recommends_noise_optimization_settings(
@@ -162,11 +167,12 @@ def test_pipeline_recommends_noise_optimization_settings(
     other.pop(option)
     run = dict(method="noise-optimization", scorer=latent_scorer, **other)
     recommended = generate(pipe, "a red circle", **run)
-    assert recommended.settings[option] == 2
+    settings = {**recommended.settings, **recommended.stages[0]["settings"]}
+    assert settings[option] == 2
     if option == "iterations":  # the initial noise and 2 updates were scored
         assert len(recommended.rewards[0]) == 3
     chosen = generate(pipe, "a red circle", **{option: 3}, **run)  # an explicit setting wins
-    assert chosen.settings[option] == 3
+    assert {**chosen.settings, **chosen.stages[0]["settings"]}[option] == 3
 
 
 def test_pipeline_recommends_its_reward(tiny_shapes_path, latent_scorer, tmp_path):
@@ -174,12 +180,13 @@ def test_pipeline_recommends_its_reward(tiny_shapes_path, latent_scorer, tmp_pat
     from latentalign.scorers import save_scorer
 
     save_scorer(latent_scorer, tmp_path / "reward")
-    pipe = _recommending(tiny_shapes_path, tmp_path, noise_optimization_scorer=str(tmp_path / "reward"))
-    chosen = resolve_scorer(None, pipe, "noise-optimization")
+    pipe = _recommending(tiny_shapes_path, tmp_path, scorer=str(tmp_path / "reward"))
+    stage = NoiseOptimization().with_pipeline_defaults(pipe)
+    chosen = resolve_scorer(stage.scorer, pipe, "noise-optimization")
     z = torch.randn(2, 4, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(chosen.score(z, "a red circle"), latent_scorer.score(z, "a red circle"))
-    assert resolve_scorer(None, pipe, "best-of-n").kind == "pixel"  # other methods keep their defaults
+    assert resolve_scorer(None, pipe, "best-of-n", "shapes-pixel").kind == "pixel"  # others keep their defaults
     assert resolve_scorer(latent_scorer, pipe, "noise-optimization") is latent_scorer  # a given scorer wins
     result = generate(pipe, "a red circle", method="noise-optimization", iterations=1)
     assert len(result.rewards[0]) == 2
@@ -192,13 +199,9 @@ def test_sdxl_and_sd3_pipelines_optimise_the_standard_noise(request, family):
     gradients reach the noise through SDXL's UNet and SD3's transformer."""
     pipe = request.getfixturevalue(f"tiny_{family}_pipeline")
     scorer = build_shapes_scorer("latent", pipe.vae.config.scaling_factor)
-    kw = {"rewards": [Reward(scorer)], "seed": 3, "guidance_scale": 2.0}
-    r = noise_optimization(
-        pipe, "a red ball", config=NoiseOptimizationConfig(iterations=2, lr=0.0, num_inference_steps=2), **kw
-    )
+    kw = {"rewards": [Reward(scorer)], "seed": 3, "guidance_scale": 2.0, "steps": 2, "iterations": 2}
+    r = reno(pipe, "a red ball", lr=0.0, **kw)
     plain = generate(pipe, "a red ball", seed=3, num_inference_steps=2, guidance_scale=2.0)
     assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
-    moved = noise_optimization(
-        pipe, "a red ball", config=NoiseOptimizationConfig(iterations=2, lr=5.0, num_inference_steps=2), **kw
-    )
+    moved = reno(pipe, "a red ball", lr=5.0, **kw)
     assert len(set(moved.rewards[0])) > 1 and torch.isfinite(moved.latents).all()

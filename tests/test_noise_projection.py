@@ -16,10 +16,10 @@ from latentalign import generate
 from latentalign.adapters import Denoiser
 from latentalign.cli import main
 from latentalign.methods import (
+    NoiseProjection,
     NoiseProjector,
     NoiseProjectorConfig,
     load_projector,
-    noise_projection,
     projection_kl,
     save_projector,
 )
@@ -28,6 +28,10 @@ from latentalign.training.projector import ProjectorTrainConfig, train_projector
 
 TINY = ProjectorTrainConfig(steps=4, batch=2, warmup=1, width=16, layers=1, heads=2, prompt_pool=8, checkpoint_every=2)
 PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a red circle"]
+
+
+def noise_projection(pipe, prompt, *, projector=None, **kw):
+    return generate(pipe, prompt, method=NoiseProjection(projector=projector), **kw)
 
 
 def quiet(*_):

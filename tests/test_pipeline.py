@@ -24,7 +24,7 @@ from diffusers import (
 
 from latentalign import Cost, generate, load_pipeline
 from latentalign.adapters import Conditioning, Denoiser, decode_latents
-from latentalign.methods import PruneSchedule, best_of_n
+from latentalign.methods import EarlyExit
 from latentalign.scorers import build_shapes_scorer
 from latentalign.world import PromptError
 
@@ -116,7 +116,8 @@ def test_generate_returns_images_and_settings(tiny_sd_pipeline):
     assert result.latents.shape == (2, 4, 8, 8)
     assert len(result.images) == 2 and result.images[0].size == (16, 16) and result.images[0].mode == "RGB"
     assert result.prompts == ["a red ball", "a blue cat"] and result.seeds == [0, 1]
-    assert result.settings == {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE}
+    assert result.settings.items() >= {"num_inference_steps": STEPS, "guidance_scale": GUIDANCE}.items()
+    assert result.settings["height"] == result.settings["width"] == 16 and result.settings["method"] == "plain"
 
 
 @pytest.mark.parametrize("family", ["sd", "sdxl", "sd3"])
@@ -213,7 +214,7 @@ def test_load_pipeline_folder_without_model_index(tmp_path):
 def test_shapes_pipeline_uses_its_defaults(tiny_shapes_pipeline):
     calls = []
     result = generate(tiny_shapes_pipeline, "a red circle", callback=calls.append)
-    assert result.settings == {"num_inference_steps": 3, "guidance_scale": 2.0}
+    assert result.settings.items() >= {"num_inference_steps": 3, "guidance_scale": 2.0}.items()
     assert len(calls) == 3
     assert result.cost.denoiser_evals == 2 * 3
     assert result.images[0].size == (32, 32)
@@ -330,16 +331,8 @@ def test_pruned_best_of_n_keeps_each_candidates_scheduler_state(scheduler_cls, m
     pipe = _sd_with(scheduler_cls)
     scorer = build_shapes_scorer("latent", pipe.vae.config.scaling_factor)
     kw = {"num_inference_steps": 6, "guidance_scale": GUIDANCE}
-    r = best_of_n(
-        pipe,
-        "a red ball",
-        scorer=scorer,
-        n=3,
-        seed=0,
-        schedule=PruneSchedule((2, 4), (2, 1)),
-        max_batch=max_batch,
-        **kw,
-    )
+    stage = EarlyExit(scorer=scorer, n=3, prune_steps=(2, 4), keep=(2, 1), max_batch=max_batch)
+    r = generate(pipe, "a red ball", method=stage, seed=0, **kw)
     winner = generate(pipe, "a red ball", seed=r.candidate_seeds[0][r.chosen[0]], **kw)
     assert torch.allclose(winner.latents, r.latents, atol=1e-4)
 

@@ -31,7 +31,7 @@ def test_shipped_settings_are_what_a_new_training_would_write(tmp_path):
     assert json.loads((tmp_path / "latentalign.json").read_text()) == shipped
     # the recommendation is read back from the shipped folder
     defaults = sampling_defaults(latentalign.load_pipeline("shapes"))
-    assert defaults.noise_optimization_iterations == shipped["noise_optimization_iterations"]
+    assert defaults.for_method("noise-optimization") == shipped["noise-optimization"]
 
 
 def test_shipped_tokenizer_knows_every_word_of_the_world():
@@ -44,7 +44,7 @@ def test_shipped_pipeline_generates_with_its_recommended_settings():
     pipe = latentalign.load_pipeline("shapes")
     settings = json.loads((SHAPES_WEIGHTS / "latentalign.json").read_text())
     result = latentalign.generate(pipe, ["a red circle", "two blue squares"], seed=[0, 1])
-    assert result.settings == {k: settings[k] for k in ("num_inference_steps", "guidance_scale")}
+    assert result.settings.items() >= {k: settings[k] for k in ("num_inference_steps", "guidance_scale")}.items()
     assert [im.size for im in result.images] == [(32, 32), (32, 32)]
     assert torch.isfinite(result.latents).all()
     assert result.cost.denoiser_evals == 2 * 2 * settings["num_inference_steps"]
@@ -96,7 +96,7 @@ def test_shipped_one_step_settings_are_what_shipping_writes(tmp_path, monkeypatc
     assert json.loads((written / "latentalign.json").read_text()) == shipped
     pipe = latentalign.load_pipeline("shapes-one-step")
     result = latentalign.generate(pipe, ["a red circle", "two blue squares"], seed=[0, 1])
-    assert result.settings == {"num_inference_steps": 1, "guidance_scale": 1.0}
+    assert result.settings.items() >= {"num_inference_steps": 1, "guidance_scale": 1.0}.items()
     assert result.cost.denoiser_evals == 2  # one unguided UNet call per image
     assert torch.isfinite(result.latents).all()
 

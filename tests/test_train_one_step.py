@@ -53,7 +53,7 @@ def test_result_is_a_one_step_pipeline_of_the_ema_weights(distilled, tiny_shapes
     assert json.loads((folder / "latentalign.json").read_text()) == {
         "num_inference_steps": 1,
         "guidance_scale": 1.0,
-        "noise_optimization_steps": 1,
+        "noise-optimization": {"num_inference_steps": 1},
         "world": "shapes",
     }
     report = json.loads((folder / "training.json").read_text())

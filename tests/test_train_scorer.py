@@ -333,17 +333,14 @@ def test_reward_samples_are_the_rewards_own_noise_optimisation_iterates(tiny_sha
     assert data["prompts"][0] == data["prompts"][1] and data["prompts"][2] == data["prompts"][3]
     assert data["final"].shape == (4, 4, 8, 8) and data["aligned"].dtype == torch.bool
     # they are the iterates noise optimisation with that scorer as the reward reaches from the same seed
-    from latentalign.methods import NoiseOptimizationConfig, Reward, noise_optimization
+    from latentalign import generate
+    from latentalign.methods import NoiseOptimization, Reward
 
     seen = []
-    noise_optimization(
-        tiny_shapes_pipeline,
-        data["prompts"][0],
-        rewards=[Reward(load_scorer(init))],
-        seed=20_000_000,
-        config=NoiseOptimizationConfig(iterations=2),
-        callback=lambda info: seen.append(info["latents"]),
+    stage = NoiseOptimization(
+        iterations=2, rewards=[Reward(load_scorer(init))], on_iterate=lambda info: seen.append(info["latents"])
     )
+    generate(tiny_shapes_pipeline, data["prompts"][0], method=stage, seed=20_000_000)
     assert torch.allclose(torch.cat(seen[1:]), data["final"][:2], atol=1e-5)
 
 

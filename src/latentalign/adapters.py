@@ -10,7 +10,7 @@ import copy
 import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import SimpleNamespace
 
 import torch
@@ -106,20 +106,26 @@ def vae_shift(vae) -> float:
     return float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
-def decode_latents(vae, latents: torch.Tensor, scaling_factor: float | None = None) -> torch.Tensor:
+def decode_latents(vae, latents: torch.Tensor, scaling_factor: float | None = None, upcast_vae=None) -> torch.Tensor:
     """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW, in the
     latents' dtype; differentiable. A float16 VAE whose config asks for it (`force_upcast`, as SDXL's does: it
-    overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after."""
+    overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after.
+    When gradients flow (noise optimisation), the VAE is not cast in place (autograd would find half weights in
+    the backward pass): `upcast_vae`, a float32 copy, decodes instead (`Denoiser` keeps one per run)."""
     scale = float(vae.config.scaling_factor) if scaling_factor is None else float(scaling_factor)
     upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-    if upcast:
+    z = latents / scale + vae_shift(vae)
+    if upcast and torch.is_grad_enabled() and latents.requires_grad:
+        decoder = upcast_vae if upcast_vae is not None else copy.deepcopy(vae).to(torch.float32)
+        images = decoder.decode(z.float()).sample
+    elif upcast:
         vae.to(torch.float32)
-    try:
-        z = latents / scale + vae_shift(vae)
-        images = vae.decode(z.to(vae.dtype)).sample
-    finally:
-        if upcast:
+        try:
+            images = vae.decode(z.to(torch.float32)).sample
+        finally:
             vae.to(torch.float16)
+    else:
+        images = vae.decode(z.to(vae.dtype)).sample
     return (images / 2 + 0.5).clamp(0, 1).to(latents.dtype)
 
 
@@ -127,17 +133,22 @@ def decode_latents(vae, latents: torch.Tensor, scaling_factor: float | None = No
 class Conditioning:
     """Encoded prompts, and the negative (unconditional) embeddings when guidance is on. `added` (and
     `negative_added`) hold the added conditioning, one row per prompt: SDXL's pooled text embeddings and size/crop
-    time ids (`added_cond_kwargs`), SD3's `pooled_projections`; None for models without it."""
+    time ids (`added_cond_kwargs`), SD3's `pooled_projections`; None for models without it. `guidance_rescale` is
+    the stock pipelines' rescale of the guided prediction (Lin et al., 2023; 0: off)."""
 
     prompt_embeds: torch.Tensor
     negative_embeds: torch.Tensor | None
     guidance_scale: float
     added: dict[str, torch.Tensor] | None = None
     negative_added: dict[str, torch.Tensor] | None = None
+    guidance_rescale: float = 0.0
 
     @property
     def guided(self) -> bool:
         return self.negative_embeds is not None
+
+    def __len__(self) -> int:
+        return self.prompt_embeds.shape[0]
 
     def select(self, index: torch.Tensor | list[int]) -> Conditioning:
         """The conditioning of a subset of the batch (for pruning candidates)."""
@@ -147,12 +158,12 @@ class Conditioning:
                 return None
             return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
 
-        return Conditioning(
-            pick(self.prompt_embeds),
-            pick(self.negative_embeds),
-            self.guidance_scale,
-            pick(self.added),
-            pick(self.negative_added),
+        return replace(
+            self,
+            prompt_embeds=pick(self.prompt_embeds),
+            negative_embeds=pick(self.negative_embeds),
+            added=pick(self.added),
+            negative_added=pick(self.negative_added),
         )
 
     def model_inputs(self) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -166,17 +177,84 @@ class Conditioning:
         return embeds, {k: torch.cat([self.negative_added[k], self.added[k]]) for k in self.added}
 
 
+def _step_kwargs(scheduler, generator, eta: float) -> dict:
+    """What the stock pipelines pass to `scheduler.step` (`prepare_extra_step_kwargs`): eta and the generator,
+    where the scheduler takes them."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+# Schedulers whose state does not depend on the samples (a step index at most): one object steps any set of rows,
+# so rows can be dropped between steps without keeping a scheduler per row.
+ROW_FREE_SCHEDULERS = {
+    "DDIMScheduler",
+    "DDPMScheduler",
+    "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "LCMScheduler",
+    "TCDScheduler",
+}
+
+
+class BatchedScheduler:
+    """One scheduler stepping every row at once, as the stock pipelines do: `step` gets the rows' generator (one
+    shared generator as it is, else one per row) and eta, exactly as `prepare_extra_step_kwargs` passes them. Only
+    for schedulers without per-sample state (`ROW_FREE_SCHEDULERS`): `select` then keeps the same state for fewer
+    rows."""
+
+    def __init__(self, scheduler, generators: list[torch.Generator], eta: float = 0.0):
+        if not generators:
+            raise ValueError("need at least one row")
+        self.scheduler, self.generators, self.eta = scheduler, generators, eta
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        return self.scheduler.timesteps
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(getattr(self.scheduler, "init_noise_sigma", 1.0))
+
+    def __len__(self) -> int:
+        return len(self.generators)
+
+    def select(self, index) -> BatchedScheduler:
+        """The rows at `index`, on a copy of the scheduler at its current step (the copy steps on its own)."""
+        return BatchedScheduler(copy.deepcopy(self.scheduler), [self.generators[int(i)] for i in index], self.eta)
+
+    @staticmethod
+    def concat(parts: list[BatchedScheduler]) -> BatchedScheduler:
+        """Rows of parts that stepped alike (same steps), in order, as one set."""
+        return BatchedScheduler(parts[-1].scheduler, [g for p in parts for g in p.generators], parts[-1].eta)
+
+    def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        if not hasattr(self.scheduler, "scale_model_input"):  # flow matching: the model reads z_t as it is
+            return latents
+        return self.scheduler.scale_model_input(latents, t)
+
+    def step(self, model_output: torch.Tensor, t: torch.Tensor | int, latents: torch.Tensor) -> SimpleNamespace:
+        shared = all(g is self.generators[0] for g in self.generators)
+        generator = self.generators[0] if shared else self.generators
+        kwargs = _step_kwargs(self.scheduler, generator, self.eta)
+        return SimpleNamespace(prev_sample=self.scheduler.step(model_output, t, latents, **kwargs).prev_sample)
+
+
 class RowSchedulers:
     """One scheduler per batch row, used where the loop uses one scheduler (`timesteps`, `scale_model_input`,
     `step`): rows can be dropped or split between stages (Best-of-N pruning, memory-bounded batches) without losing
-    a multistep scheduler's history (PNDM, DPM-Solver, UniPC), and a stochastic scheduler (DDPM, Euler ancestral)
-    takes each row's step noise from that row's generator, so a seed makes the same image alone or in a batch."""
+    a multistep scheduler's history (PNDM, DPM-Solver, UniPC), and a stochastic scheduler takes each row's step
+    noise from that row's generator, so a seed makes the same image alone or in a batch."""
 
-    def __init__(self, schedulers: list, generators: list[torch.Generator]):
+    def __init__(self, schedulers: list, generators: list[torch.Generator], eta: float = 0.0):
         if not schedulers or len(schedulers) != len(generators):
             raise ValueError(f"need one generator per scheduler, got {len(schedulers)} and {len(generators)}")
-        self.schedulers, self.generators = schedulers, generators
-        self._takes_generator = "generator" in inspect.signature(schedulers[0].step).parameters
+        self.schedulers, self.generators, self.eta = schedulers, generators, eta
 
     @property
     def timesteps(self) -> torch.Tensor:
@@ -186,10 +264,19 @@ class RowSchedulers:
     def init_noise_sigma(self) -> float:
         return float(getattr(self.schedulers[0], "init_noise_sigma", 1.0))
 
+    def __len__(self) -> int:
+        return len(self.schedulers)
+
     def select(self, index: torch.Tensor | list[int]) -> RowSchedulers:
         """The rows at `index`; they share the scheduler objects, so a stage continues where the last one ended."""
         index = [int(i) for i in index]
-        return RowSchedulers([self.schedulers[i] for i in index], [self.generators[i] for i in index])
+        return RowSchedulers([self.schedulers[i] for i in index], [self.generators[i] for i in index], self.eta)
+
+    @staticmethod
+    def concat(parts: list[RowSchedulers]) -> RowSchedulers:
+        return RowSchedulers(
+            [s for p in parts for s in p.schedulers], [g for p in parts for g in p.generators], parts[0].eta
+        )
 
     def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         if not hasattr(self.schedulers[0], "scale_model_input"):  # flow matching: the model reads z_t as it is
@@ -199,33 +286,59 @@ class RowSchedulers:
     def step(self, model_output: torch.Tensor, t: torch.Tensor | int, latents: torch.Tensor) -> SimpleNamespace:
         rows = []
         for i, (s, g) in enumerate(zip(self.schedulers, self.generators, strict=True)):
-            kwargs = {"generator": g} if self._takes_generator else {}
+            kwargs = _step_kwargs(s, g, self.eta)
             rows.append(s.step(model_output[i : i + 1], t, latents[i : i + 1], **kwargs).prev_sample)
         return SimpleNamespace(prev_sample=torch.cat(rows))
 
 
+def row_schedulers(template, generators: list[torch.Generator], eta: float = 0.0) -> BatchedScheduler | RowSchedulers:
+    """The scheduler set for rows starting from `template` (a fresh scheduler with its timesteps set): one batched
+    scheduler where its state is sample-free, else one copy per row."""
+    if type(template).__name__ in ROW_FREE_SCHEDULERS:
+        return BatchedScheduler(copy.deepcopy(template), list(generators), eta)
+    return RowSchedulers([copy.deepcopy(template) for _ in generators], list(generators), eta)
+
+
+def unwrap(model):
+    """The module under a `torch.compile` wrapper (`OptimizedModule._orig_mod`), else the module itself."""
+    return getattr(model, "_orig_mod", model)
+
+
 class Denoiser:
     """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x, XL) or MMDiT
-    flow-matching velocity (SD3)."""
+    flow-matching velocity (SD3). A `torch.compile`d model (the module replaced, or compiled in place) is called
+    as it is; its configuration and attention processors are read from the module under it."""
 
-    def __init__(self, pipe: DiffusionPipeline, cost: Cost | None = None):
+    def __init__(
+        self,
+        pipe: DiffusionPipeline,
+        cost: Cost | None = None,
+        *,
+        height: int | None = None,
+        width: int | None = None,
+        model_kwargs: dict | None = None,
+    ):
         self.pipe = pipe
         self.cost = cost if cost is not None else Cost()
         transformer = getattr(pipe, "transformer", None)
-        if isinstance(transformer, SD3Transformer2DModel):
+        if isinstance(unwrap(transformer), SD3Transformer2DModel):
             self._init_sd3(pipe, transformer)
         else:
             self._init_unet(pipe)
         self.vae = pipe.vae
+        self.model_kwargs = dict(model_kwargs or {})  # cross_attention_kwargs / joint_attention_kwargs
+        self._upcast_vae = None
+        self.latent_size = self._latent_size(height, width)
 
     def _init_unet(self, pipe: DiffusionPipeline) -> None:
         unet = getattr(pipe, "unet", None)
-        if not isinstance(unet, UNet2DConditionModel):
+        core = unwrap(unet)
+        if not isinstance(core, UNet2DConditionModel):
             raise ValueError(
                 f"{type(pipe).__name__} has no UNet2DConditionModel or SD3Transformer2DModel; "
                 "latentalign supports Stable Diffusion 1.x/2.x/XL/3 pipelines"
             )
-        added = unet.config.addition_embed_type
+        added = core.config.addition_embed_type
         if added not in (None, "text_time"):
             raise ValueError(f"{type(pipe).__name__}'s UNet needs added conditioning {added!r}; SDXL's is 'text_time'")
         if added == "text_time" and not hasattr(pipe, "_get_add_time_ids"):
@@ -233,7 +346,7 @@ class Denoiser:
                 f"{type(pipe).__name__} has an SDXL-style UNet ('text_time' added conditioning) but no "
                 "_get_add_time_ids: load it as a StableDiffusionXLPipeline"
             )
-        if unet.config.time_cond_proj_dim is not None:
+        if core.config.time_cond_proj_dim is not None:
             raise ValueError(
                 f"{type(pipe).__name__}'s UNet takes a guidance embedding (time_cond_proj_dim, LCM-style), "
                 "which is not supported"
@@ -241,10 +354,10 @@ class Denoiser:
         if not hasattr(pipe.scheduler, "alphas_cumprod"):
             raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
         self.family = "sdxl" if added == "text_time" else "sd"
-        self.model = unet
+        self.model, self.core = unet, core
         self.prediction_type = pipe.scheduler.config.prediction_type
 
-    def _init_sd3(self, pipe: DiffusionPipeline, transformer: SD3Transformer2DModel) -> None:
+    def _init_sd3(self, pipe: DiffusionPipeline, transformer) -> None:
         scheduler = pipe.scheduler
         if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
             raise ValueError(
@@ -255,52 +368,85 @@ class Denoiser:
                 "FlowMatchEulerDiscreteScheduler with use_dynamic_shifting or stochastic_sampling is not supported"
             )
         self.family = "sd3"
-        self.model = transformer
+        self.model, self.core = transformer, unwrap(transformer)
         self.prediction_type = "flow"  # the transformer predicts the velocity noise - x0
+
+    def _latent_size(self, height: int | None, width: int | None) -> tuple[int, int]:
+        """The latent grid for an image of `height` x `width` pixels (None: the model's sample size, as the stock
+        pipelines default); refused unless the VAE (and SD3's patches) divide it."""
+        side = self.core.config.sample_size
+        factor = int(self.pipe.vae_scale_factor)
+        # the stock pipelines' check_inputs: the VAE factor (SD 1.x/2.x/XL), times the patch size for SD3
+        multiple = factor * (self.core.config.patch_size if self.family == "sd3" else 1)
+        sizes = []
+        for name, value in (("height", height), ("width", width)):
+            if value is None:
+                sizes.append(int(side))
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple:
+                raise ValueError(f"{name} must be a positive multiple of {multiple} for this pipeline, got {value!r}")
+            sizes.append(value // factor)
+        return sizes[0], sizes[1]
 
     @property
     def device(self) -> torch.device:
-        return self.model.device
+        return self.core.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.model.dtype
+        return self.core.dtype
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        size = self.model.config.sample_size
-        return (self.model.config.in_channels, size, size)
+        return (self.core.config.in_channels, *self.latent_size)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        factor = int(self.pipe.vae_scale_factor)
+        return self.latent_size[0] * factor, self.latent_size[1] * factor
 
     @property
     def text_dim(self) -> int:
         """The width of the prompt embeddings the model reads (a UNet's cross_attention_dim, SD3's
         joint_attention_dim)."""
         key = "joint_attention_dim" if self.family == "sd3" else "cross_attention_dim"
-        dim = self.model.config[key]
+        dim = self.core.config[key]
         return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
     @property
     def vae_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
-    def new_scheduler(self, num_inference_steps: int, **overrides):
-        """A fresh copy of the pipeline's scheduler, so runs never share (or mutate) scheduler state; `overrides`
-        change config keys of the copy (e.g. `prediction_type`)."""
+    def new_scheduler(self, num_inference_steps: int | None, *, timesteps=None, sigmas=None, **overrides):
+        """A fresh copy of the pipeline's scheduler with its timesteps set as the stock pipelines set them
+        (`retrieve_timesteps`: a step count, or custom `timesteps` / `sigmas`), so runs never share (or mutate)
+        scheduler state; `overrides` change config keys of the copy (e.g. `prediction_type`)."""
         # from_config resets every key listed in `_use_default_values` to the class default, which undoes fixes a
         # pipeline made to its scheduler's config at init (StableDiffusionPipeline sets steps_offset=1): pass all.
         config = {k: v for k, v in self.pipe.scheduler.config.items() if k != "_use_default_values"}
         scheduler = type(self.pipe.scheduler).from_config({**config, **overrides})
-        scheduler.set_timesteps(num_inference_steps, device=self.device)
+        if timesteps is None and sigmas is None:
+            scheduler.set_timesteps(num_inference_steps, device=self.device)
+        else:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+
+            retrieve_timesteps(scheduler, None, self.device, timesteps, sigmas)
         return scheduler
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """One standard Gaussian latent per seed, drawn on the CPU so a seed means the same noise on any device."""
         return self._draw(seeds)[0]
 
+    def draw(self, generator: torch.Generator | list[torch.Generator], rows: int) -> torch.Tensor:
+        """`rows` standard Gaussian latents as the stock pipelines draw them (`randn_tensor`, in the model's dtype):
+        one generator draws the whole batch, a list one row each."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor((rows, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
+
     def _draw(self, seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
-        noise = torch.cat([torch.randn((1, *self.latent_shape), generator=g) for g in generators])
-        return noise.to(self.device, self.dtype), generators
+        return self.draw(generators, len(seeds)), generators
 
     def start(self, seeds: list[int], num_inference_steps: int) -> tuple[torch.Tensor, RowSchedulers]:
         """The first latents of a run from each seed and one scheduler per row (`RowSchedulers`).
@@ -315,45 +461,59 @@ class Denoiser:
         return noise * rows.init_noise_sigma, rows
 
     def encode(
-        self, prompts: list[str], guidance_scale: float, negative_prompt: list[str] | None = None
+        self,
+        prompts: list[str] | None,
+        guidance_scale: float,
+        negative_prompt: list[str] | None = None,
+        *,
+        num_images_per_prompt: int = 1,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        pooled_prompt_embeds: torch.Tensor | None = None,
+        negative_pooled_prompt_embeds: torch.Tensor | None = None,
+        clip_skip: int | None = None,
+        guidance_rescale: float = 0.0,
     ) -> Conditioning:
+        """The pipeline's own `encode_prompt`, called as its `__call__` calls it: one row per image (prompts x
+        `num_images_per_prompt`), negative rows when guided (guidance > 1)."""
         guided = guidance_scale > 1.0
+        lora_scale = self.model_kwargs.get("scale")
+        common = dict(
+            device=self.device,
+            num_images_per_prompt=num_images_per_prompt,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            lora_scale=lora_scale,
+            clip_skip=clip_skip,
+        )
         if self.family == "sd":
-            pos, neg = self.pipe.encode_prompt(prompts, self.device, 1, guided, negative_prompt)
-            return Conditioning(pos, neg if guided else None, float(guidance_scale))
+            pos, neg = self.pipe.encode_prompt(prompts, **common)
+            return Conditioning(pos, neg if guided else None, float(guidance_scale), guidance_rescale=guidance_rescale)
+        pooled_kwargs = dict(
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds
+        )
         if self.family == "sd3":  # CLIP-L, CLIP-G (and T5 when loaded); pooled CLIP embeddings
             pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                prompt=prompts,
-                prompt_2=None,
-                prompt_3=None,
-                device=self.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=guided,
-                negative_prompt=negative_prompt,
+                prompt=prompts, prompt_2=None, prompt_3=None, **common, **pooled_kwargs
             )
             added, negative_added = {"pooled_projections": pooled}, {"pooled_projections": neg_pooled}
         else:  # SDXL
-            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                prompt=prompts,
-                device=self.device,
-                num_images_per_prompt=1,
-                do_classifier_free_guidance=guided,
-                negative_prompt=negative_prompt,
-            )
+            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt=prompts, **common, **pooled_kwargs)
             # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop
-            scale = self.pipe.vae_scale_factor
-            size = (self.latent_shape[1] * scale, self.latent_shape[2] * scale)
+            size = self.image_size
             te2 = getattr(self.pipe, "text_encoder_2", None)
             projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
             time_ids = self.pipe._get_add_time_ids(
                 size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
             )
-            time_ids = time_ids.to(self.device).repeat(len(prompts), 1)
+            time_ids = time_ids.to(self.device).repeat(pos.shape[0], 1)
             added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
             negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids} if guided else None
         if not guided:
-            return Conditioning(pos, None, float(guidance_scale), added)
-        return Conditioning(pos, neg, float(guidance_scale), added, negative_added)
+            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
+        return Conditioning(pos, neg, float(guidance_scale), added, negative_added, guidance_rescale)
 
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The denoised prediction (Tweedie's x0) from a model output, for the scheduler's parameterisation."""
@@ -379,6 +539,10 @@ class Denoiser:
         if cond.guided:
             uncond, text = out.chunk(2)
             out = uncond + cond.guidance_scale * (text - uncond)
+            if cond.guidance_rescale > 0:
+                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+                out = rescale_noise_cfg(out, text, guidance_rescale=cond.guidance_rescale)
         self.cost.denoiser_evals += x.shape[0]
         return out, self.x0_from(out, latents, t)
 
@@ -386,10 +550,12 @@ class Denoiser:
         """One plain model call on a batch (no guidance arithmetic, no cost counted)."""
         if self.family == "sd3":
             timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+            kwargs = {"joint_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
             return self.model(
-                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added
+                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added, **kwargs
             )[0]
-        return self.model(x, t, embeds, added_cond_kwargs=added).sample
+        kwargs = {"cross_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
+        return self.model(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
 
     @property
     def num_train_timesteps(self) -> int:
@@ -398,7 +564,7 @@ class Denoiser:
     def cross_attention_resolutions(self) -> list[int]:
         """The query grid sizes at which the model attends to the text, largest first: a UNet's cross-attention
         layers at its latent size; SD3's joint attention at one grid, the latent size over the patch size."""
-        size, model = self.latent_shape[1], self.model
+        size, model = self.latent_shape[1], self.core
         if self.family == "sd3":
             return [size // model.config.patch_size]
         n = len(model.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
@@ -411,7 +577,7 @@ class Denoiser:
         """The prompt branch's attention from the image to the text at `size` x `size`, averaged over heads and
         layers: (batch, size^2, text tokens), each row a distribution over the text tokens (SD3: CLIP's 77 tokens
         first, then T5's). Differentiable in `latents` (already the scaled model input)."""
-        with capture_cross_attention(self.model, size) as store:
+        with capture_cross_attention(self.core, size) as store:
             self._call(latents, t, cond.prompt_embeds, cond.added)
         self.cost.denoiser_evals += latents.shape[0]
         if not store:
@@ -421,9 +587,14 @@ class Denoiser:
         return torch.stack(store).mean(0)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents as the pipeline produces them -> images in [0, 1], NCHW."""
+        """Latents as the pipeline produces them -> images in [0, 1], NCHW (differentiable)."""
         self.cost.vae_decodes += latents.shape[0]
-        return decode_latents(self.vae, latents)
+        vae = self.vae
+        if latents.requires_grad and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+            if self._upcast_vae is None:  # one float32 copy per run, never the user's VAE cast in place
+                self._upcast_vae = copy.deepcopy(vae).to(torch.float32).requires_grad_(False)
+            return decode_latents(vae, latents, upcast_vae=self._upcast_vae)
+        return decode_latents(vae, latents)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], NCHW -> latents as the pipeline makes them (the posterior mean, shifted and scaled)."""

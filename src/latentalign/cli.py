@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from .embedded import embedded_folder
-from .generate import METHODS
 
 
 def _train_world(args: argparse.Namespace) -> int:
@@ -175,7 +174,8 @@ def _train_projector(args: argparse.Namespace) -> int:
 
     _use_device(args)
     pipe = load_pipeline(args.model, device=args.device)
-    scorer_name = args.scorer or sampling_defaults(pipe).noise_optimization_scorer or "shapes-latent"
+    recommended = sampling_defaults(pipe).for_method("noise-optimization").get("scorer")
+    scorer_name = args.scorer or recommended or "shapes-latent"
     scorer = load_scorer(scorer_name, vae=pipe.vae).to(args.device)
     folder = train_projector(args.out, cfg, pipe, scorer, scorer_name=scorer_name)
     if args.ship:
@@ -211,30 +211,79 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
 
 
+# --flag -> the stage option it sets (the stages that take the option are found in the registry)
+GENERATE_OPTIONS = {
+    "n": "n",
+    "scorer": "scorer",
+    "max_batch": "max_batch",
+    "avoid": "avoid",
+    "iterations": "iterations",
+    "words": "words",
+    "projector": "projector",
+}
+
+
+def default_threads() -> int:
+    """CPU threads for torch: the machine's cores, at most 8 (more rarely helps these models and hurts when the
+    machine is shared)."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
+    """The --flags given, as options of the composition's stages; a flag no stage takes is refused by name."""
+    from dataclasses import fields
+
+    from .methods.base import registered
+
+    registry = registered()
+    options = {}
+    for flag, option in GENERATE_OPTIONS.items():
+        value = getattr(args, flag)
+        if value is None:
+            continue
+        takers = [n for n in names if option in {f.name for f in fields(registry[n])}]
+        if not takers:
+            able = [n for n, cls in registry.items() if option in {f.name for f in fields(cls)}]
+            raise ValueError(f"--{flag.replace('_', '-')} needs --method {' or '.join(able)}")
+        if option == "words":
+            value = tuple(w.strip() for w in value.split(","))
+        options[option] = value
+    return options
+
+
+def _record_outputs(result) -> dict:
+    """What the stages reported for the one image, under the record's keys."""
+    out, outputs = {}, result.outputs
+    row = 0
+    if "chosen" in outputs:
+        row = outputs["chosen"][0]
+        out.update(
+            chosen=row,
+            candidate_seeds=outputs["candidate_seeds"][0],
+            candidate_scores=outputs["scores"][0],
+            pruned_at=outputs["pruned_at"][0],
+        )
+    if "rewards" in outputs:
+        out.update(rewards=outputs["rewards"][row], best_iteration=outputs["best_iteration"][row])
+    if "losses" in outputs:
+        losses = {str(k): v for k, v in outputs["losses"][row].items()}
+        out.update(attention_losses=losses, refine_iterations=outputs["refine_iterations"][row])
+    return out
+
+
 @_user_errors
 def _generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
         raise ValueError("empty prompt")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    if args.n is not None and args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
-    if args.method == "plain" and (args.n is not None or args.scorer):
-        raise ValueError("--n and --scorer need a --method other than plain")
-    if args.method != "noise-optimization" and (args.avoid or args.iterations is not None):
-        raise ValueError("--avoid and --iterations need --method noise-optimization")
-    if args.method in ("noise-optimization", "attention-refinement") and args.n is not None:
-        raise ValueError("--n is for the Best-of-N methods")
-    if args.method == "attention-refinement" and args.scorer:
-        raise ValueError("attention refinement uses no scorer")
-    if args.words and args.method != "attention-refinement":
-        raise ValueError("--words needs --method attention-refinement")
-    if args.projector and args.method != "noise-projection":
-        raise ValueError("--projector needs --method noise-projection")
-    if args.method == "noise-projection" and (args.scorer or args.n is not None):
-        raise ValueError("noise projection uses no scorer and no --n")
+    for flag in ("n", "max_batch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.iterations is not None and args.iterations < 0:
         raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
     _check_settings(args)
     shapes = _world_of(args.model) == "shapes"
     if shapes:
@@ -242,21 +291,24 @@ def _generate(args: argparse.Namespace) -> int:
 
         parse(args.prompt)
 
+    import torch
     from PIL import Image
 
     from .bench import file_stem
     from .generate import generate
+    from .methods.base import compose, method_names
     from .pipeline import load_pipeline
 
-    options = {}
-    if args.method == "noise-optimization":
-        options = {"scorer": args.scorer, "avoid": args.avoid, "iterations": args.iterations}
-    elif args.method == "attention-refinement":
-        options = {"words": args.words.split(",") if args.words else None}
-    elif args.method == "noise-projection":
-        options = {"projector": args.projector}
-    elif args.method != "plain":
-        options = {"n": 4 if args.n is None else args.n, "scorer": args.scorer, "max_batch": args.max_batch}
+    names = [] if args.method == "plain" else [m.strip() for m in args.method.split("+")]
+    unknown = [m for m in names if m not in method_names() or m == "plain"]
+    if unknown:
+        raise ValueError(f"--method: unknown method {unknown[0]!r}; choose from {', '.join(method_names())}")
+    options = _stage_options(args, names)
+    try:
+        compose(args.method, options)  # refuses nonsense compositions before loading the pipeline
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     result = generate(
         pipe,
@@ -274,19 +326,10 @@ def _generate(args: argparse.Namespace) -> int:
         "model": args.model,
         "method": args.method,
         "settings": result.settings,
+        "stages": result.stages,
         "cost": result.cost.to_dict(),
+        **_record_outputs(result),
     }
-    if args.method == "noise-optimization":
-        record.update(rewards=result.rewards[0], best_iteration=result.best_iteration[0])
-    elif args.method == "attention-refinement":
-        record.update(attention_losses=result.losses[0], refine_iterations=result.refine_iterations[0])
-    elif args.method not in ("plain", "noise-projection"):
-        record.update(
-            chosen=result.chosen[0],
-            candidate_seeds=result.candidate_seeds[0],
-            candidate_scores=result.scores[0],
-            pruned_at=result.pruned_at[0],
-        )
     if shapes:
         from .world import check
 
@@ -296,12 +339,27 @@ def _generate(args: argparse.Namespace) -> int:
     stem = out / file_stem(args.prompt, args.seed)
     image.save(f"{stem}.png")
     image.resize((image.width * 8, image.height * 8), Image.Resampling.NEAREST).save(f"{stem}_x8.png")
-    Path(f"{stem}.json").write_text(json.dumps(record, indent=1) + "\n")
+    Path(f"{stem}.json").write_text(json.dumps(record, indent=1, default=str) + "\n")
     judged = ""
     if shapes:
         kinds = [f["kind"] for f in record["verdict"]["failures"]]
         judged = " failed: " + ", ".join(kinds) if kinds else " ok"
     print(f"{stem}.png{judged} ({result.cost.seconds:.2f}s)")
+    return 0
+
+
+@_user_errors
+def _methods(args: argparse.Namespace) -> int:
+    from .methods.base import method_names, registered
+
+    registry = registered()
+    for name in method_names():
+        if name == "plain":
+            print("plain                 (no stage: ordinary sampling)")
+            continue
+        cls = registry[name]
+        doc = (cls.__doc__ or "").strip().split("\n")[0]
+        print(f"{name:<21} [{cls.place}] {doc}")
     return 0
 
 
@@ -340,8 +398,13 @@ def _bench(args: argparse.Namespace) -> int:
     if _world_of(args.model) != "shapes":
         raise ValueError(f"{args.model!r} is not a Shapes-world pipeline: its latentalign.json must say world: shapes")
 
+    import torch
+
     from .pipeline import load_pipeline
 
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     summary = run_bench(
         pipe,
@@ -571,8 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--method",
         default="plain",
-        choices=METHODS,
-        help="alignment method (default: plain sampling)",
+        help="alignment method, or methods joined by '+' acting at different places, e.g. "
+        "noise-projection+early-exit (default: plain sampling; `latentalign methods` lists them)",
     )
     gen.add_argument(
         "--projector",
@@ -583,7 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled)"
     )
-    gen.add_argument("--max-batch", type=int, default=64, help="candidates denoised at once (memory limit)")
+    gen.add_argument("--max-batch", type=int, default=None, help="candidates denoised at once (default 64)")
+    gen.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
     gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
     gen.add_argument(
         "--words",
@@ -598,6 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sampling_args(gen)
     gen.set_defaults(func=_generate)
+
+    met = sub.add_parser("methods", help="list the registered methods and where each acts")
+    met.set_defaults(func=_methods)
 
     chk = sub.add_parser("check", help="judge a Shapes image against a prompt; exit 0 if it follows it, 1 if not")
     chk.add_argument("image")
@@ -615,6 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rejudge", action="store_true", help="check the saved images of --out again (after a checker change)"
     )
+    bench.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
     return parser

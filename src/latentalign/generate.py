@@ -1,152 +1,71 @@
-"""Plain generation on the shared loop, with the result type every method returns."""
+"""`generate`: a stock pipeline's call on latentalign's shared loop, plain or with any composition of methods."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
+import inspect
 
 import torch
-from PIL import Image
 
-from .adapters import Denoiser
-from .cost import Cost
-from .sampling import StepCallback, sample
+from .core import DEFAULTS_FILE, GenerationResult, SamplingDefaults, resolve, sampling_defaults, to_pil
+from .engine import execute, resolve_run
+from .methods.base import Composition, Stage, compose, method_names, registered
 
-DEFAULTS_FILE = "latentalign.json"  # shipped beside model_index.json: recommended settings and the world
-# what `generate(..., method=...)` and the CLI's --method take (latentalign.methods.run_method runs each)
-METHODS = (
-    "plain",
-    "best-of-n",
-    "early-exit",
-    "successive-halving",
-    "noise-optimization",
-    "noise-projection",
-    "attention-refinement",
-)
+# generate's own arguments besides the stages' options: the stock call's (those the pipeline's __call__ has) and
+# latentalign's (seed, callback, max_batch)
+RUN_ARGUMENTS = tuple(p for p in inspect.signature(resolve_run).parameters if p not in ("pipe", "composition", "given"))
 
-
-@dataclass(frozen=True)
-class SamplingDefaults:
-    num_inference_steps: int = 50  # diffusers' Stable Diffusion defaults, for pipelines that ship none
-    guidance_scale: float = 7.5
-    world: str | None = None  # "shapes" when the pipeline draws the Shapes world (prompts are then validated)
-    # noise optimisation's iteration count for this pipeline; None: the method's own default (ReNO's 50)
-    noise_optimization_iterations: int | None = None
-    # the differentiable generator's steps for noise optimisation (1 for a one-step model); None: the method's own
-    # default (a 4-step schedule)
-    noise_optimization_steps: int | None = None
-    # the reward noise optimisation uses when none is given (a shipped scorer name or a folder); None: the method's
-    # default for the world
-    noise_optimization_scorer: str | None = None
-    # the projector noise projection uses when none is given (a shipped projector name or a folder); None: it
-    # must be given
-    noise_projector: str | None = None
+__all__ = [
+    "DEFAULTS_FILE",
+    "GenerationResult",
+    "SamplingDefaults",
+    "generate",
+    "method_names",
+    "resolve",
+    "sampling_defaults",
+    "to_pil",
+]
 
 
-def sampling_defaults(pipe) -> SamplingDefaults:
-    """Settings a pipeline folder recommends in its `latentalign.json`, else Stable Diffusion's."""
-    name = getattr(pipe, "name_or_path", None)
-    if not name:  # built in memory: Path("") would read a latentalign.json from the working directory
-        return SamplingDefaults()
-    path = Path(str(name)) / DEFAULTS_FILE
-    if path.is_file():
-        return SamplingDefaults(**json.loads(path.read_text()))
-    return SamplingDefaults()
-
-
-@dataclass
-class GenerationResult:
-    """Images, the final latents (scaled, as the pipeline produces them) and what it cost."""
-
-    images: list[Image.Image]
-    latents: torch.Tensor
-    prompts: list[str]
-    seeds: list[int]
-    cost: Cost
-    settings: dict = field(default_factory=dict)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    arr = (images.detach().float().cpu().permute(0, 2, 3, 1).numpy() * 255).round().clip(0, 255).astype("uint8")
-    return [Image.fromarray(a) for a in arr]
-
-
-def _as_list(x, n: int, name: str) -> list:
-    items = list(x) if isinstance(x, (list, tuple)) else [x] * n
-    if len(items) != n:
-        raise ValueError(f"got {len(items)} {name} for {n} prompts")
-    return items
-
-
-def resolve(pipe, prompt, seed, num_inference_steps, guidance_scale) -> tuple[list[str], list[int], int, float]:
-    """Validate inputs before any work: prompts, seeds, steps, guidance (and vocabulary on the Shapes world)."""
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-    if not prompts:
-        raise ValueError("no prompt given")
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError("empty prompt")
+def check_composition(pipe, composition: Composition) -> None:
+    """Refuse method keys of the pipeline's latentalign.json that name no registered method."""
     defaults = sampling_defaults(pipe)
-    if defaults.world == "shapes":
-        from .world import parse
-
-        for p in prompts:
-            parse(p)
-    seeds = _as_list(seed, len(prompts), "seeds")
-    if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
-        raise ValueError(f"seeds must be non-negative integers, got {seeds}")
-    steps = defaults.num_inference_steps if num_inference_steps is None else num_inference_steps
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
-    scale = defaults.guidance_scale if guidance_scale is None else float(guidance_scale)
-    if scale < 0:
-        raise ValueError(f"guidance_scale must be >= 0, got {scale}")
-    return prompts, seeds, steps, scale
+    unknown = set(defaults.methods) - set(registered())
+    if unknown:
+        raise ValueError(f"{defaults.source}: unknown key {sorted(unknown)[0]!r} (methods: {', '.join(registered())})")
 
 
 @torch.no_grad()
 def generate(
     pipe,
-    prompt: str | list[str],
+    prompt: str | list[str] | None = None,
     *,
-    seed: int | list[int] = 0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    negative_prompt: str | list[str] | None = None,
-    callback: StepCallback | None = None,
-    method: str = "plain",
+    method: str | Stage | list = "plain",
     **options,
 ) -> GenerationResult:
-    """Text-to-image generation on latentalign's shared loop; one seed per prompt, same noise as a batch of one.
+    """Text-to-image generation with the pipeline's own call arguments, plain or with alignment methods.
 
-    `method` picks an alignment method ("best-of-n", "early-exit", "successive-halving"; see
-    `latentalign.methods.run_method` for its `options`, e.g. `n=8`); "plain" is ordinary sampling.
+    `method`: "plain", a registered name ("best-of-n", "early-exit", "successive-halving", "noise-optimization",
+    "noise-projection", "attention-refinement"; `latentalign.methods.method_names()`), a stage object
+    (`EarlyExit(n=8)`), or a composition of stages acting at different places: a sequence, or names joined by "+"
+    ("noise-projection+early-exit"). Options of stages named by string go in `options` (e.g. `n=8`).
+
+    The rest of `options` are the arguments of the pipeline's `__call__` that apply: `generator` (one for the
+    batch, or one per image), `height`, `width`, `num_inference_steps`, `timesteps` / `sigmas`, `guidance_scale`,
+    `guidance_rescale`, `eta`, `negative_prompt`, `num_images_per_prompt`, `prompt_embeds` /
+    `negative_prompt_embeds` (and the pooled ones on SDXL / SD3), `latents`, `output_type` ("pil", "np", "pt",
+    "latent"), `clip_skip`, `cross_attention_kwargs` / `joint_attention_kwargs`, `callback_on_step_end` with
+    `callback_on_step_end_tensor_inputs`; plus `seed` (an int: one generator seeded with it, as
+    `generator=torch.Generator().manual_seed(seed)`; a list: one per image), `callback` (latentalign's step callback,
+    which sees the x0 prediction) and `max_batch` (rows denoised at once). Defaults come from the pipeline folder's
+    `latentalign.json`, else from the pipeline class's `__call__` (SDXL: guidance 5.0; SD3: 28 steps at 7.0); the
+    result's `settings` records them. Every argument is checked before any denoiser call.
     """
-    if method != "plain":
-        if negative_prompt is not None or callback is not None:
-            raise ValueError(f"method {method!r} takes no negative_prompt or callback")
-        from .methods import run_method
-
-        return run_method(
-            method,
-            pipe,
-            prompt,
-            seed=seed,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            **options,
-        )
-    if options:
-        raise ValueError(f"plain generation takes no options {sorted(options)}; pass method=... to use them")
-    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
-    negatives = None if negative_prompt is None else _as_list(negative_prompt, len(prompts), "negative prompts")
-    cost = Cost()
-    with cost.timed():
-        den = Denoiser(pipe, cost)
-        cond = den.encode(prompts, scale, negatives)
-        latents, schedulers = den.start(seeds, steps)
-        latents = sample(den, latents, cond, schedulers, callback=callback)
-        images = to_pil(den.decode(latents))
-    settings = {"num_inference_steps": steps, "guidance_scale": scale}
-    return GenerationResult(images, latents, prompts, seeds, cost, settings)
+    run_args = {k: options.pop(k) for k in list(options) if k in RUN_ARGUMENTS}
+    composition = compose(method, options)
+    check_composition(pipe, composition)
+    stages = tuple(s.with_pipeline_defaults(pipe) for s in composition.stages)
+    composition = Composition(stages)
+    given = {k for k, v in run_args.items() if v is not None}
+    run = resolve_run(pipe, composition, prompt, **run_args, given=given)
+    composition = Composition(tuple(s.prepare(run) for s in composition.stages))
+    return execute(run, composition)

@@ -88,7 +88,7 @@ def write_defaults(folder: str | Path) -> None:
         "num_inference_steps": SHAPES_STEPS,
         "guidance_scale": SHAPES_GUIDANCE,
         "world": SHAPES,
-        "noise_optimization_iterations": SHAPES_NOISE_OPTIMIZATION_ITERATIONS,
+        "noise-optimization": {"iterations": SHAPES_NOISE_OPTIMIZATION_ITERATIONS},
     }
     (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 
@@ -102,12 +102,13 @@ def ship_one_step(folder: str | Path) -> Path:
     if SHAPES_ONE_STEP_WEIGHTS.exists():
         shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)
     shutil.copytree(folder, SHAPES_ONE_STEP_WEIGHTS)
-    settings = {
-        **one_step_settings(SHAPES),
-        "noise_optimization_iterations": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS,
-        "noise_optimization_scorer": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER,
-        "noise_projector": SHAPES_ONE_STEP_NOISE_PROJECTOR,
+    settings = one_step_settings(SHAPES)
+    settings["noise-optimization"] = {
+        **settings["noise-optimization"],
+        "iterations": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS,
+        "scorer": SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER,
     }
+    settings["noise-projection"] = {"projector": SHAPES_ONE_STEP_NOISE_PROJECTOR}
     (SHAPES_ONE_STEP_WEIGHTS / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     return SHAPES_ONE_STEP_WEIGHTS
 

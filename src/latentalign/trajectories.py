@@ -8,8 +8,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .adapters import Denoiser
+from .core import resolve, to_pil
 from .cost import Cost
-from .generate import resolve, to_pil
 from .sampling import sample
 
 

@@ -13,53 +13,14 @@ over the text keys, and the subject tokens are positions among CLIP's 77 tokens 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..adapters import Denoiser
-from ..cost import Cost
-from ..generate import resolve, sampling_defaults, to_pil
-from ..sampling import sample
-
-
-@dataclass(frozen=True)
-class AttentionRefinementConfig:
-    # (fraction of the steps, loss threshold): A&E refines at steps {0, 10, 20} of 50 with thresholds 0.05, 0.5, 0.8
-    refine_at: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
-    max_refine_iterations: int = 20  # extra updates at a refine step, at most
-    update_until: float = 0.5  # one update per step for this fraction of the steps (A&E: 25 of 50)
-    step_size: float = 20.0  # alpha_i = step_size * sqrt(linspace(scale_range)[i])
-    scale_range: tuple[float, float] = (1.0, 0.5)
-    resolution: int | None = None  # attention grid side; None: the UNet's cross-attention grid closest to 16
-    smooth: bool = True  # Gaussian smoothing of each token's map (kernel 3, sigma 0.5)
-
-    def __post_init__(self):
-        if not all(0 <= f < 1 and 0 <= th <= 1 for f, th in self.refine_at):
-            raise ValueError(f"refine_at takes (fraction in [0, 1), threshold in [0, 1]) pairs, got {self.refine_at}")
-        if self.max_refine_iterations < 0 or not 0 <= self.update_until <= 1:
-            raise ValueError("max_refine_iterations must be >= 0 and update_until in [0, 1]")
-        if not math.isfinite(self.step_size) or self.step_size < 0:
-            raise ValueError(f"step_size must be finite and >= 0, got {self.step_size}")
-        if self.resolution is not None and self.resolution < 1:
-            raise ValueError(f"resolution must be >= 1, got {self.resolution}")
-
-
-@dataclass
-class AttentionRefinementResult:
-    """The refined images; `losses[p]` maps each step where the loss was computed to its value there (before that
-    step's updates) and `refine_iterations[p]` counts the extra updates spent at the refine steps."""
-
-    images: list[Image.Image]
-    latents: torch.Tensor
-    prompts: list[str]
-    seeds: list[int]
-    cost: Cost
-    settings: dict
-    losses: list[dict[int, float]] = field(default_factory=list)
-    refine_iterations: list[int] = field(default_factory=list)
+from ..core import sampling_defaults
+from .base import StepStage, check_positive_int, register
 
 
 def subject_tokens(pipe, prompt: str, words: list[str] | None) -> list[int]:
@@ -105,81 +66,122 @@ def attend_and_excite_loss(maps: torch.Tensor, tokens: list[int], last: int, smo
     return (1 - per_token.flatten(1).max(-1).values).max()
 
 
-def attention_refinement(
-    pipe,
-    prompt: str | list[str],
-    *,
-    words: list[str] | None = None,
-    seed: int | list[int] = 0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    config: AttentionRefinementConfig = AttentionRefinementConfig(),
-) -> AttentionRefinementResult:
-    """Attend-and-Excite with IterRef-style refinement at chosen steps; one prompt at a time (`words`: the
-    subject words, the same for every prompt; on the Shapes world they default to each prompt's shape nouns)."""
-    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
-    cost = Cost()
-    den = Denoiser(pipe, cost)
-    available = den.cross_attention_resolutions()
-    size = config.resolution or min(available, key=lambda s: (abs(s - 16), -s))
-    if size not in available:
-        raise ValueError(f"no cross-attention layer works at {size}x{size}; the UNet has {available}")
-    tokens = [subject_tokens(pipe, p, words) for p in prompts]
-    refine = {min(steps - 1, round(f * steps)): th for f, th in config.refine_at}
-    update_steps = round(config.update_until * steps)
-    lo, hi = config.scale_range
-    alphas = [config.step_size * math.sqrt(lo + (hi - lo) * i / max(steps - 1, 1)) for i in range(steps)]
+@register
+@dataclass(frozen=True)
+class AttentionRefinement(StepStage):
+    """Attend-and-Excite with IterRef-style refinement at chosen steps; every row of the run is refined on its own
+    (its own subject tokens, loss and threshold), the rows of a step in one batch. `words`: the subject words, the
+    same for every prompt; on the Shapes world they default to each prompt's shape nouns."""
 
-    den.model.requires_grad_(False)
-    finals, all_losses, all_iters = [], [], []
-    with cost.timed():
-        for p, s, toks in zip(prompts, seeds, tokens, strict=True):
-            with torch.no_grad():
-                cond = den.encode([p], scale)
-            last = len(pipe.tokenizer(p).input_ids) - 1
-            latents, schedulers = den.start([s], steps)
-            losses: dict[int, float] = {}
-            iters = [0]
+    name: ClassVar[str] = "attention-refinement"
+    needs_prompt_text: ClassVar[bool] = True
 
-            def loss_and_grad(z, t, cond=cond, toks=toks, last=last, schedulers=schedulers):
-                with torch.enable_grad():  # gradients opened for this step only
-                    z = z.detach().requires_grad_(True)
-                    maps = den.cross_attention(schedulers.scale_model_input(z, t), t, cond, size)
-                    loss = attend_and_excite_loss(maps[0].float(), toks, last, config.smooth)
-                    (grad,) = torch.autograd.grad(loss, z)
-                return float(loss), torch.nan_to_num(grad)
+    words: tuple[str, ...] | None = None
+    # (fraction of the steps, loss threshold): A&E refines at steps {0, 10, 20} of 50 with thresholds 0.05, 0.5, 0.8
+    refine_at: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
+    max_refine_iterations: int = 20  # extra updates at a refine step, at most
+    update_until: float = 0.5  # one update per step for this fraction of the steps (A&E: 25 of 50)
+    step_size: float = 20.0  # alpha_i = step_size * sqrt(linspace(scale_range)[i])
+    scale_range: tuple[float, float] = (1.0, 0.5)
+    resolution: int | None = None  # attention grid side; None: the UNet's cross-attention grid closest to 16
+    smooth: bool = True  # Gaussian smoothing of each token's map (kernel 3, sigma 0.5)
 
-            def prepare(info, losses=losses, iters=iters, loss_and_grad=loss_and_grad) -> torch.Tensor:
-                i, t, z = info["step"], info["t"], info["latents"]
-                if i >= update_steps and i not in refine:
-                    return z
-                loss, grad = loss_and_grad(z, t)
-                losses[i] = loss
-                if i in refine:
-                    for _ in range(config.max_refine_iterations):
-                        if loss <= 1 - refine[i]:
-                            break
-                        z = z - alphas[i] * grad
-                        loss, grad = loss_and_grad(z, t)
-                        iters[0] += 1
-                if i < update_steps:
-                    z = z - alphas[i] * grad
-                return z.detach()
+    def __post_init__(self):
+        if self.words is not None:
+            words = (self.words,) if isinstance(self.words, str) else tuple(self.words)
+            if not words or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"words must be non-empty strings, got {self.words!r}")
+            object.__setattr__(self, "words", words)
+        object.__setattr__(self, "refine_at", tuple(tuple(x) for x in self.refine_at))
+        if not all(len(x) == 2 and 0 <= x[0] < 1 and 0 <= x[1] <= 1 for x in self.refine_at):
+            raise ValueError(f"refine_at takes (fraction in [0, 1), threshold in [0, 1]) pairs, got {self.refine_at}")
+        check_positive_int("max_refine_iterations", self.max_refine_iterations, minimum=0)
+        if not 0 <= self.update_until <= 1:
+            raise ValueError(f"update_until must be in [0, 1], got {self.update_until}")
+        if isinstance(self.step_size, bool) or not math.isfinite(self.step_size) or self.step_size < 0:
+            raise ValueError(f"step_size must be finite and >= 0, got {self.step_size}")
+        if self.resolution is not None:
+            check_positive_int("resolution", self.resolution)
 
-            with torch.no_grad():
-                final = sample(den, latents, cond, schedulers, prepare=prepare)
-            finals.append(final)
-            all_losses.append(losses)
-            all_iters.append(iters[0])
-        with torch.no_grad():
-            final = torch.cat(finals)
-            images = to_pil(den.decode(final))
-    settings = {
-        "num_inference_steps": steps,
-        "guidance_scale": scale,
-        "resolution": size,
-        "refine_steps": sorted(refine),
-        "update_steps": update_steps,
-        "subject_tokens": tokens,
-    }
-    return AttentionRefinementResult(images, final, prompts, seeds, cost, settings, all_losses, all_iters)
+    def _plan(self, run) -> dict:
+        den = run.den
+        available = den.cross_attention_resolutions()
+        size = self.resolution or min(available, key=lambda s: (abs(s - 16), -s))
+        if size not in available:
+            raise ValueError(f"no cross-attention layer works at {size}x{size}; the model has {available}")
+        words = None if self.words is None else list(self.words)
+        prompts = sorted(set(run.prompts))
+        tokens = {p: subject_tokens(run.pipe, p, words) for p in prompts}
+        lasts = {p: len(run.pipe.tokenizer(p).input_ids) - 1 for p in prompts}
+        steps = run.steps
+        lo, hi = self.scale_range
+        return {
+            "size": size,
+            "tokens": tokens,
+            "lasts": lasts,
+            "refine": {min(steps - 1, round(f * steps)): th for f, th in self.refine_at},
+            "update_steps": round(self.update_until * steps),
+            "alphas": [self.step_size * math.sqrt(lo + (hi - lo) * i / max(steps - 1, 1)) for i in range(steps)],
+        }
+
+    def prepare(self, run) -> AttentionRefinement:
+        plan = self._plan(run)  # token positions and the attention grid, checked before any work
+        run.settings.update(
+            resolution=plan["size"],
+            refine_steps=sorted(plan["refine"]),
+            update_steps=plan["update_steps"],
+            subject_tokens=[plan["tokens"][p] for p in run.prompts],
+        )
+        return self
+
+    def hook(self, run):
+        plan, den = self._plan(run), run.den
+        size, refine, update_steps, alphas = plan["size"], plan["refine"], plan["update_steps"], plan["alphas"]
+        rows_total = run.images * run.n  # per row: the loss at each step where it was computed, extra updates
+        losses: list[dict[int, float]] = [{} for _ in range(rows_total)]
+        iterations = [0] * rows_total
+        run.outputs.update(losses=losses, refine_iterations=iterations)
+
+        def loss_and_grad(z, t, rows, schedulers):
+            with torch.enable_grad():  # gradients opened for this step only
+                z = z.detach().requires_grad_(True)
+                maps = den.cross_attention(schedulers.scale_model_input(z, t), t, run.row_cond(rows), size)
+                per_row = torch.stack(
+                    [
+                        attend_and_excite_loss(
+                            maps[j].float(),
+                            plan["tokens"][run.prompt_of(r)],
+                            plan["lasts"][run.prompt_of(r)],
+                            self.smooth,
+                        )
+                        for j, r in enumerate(rows)
+                    ]
+                )
+                (grad,) = torch.autograd.grad(per_row.sum(), z)
+            return per_row.detach(), torch.nan_to_num(grad)
+
+        def prepare(info) -> torch.Tensor:
+            i, t, z, rows, schedulers = info["step"], info["t"], info["latents"], info["rows"], info["schedulers"]
+            if i >= update_steps and i not in refine:
+                return z
+            loss, grad = loss_and_grad(z, t, rows, schedulers)
+            for j, r in enumerate(rows):
+                losses[r][i] = float(loss[j])
+            if i in refine:
+                for _ in range(self.max_refine_iterations):
+                    todo = [j for j in range(len(rows)) if float(loss[j]) > 1 - refine[i]]
+                    if not todo:
+                        break
+                    z = z.clone()
+                    z[todo] = z[todo] - alphas[i] * grad[todo]
+                    sub = schedulers if len(todo) == len(rows) else schedulers.select(todo)
+                    new_loss, new_grad = loss_and_grad(z[todo], t, [rows[j] for j in todo], sub)
+                    loss, grad = loss.clone(), grad.clone()
+                    loss[todo], grad[todo] = new_loss, new_grad
+                    for j in todo:
+                        iterations[rows[j]] += 1
+            if i < update_steps:
+                z = z - alphas[i] * grad
+            return z.detach()
+
+        return prepare

@@ -1,160 +1,28 @@
 """Best-of-N with early exit: prune candidates mid-denoising with a noisy-latent scorer (NoisyCLIP, arXiv
-2512.08505), in one or several stages (successive halving, as TTSnap prunes at a few early steps)."""
+2512.08505), in one or several stages (successive halving, as TTSnap prunes at a few early steps).
+
+Three registered selection stages: "best-of-n" (score finished candidates only), "early-exit" (one pruning stage,
+NoisyCLIP's early exit) and "successive-halving" (halve at several early steps). Survivors of every image are
+denoised together, up to `max_batch` rows at a time, so the evaluations pruning saves are saved time.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
-from ..adapters import Denoiser
-from ..cost import Cost
-from ..generate import GenerationResult, resolve, to_pil
-from ..sampling import sample
 from ..scorers import Scorer
+from .base import SEED_STRIDE, PruneSchedule, SelectionStage, check_positive_int, register, resolve_scorer
 
-SEED_STRIDE = 1_000_000  # candidate i of seed s draws noise from seed s + i * SEED_STRIDE: candidate 0 is plain
-# `early_exit` defaults, chosen on TRAIN-split prompts (benchmarks/results/best_of_n_train/): among one-stage
+__all__ = ["SEED_STRIDE", "BestOfN", "EarlyExit", "SuccessiveHalving", "early_exit_schedule"]
+
+# `early-exit` defaults, chosen on TRAIN-split prompts (benchmarks/results/best_of_n_train/): among one-stage
 # NoisyCLIP schedules within half the compute of full pixel-CLIP Best-of-N at N = 4, 8 and 16, the best mean
 # accuracy ratio (0.970) was pruning after 30% of the steps, keeping a quarter of the candidates (at least one).
 EARLY_EXIT_AT = 0.3
 EARLY_EXIT_KEEP = 0.25
-
-
-@dataclass(frozen=True)
-class PruneSchedule:
-    """Keep the best `keep[j]` candidates after `steps[j]` denoising steps; () means full Best-of-N."""
-
-    steps: tuple[int, ...] = ()
-    keep: tuple[int, ...] = ()
-
-    def validate(self, n: int, num_inference_steps: int) -> None:
-        if len(self.steps) != len(self.keep):
-            raise ValueError(f"prune steps {self.steps} and keep counts {self.keep} differ in length")
-        if list(self.steps) != sorted(set(self.steps)) or any(not 0 < s < num_inference_steps for s in self.steps):
-            last = num_inference_steps - 1
-            raise ValueError(f"prune steps must increase strictly within 1..{last}, got {self.steps}")
-        previous = n
-        for k in self.keep:
-            if not 1 <= k <= previous:
-                raise ValueError(f"keep counts must not increase and stay within 1..{n}, got {self.keep}")
-            previous = k
-
-
-@dataclass
-class BestOfNResult(GenerationResult):
-    """The chosen image per prompt, plus every candidate's scores: `scores[p][i]` maps a stage ("step k" or
-    "final") to candidate i's score there; `pruned_at[p][i]` is the step it was dropped after (None: finished)."""
-
-    scores: list[list[dict[str, float]]] = field(default_factory=list)
-    pruned_at: list[list[int | None]] = field(default_factory=list)
-    chosen: list[int] = field(default_factory=list)
-    candidate_seeds: list[list[int]] = field(default_factory=list)
-
-
-def score_candidates(
-    scorer: Scorer, den: Denoiser, z: torch.Tensor, x0: torch.Tensor, t, prompt: str, cost: Cost
-) -> torch.Tensor:
-    """Score candidates in the space the scorer reads: noisy z_t, the x0 prediction, or its decode."""
-    cost.scorer_calls += z.shape[0]
-    if scorer.space == "noisy_latents":
-        return scorer.score(z, prompt, torch.as_tensor(t).long().expand(z.shape[0]))
-    if scorer.space == "latents":
-        return scorer.score(x0, prompt)
-    return scorer.score(den.decode(x0), prompt)
-
-
-def _run(den, cond, schedulers, latents, start, stop, max_batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps [start, stop) for every candidate, `max_batch` at a time, each on its own scheduler (which carries
-    any multistep history on to the next stage); returns (latents, last x0 prediction)."""
-    outs, x0s = [], []
-    for i in range(0, latents.shape[0], max_batch):
-        seen: dict[str, torch.Tensor] = {}
-        index = list(range(i, min(i + max_batch, latents.shape[0])))
-        rows = schedulers.select(index)
-        out = sample(den, latents[index], cond.select(index), rows, start=start, stop=stop, callback=seen.update)
-        outs.append(out)
-        x0s.append(seen.get("x0", out))
-    return torch.cat(outs), torch.cat(x0s)
-
-
-@torch.no_grad()
-def best_of_n(
-    pipe,
-    prompt: str | list[str],
-    *,
-    scorer: Scorer,
-    n: int = 4,
-    seed: int | list[int] = 0,
-    schedule: PruneSchedule = PruneSchedule(),
-    final_scorer: Scorer | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-    max_batch: int = 64,
-) -> BestOfNResult:
-    """Best-of-N: draw `n` candidates per prompt, prune them per `schedule` with `scorer`, finish the survivors and
-    keep the one `final_scorer` (default: `scorer`, at t=0 when it reads noisy latents) likes best."""
-    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
-    if not isinstance(scorer, Scorer) or (final_scorer is not None and not isinstance(final_scorer, Scorer)):
-        raise ValueError("scorer and final_scorer must be latentalign scorers (see latentalign.scorers)")
-    schedule.validate(n, steps)
-    final_scorer = final_scorer or scorer
-    cost = Cost()
-    den = Denoiser(pipe, cost)
-    chosen_latents, all_scores, all_pruned, chosen, cand_seeds = [], [], [], [], []
-    with cost.timed():
-        for p, s in zip(prompts, seeds, strict=True):
-            candidates = [s + i * SEED_STRIDE for i in range(n)]
-            alive = list(range(n))
-            scores: list[dict[str, float]] = [{} for _ in range(n)]
-            pruned: list[int | None] = [None] * n
-            cond_all = den.encode([p] * n, scale)
-            latents, schedulers = den.start(candidates, steps)  # row j of both: candidate alive[j]
-            timesteps = schedulers.timesteps
-            start = 0
-            for stop, keep in zip(schedule.steps, schedule.keep, strict=True):
-                latents, x0 = _run(den, cond_all.select(alive), schedulers, latents, start, stop, max_batch)
-                t = timesteps[stop]
-                # noisy-latent scorers read z_t in its DDPM form, sqrt(a) x0 + sqrt(1 - a) eps: the scaled model
-                # input (the latents themselves for DDIM; latents / sqrt(sigma^2 + 1) for Euler-type schedulers)
-                z = schedulers.scale_model_input(latents, t) if scorer.space == "noisy_latents" else latents
-                values = score_candidates(scorer, den, z, x0, t, p, cost)
-                for j, v in zip(alive, values.tolist(), strict=True):
-                    scores[j][f"step {stop}"] = v
-                best = values.argsort(descending=True, stable=True)[:keep].sort().values
-                for j in set(range(len(alive))) - set(best.tolist()):
-                    pruned[alive[j]] = stop
-                alive, latents, start = [alive[j] for j in best.tolist()], latents[best], stop
-                schedulers = schedulers.select(best)
-            latents, _ = _run(den, cond_all.select(alive), schedulers, latents, start, None, max_batch)
-            if len(alive) > 1:
-                values = score_candidates(final_scorer, den, latents, latents, 0, p, cost)
-                for j, v in zip(alive, values.tolist(), strict=True):
-                    scores[j]["final"] = v
-                pick = int(values.argmax())
-            else:
-                pick = 0
-            chosen_latents.append(latents[pick : pick + 1])
-            all_scores.append(scores)
-            all_pruned.append(pruned)
-            chosen.append(alive[pick])
-            cand_seeds.append(candidates)
-        final = torch.cat(chosen_latents)
-        images = to_pil(den.decode(final))
-    settings = {
-        "num_inference_steps": steps,
-        "guidance_scale": scale,
-        "n": n,
-        "prune_steps": list(schedule.steps),
-        "keep": list(schedule.keep),
-        "scorer": scorer.kind,
-        "final_scorer": final_scorer.kind,
-    }
-    return BestOfNResult(images, final, prompts, seeds, cost, settings, all_scores, all_pruned, chosen, cand_seeds)
 
 
 def early_exit_schedule(n: int, num_inference_steps: int, *, at: float = EARLY_EXIT_AT, keep: float = EARLY_EXIT_KEEP):
@@ -177,3 +45,101 @@ def successive_halving_schedule(n: int, num_inference_steps: int, *, first: floa
         m = max(1, m // 2)
         keep.append(m)
     return PruneSchedule(tuple(steps), tuple(keep))
+
+
+def score_rows(scorer: Scorer, run, rows: list[int], view: dict) -> torch.Tensor:
+    """Score rows in the space the scorer reads: noisy z_t (in its DDPM form, the scaled model input: the latents
+    themselves for DDIM, latents / sqrt(sigma^2 + 1) for Euler-type schedulers), the x0 prediction, or its decode."""
+    prompts = [run.prompt_of(r) for r in rows]
+    run.cost.scorer_calls += len(rows)
+    z = view["model_input"]
+    if scorer.space == "noisy_latents":
+        t = torch.as_tensor(view["t"]).long().to(z.device).expand(z.shape[0])
+        return scorer.score(z, prompts, t)
+    if scorer.space == "latents":
+        return scorer.score(view["x0"], prompts)
+    return scorer.score(run.den.decode(view["x0"]), prompts)
+
+
+@register
+@dataclass(frozen=True)
+class BestOfN(SelectionStage):
+    """Best-of-N: draw `n` candidates per image, finish them all and keep the one the scorer likes best."""
+
+    name: ClassVar[str] = "best-of-n"
+    shapes_scorer: ClassVar[str] = "shapes-pixel"  # the default scorer on the Shapes world
+
+    n: int = 4  # candidates per image
+    scorer: Scorer | str | None = None  # a Scorer, a saved folder or shipped name; None: the pipeline's default
+    final_scorer: Scorer | str | None = None  # the final pick's scorer (None: `scorer`, at t = 0 if noisy)
+    max_batch: int = 64  # candidate rows denoised at once (memory limit; the images do not depend on it)
+
+    def __post_init__(self):
+        check_positive_int("n", self.n)
+        check_positive_int("max_batch", self.max_batch)
+        for name in ("scorer", "final_scorer"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, (Scorer, str)):
+                raise ValueError(f"{name} must be a Scorer, a folder or a shipped name, got {type(value).__name__}")
+
+    @property
+    def candidates(self) -> int:
+        return self.n
+
+    def schedule(self, num_inference_steps: int) -> PruneSchedule:
+        return PruneSchedule()
+
+    def prepare(self, run) -> BestOfN:
+        if type(self) is not BestOfN and self.n > 1 and run.steps < 2:
+            raise ValueError(f"{self.name} prunes mid-denoising: it needs num_inference_steps >= 2, got {run.steps}")
+        self.schedule(run.steps).validate(self.n, run.steps)
+        scorer = resolve_scorer(self.scorer, run.pipe, self.name, self.shapes_scorer)
+        final = None if self.final_scorer is None else resolve_scorer(self.final_scorer, run.pipe, self.name)
+        return replace(self, scorer=scorer, final_scorer=final)
+
+    def score(self, run, rows: list[int], view: dict, final: bool) -> torch.Tensor:
+        scorer = (self.final_scorer or self.scorer) if final else self.scorer
+        return score_rows(scorer, run, rows, view)
+
+
+@register
+@dataclass(frozen=True)
+class EarlyExit(BestOfN):
+    """Best-of-N with early exit: after `at` of the steps keep the best `keep_share` of the candidates (scored on
+    z_t by a noisy-latent scorer by default), or follow an explicit `prune_steps` / `keep` schedule."""
+
+    name: ClassVar[str] = "early-exit"
+    shapes_scorer: ClassVar[str] = "shapes-noisy"
+
+    prune_steps: tuple[int, ...] | None = None  # explicit schedule: keep keep[j] candidates after prune_steps[j]
+    keep: tuple[int, ...] | None = None
+    at: float = EARLY_EXIT_AT  # without an explicit schedule: prune after this share of the steps
+    keep_share: float = EARLY_EXIT_KEEP  # keeping this share of the candidates (at least one)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (self.prune_steps is None) != (self.keep is None):
+            raise ValueError("pass prune_steps and keep together")
+        if self.prune_steps is not None:
+            object.__setattr__(self, "prune_steps", tuple(self.prune_steps))
+            object.__setattr__(self, "keep", tuple(self.keep))
+        if not 0 < self.at < 1 or not 0 < self.keep_share <= 1:
+            raise ValueError(f"at must be in (0, 1) and keep_share in (0, 1], got {self.at} and {self.keep_share}")
+
+    def schedule(self, num_inference_steps: int) -> PruneSchedule:
+        if self.prune_steps is not None:
+            return PruneSchedule(self.prune_steps, self.keep)
+        return early_exit_schedule(self.n, num_inference_steps, at=self.at, keep=self.keep_share)
+
+
+@register
+@dataclass(frozen=True)
+class SuccessiveHalving(EarlyExit):
+    """Successive halving: halve the candidates at evenly spaced early steps, down to one (TTSnap-style)."""
+
+    name: ClassVar[str] = "successive-halving"
+
+    def schedule(self, num_inference_steps: int) -> PruneSchedule:
+        if self.prune_steps is not None:
+            return PruneSchedule(self.prune_steps, self.keep)
+        return successive_halving_schedule(self.n, num_inference_steps)

@@ -4,15 +4,20 @@ steering (Latent-CLIP, arXiv 2503.08455): gradient ascent on the initial noise t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..adapters import Denoiser
+from ..core import sampling_defaults
 from ..cost import Cost
-from ..generate import GenerationResult, resolve, sampling_defaults, to_pil
 from ..scorers import Scorer
+from .base import NoiseStage, check_finite, check_positive_int, register, resolve_scorer
+
+NOISE_OPTIMIZATION_ITERATIONS = 50  # ReNO's default, where a pipeline's latentalign.json recommends none
 
 
 @dataclass(frozen=True)
@@ -34,49 +39,15 @@ class Reward:
             raise ValueError("an avoid reward needs the concept text as prompt=")
 
 
-@dataclass(frozen=True)
-class NoiseOptimizationConfig:
-    """ReNO's defaults (REFERENCES.md), except the schedule: ReNO runs one-step models (SD-Turbo; on the Shapes
-    world, the distilled "shapes-one-step"); for a many-step pipeline the generator is a short DDIM schedule we
-    back-propagate through. `generate` takes the steps a pipeline recommends (`noise_optimization_steps`)."""
-
-    iterations: int = 50
-    lr: float = 5.0
-    momentum: float = 0.9  # SGD with Nesterov momentum
-    grad_clip: float = 0.1  # gradient-norm clipping
-    reg_weight: float = 0.01  # lambda of the chi-norm regulariser
-    num_inference_steps: int = 4  # the differentiable generator's steps (1 for one-step models such as SD-Turbo)
-    gradient_checkpointing: bool = False  # recompute each denoiser step in the backward pass (less memory)
-
-    def __post_init__(self):
-        if self.iterations < 0 or self.num_inference_steps < 1:
-            raise ValueError("iterations must be >= 0 and num_inference_steps >= 1")
-        for name in ("lr", "momentum", "grad_clip", "reg_weight"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite non-negative number, got {value}")
-
-
 def recommended_iterations(pipe) -> int:
-    """The iteration count `pipe` recommends in its latentalign.json, else ReNO's default."""
-    recommended = sampling_defaults(pipe).noise_optimization_iterations
-    return NoiseOptimizationConfig.iterations if recommended is None else recommended
+    """The iteration count `pipe` recommends for noise optimisation in its latentalign.json, else ReNO's 50."""
+    recommended = NoiseOptimization().with_pipeline_defaults(pipe).iterations
+    return NOISE_OPTIMIZATION_ITERATIONS if recommended is None else recommended
 
 
 def recommended_steps(pipe) -> int:
-    """The generator steps `pipe` recommends for noise optimisation in its latentalign.json, else the default."""
-    recommended = sampling_defaults(pipe).noise_optimization_steps
-    return NoiseOptimizationConfig.num_inference_steps if recommended is None else recommended
-
-
-@dataclass
-class NoiseOptimizationResult(GenerationResult):
-    """The best iterate's image per prompt, plus the reward of every iterate (`rewards[p][i]`, without the
-    regulariser) and which one was kept (`best_iteration[p]`, 0 = the initial noise)."""
-
-    rewards: list[list[float]] = field(default_factory=list)
-    best_iteration: list[int] = field(default_factory=list)
-    skipped_updates: list[int] = field(default_factory=list)  # iterations whose gradient was not finite
+    """The generator steps `pipe` recommends for noise optimisation (its latentalign.json), else 4."""
+    return NoiseOptimization().run_settings(pipe)["num_inference_steps"]
 
 
 def chi_regulariser(z: torch.Tensor, weight: float) -> torch.Tensor:
@@ -109,69 +80,122 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
 
 
 def differentiable_sample(
-    den: Denoiser, z: torch.Tensor, cond, seeds: list[int], steps: int, checkpointing: bool = False
+    den: Denoiser, z: torch.Tensor, cond, schedulers, checkpointing: bool = False
 ) -> torch.Tensor:
-    """The short sampler as a differentiable function of the initial (standard Gaussian) noise `z`, one row per
-    seed; a stochastic scheduler's step noise comes from each seed's generator afresh on every call, so it is the
-    same function at every iterate."""
-    _, scheduler = den.start(seeds, steps)
-    latents = z * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        model_in = scheduler.scale_model_input(latents, t)
+    """The short sampler as a differentiable function of the initial (standard Gaussian) noise `z`, on a fresh
+    scheduler set (`schedulers`, whose generators give a stochastic scheduler's step noise)."""
+    latents = z * schedulers.init_noise_sigma
+    for t in schedulers.timesteps:
+        model_in = schedulers.scale_model_input(latents, t)
         if checkpointing:
             out = checkpoint(lambda x, t=t: den.denoise(x, t, cond)[0], model_in, use_reentrant=False)
         else:
             out = den.denoise(model_in, t, cond)[0]
-        latents = scheduler.step(out, t, latents).prev_sample
+        latents = schedulers.step(out, t, latents).prev_sample
     return latents
 
 
-def noise_optimization(
-    pipe,
-    prompt: str | list[str],
-    *,
-    rewards: list[Reward],
-    seed: int | list[int] = 0,
-    config: NoiseOptimizationConfig = NoiseOptimizationConfig(),
-    guidance_scale: float | None = None,
-    callback=None,
-) -> NoiseOptimizationResult:
-    """ReNO: maximise the weighted rewards minus the chi-norm regulariser over the initial noise, by SGD with
-    Nesterov momentum and gradient-norm clipping; keep the iterate with the highest reward. `callback` gets
-    `{"prompt_index", "iteration", "latents", "reward"}` after every iterate is scored."""
-    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, config.num_inference_steps, guidance_scale)
-    if not rewards:
-        raise ValueError("noise optimisation needs at least one Reward")
-    if not all(isinstance(r, Reward) for r in rewards):
-        raise ValueError("rewards must be latentalign.methods.Reward objects")
-    cost = Cost()
-    den = Denoiser(pipe, cost)
-    for module in (den.model, den.vae, *[r.scorer for r in rewards]):
-        module.requires_grad_(False)
-    finals, all_rewards, best_its, skipped = [], [], [], []
-    with cost.timed():
-        for index, (p, s) in enumerate(zip(prompts, seeds, strict=True)):
-            with torch.no_grad():
-                cond = den.encode([p], scale)
+def _clone(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def concept_texts(pipe, concept: str) -> list[str]:
+    """What an avoid reward compares against: on the Shapes world, a colour or shape word becomes every
+    single-object prompt that names it (the scorers were trained on prompts, not bare words)."""
+    if sampling_defaults(pipe).world != "shapes":
+        return [concept]
+    from ..world import suite, vocabulary
+
+    vocab = vocabulary()
+    if concept not in vocab["colours"] + vocab["shapes"]:
+        raise ValueError(f"avoid takes a Shapes colour or shape, got {concept!r}")
+    return [p for p in suite("single_object", "all") if concept in p.split()]
+
+
+@register
+@dataclass(frozen=True)
+class NoiseOptimization(NoiseStage):
+    """ReNO: maximise the weighted rewards minus the chi-norm regulariser over each row's initial noise, through
+    the run's own (short) schedule, by SGD with Nesterov momentum and gradient-norm clipping; each row keeps the
+    iterate with the highest reward, and its image is that iterate's. ReNO's defaults (REFERENCES.md), except the
+    schedule: ReNO runs one-step models (SD-Turbo; on the Shapes world, "shapes-one-step"); for a many-step
+    pipeline the run defaults to a 4-step schedule, back-propagated through."""
+
+    name: ClassVar[str] = "noise-optimization"
+    run_defaults: ClassVar[dict] = {"num_inference_steps": 4}
+    shapes_scorer: ClassVar[str] = "shapes-latent"
+
+    iterations: int | None = None  # None: the pipeline's latentalign.json, else ReNO's 50
+    lr: float = 5.0
+    momentum: float = 0.9  # SGD with Nesterov momentum
+    grad_clip: float = 0.1  # gradient-norm clipping
+    reg_weight: float = 0.01  # lambda of the chi-norm regulariser
+    gradient_checkpointing: bool = False  # recompute each denoiser step in the backward pass (less memory)
+    rewards: tuple[Reward, ...] | None = None  # explicit rewards; else the scorer's for the prompt (plus avoid)
+    scorer: Scorer | str | None = None  # the reward's scorer (None: the pipeline's latentalign.json, else default)
+    avoid: str | None = None  # a concept to steer away from (Shapes: a colour or shape word)
+    avoid_weight: float = 1.0
+    on_iterate: Callable[[dict], None] | None = None  # gets {"row", "iteration", "latents", "reward"} per iterate
+
+    def __post_init__(self):
+        if self.iterations is not None:
+            check_positive_int("iterations", self.iterations, minimum=0)
+        for name in ("lr", "momentum", "grad_clip", "reg_weight", "avoid_weight"):
+            check_finite(name, getattr(self, name), minimum=0)
+        if self.rewards is not None:
+            object.__setattr__(self, "rewards", tuple(self.rewards))
+            if not self.rewards or not all(isinstance(r, Reward) for r in self.rewards):
+                raise ValueError("rewards must be a non-empty list of latentalign.methods.Reward objects")
+            if self.scorer is not None or self.avoid is not None:
+                raise ValueError("pass rewards=..., or scorer/avoid to build them, not both")
+
+    def prepare(self, run) -> NoiseOptimization:
+        iterations = NOISE_OPTIMIZATION_ITERATIONS if self.iterations is None else self.iterations
+        rewards = self.rewards
+        if rewards is None:
+            chosen = resolve_scorer(self.scorer, run.pipe, self.name, self.shapes_scorer)
+            rewards = [Reward(chosen)]
+            if self.avoid is not None:
+                rewards.append(Reward(chosen, self.avoid_weight, concept_texts(run.pipe, self.avoid), avoid=True))
+            rewards = tuple(rewards)
+        return replace(self, iterations=iterations, rewards=rewards, scorer=None, avoid=None)
+
+    def record(self) -> dict:
+        out = {k: getattr(self, k) for k in ("iterations", "lr", "momentum", "grad_clip", "reg_weight")}
+        out["rewards"] = [
+            {"scorer": r.scorer.kind, "weight": r.weight, "prompt": r.prompt, "avoid": r.avoid} for r in self.rewards
+        ]
+        return out
+
+    def initial_noise(self, run, noise, rows, generators):
+        den, cost = run.den, run.cost
+        for module in (den.model, den.vae, *[r.scorer for r in self.rewards]):
+            module.requires_grad_(False)  # the run restores the user's flags afterwards
+        out_noise, finished, histories, best_its, skipped = [], [], [], [], []
+        for r in rows:
+            cond = run.row_cond([r])
+            prompt = run.prompt_of(r)
             # the optimised variable is the standard Gaussian noise (what the chi regulariser's norm is about); the
             # sampler scales it to its scheduler's start (sigma_max for Euler-type schedulers, 1 for DDIM/DDPM)
-            z = den.initial_noise([s]).float().clone().requires_grad_(True)
-            opt = torch.optim.SGD([z], lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
-            history, best, best_it, best_latents, bad = [], -math.inf, 0, None, 0
-            for it in range(config.iterations + 1):  # iterate 0 scores the initial noise
-                last = it == config.iterations
+            z = noise[r : r + 1].float().clone().requires_grad_(True)
+            opt = torch.optim.SGD([z], lr=self.lr, momentum=self.momentum, nesterov=self.momentum > 0)
+            history, best, best_it, best_latents, best_z, bad = [], -math.inf, 0, None, None, 0
+            for it in range(self.iterations + 1):  # iterate 0 scores the initial noise
+                last = it == self.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
-                    latents = differentiable_sample(
-                        den, z.to(den.dtype), cond, [s], steps, config.gradient_checkpointing
-                    )
-                    reward = _reward(rewards, den, latents, p, cost)
-                    loss = -reward.sum() + chi_regulariser(z, config.reg_weight).sum()
+                    schedulers = run.schedulers([_clone(generators[r])])  # the same function at every iterate
+                    latents = differentiable_sample(den, z.to(den.dtype), cond, schedulers, self.gradient_checkpointing)
+                    reward = _reward(list(self.rewards), den, latents, prompt, cost)
+                    loss = -reward.sum() + chi_regulariser(z, self.reg_weight).sum()
                 value = float(reward.detach().sum())
                 history.append(value)
-                if callback is not None:
-                    callback({"prompt_index": index, "iteration": it, "latents": latents.detach(), "reward": value})
+                if self.on_iterate is not None:
+                    self.on_iterate({"row": r, "iteration": it, "latents": latents.detach(), "reward": value})
                 if value > best or best_latents is None:  # a NaN reward never wins, but iterate 0 is kept
-                    best, best_it, best_latents = (value if math.isfinite(value) else -math.inf), it, latents.detach()
+                    best = value if math.isfinite(value) else -math.inf
+                    best_it, best_latents, best_z = it, latents.detach(), z.detach().clone()
                 if last:
                     break
                 opt.zero_grad(set_to_none=True)
@@ -179,27 +203,17 @@ def noise_optimization(
                 if not torch.isfinite(z.grad).all():
                     bad += 1  # a non-finite gradient never reaches the noise
                     continue
-                torch.nn.utils.clip_grad_norm_([z], config.grad_clip)
+                torch.nn.utils.clip_grad_norm_([z], self.grad_clip)
                 before = z.detach().clone()
                 opt.step()
                 if not torch.isfinite(z).all():
                     bad += 1
                     with torch.no_grad():
                         z.copy_(before)
-            finals.append(best_latents)
-            all_rewards.append(history)
+            out_noise.append(best_z.to(noise.dtype))
+            finished.append(best_latents)
+            histories.append(history)
             best_its.append(best_it)
             skipped.append(bad)
-        with torch.no_grad():
-            final = torch.cat(finals)
-            images = to_pil(den.decode(final))
-    settings = {
-        "num_inference_steps": steps,
-        "guidance_scale": scale,
-        "iterations": config.iterations,
-        "lr": config.lr,
-        "rewards": [
-            {"scorer": r.scorer.kind, "weight": r.weight, "prompt": r.prompt, "avoid": r.avoid} for r in rewards
-        ],
-    }
-    return NoiseOptimizationResult(images, final, prompts, seeds, cost, settings, all_rewards, best_its, skipped)
+        run.outputs.update(rewards=histories, best_iteration=best_its, skipped_updates=skipped)
+        return torch.cat(out_noise), torch.cat(finished)

@@ -16,17 +16,15 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..adapters import Denoiser
-from ..cost import Cost
-from ..generate import GenerationResult, resolve, sampling_defaults, to_pil
-from ..sampling import sample
+from .base import NoiseStage, register
 
 CONFIG_FILE, WEIGHTS_FILE = "projector.json", "projector.safetensors"
 SHIPPED_PROJECTORS = {"shapes-projector": Path(__file__).parents[1] / "weights" / "shapes_projector"}
@@ -163,46 +161,59 @@ def ship_projector(folder: str | Path) -> Path:
     return target
 
 
-def resolve_projector(projector: NoiseProjector | str | Path | None, pipe) -> NoiseProjector:
-    """A projector object, a folder or shipped name, or None for the one the pipeline's latentalign.json names."""
+_LOADED: dict[tuple, NoiseProjector] = {}
+
+
+def shared_projector(source: str | Path) -> NoiseProjector:
+    """`load_projector`, once per process while the folder's files are unchanged (`generate` in a loop reuses it)."""
+    folder = SHIPPED_PROJECTORS.get(str(source), Path(source))
+    files = [folder / CONFIG_FILE, folder / WEIGHTS_FILE]
+    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None for f in files)
+    key = (str(folder.resolve()), stamp)
+    if key not in _LOADED:
+        _LOADED[key] = load_projector(source)
+    return _LOADED[key]
+
+
+def resolve_projector(projector: NoiseProjector | str | Path | None) -> NoiseProjector:
+    """A projector object, or a folder or shipped name (loaded once per process)."""
     if isinstance(projector, NoiseProjector):
         return projector
     if projector is None:
-        projector = sampling_defaults(pipe).noise_projector
-        if projector is None:
-            raise ValueError("noise projection needs projector=... (a folder from `latentalign train projector`)")
-    return load_projector(projector)
-
-
-@torch.no_grad()
-def noise_projection(
-    pipe,
-    prompt: str | list[str],
-    *,
-    projector: NoiseProjector | str | Path | None = None,
-    seed: int | list[int] = 0,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-) -> GenerationResult:
-    """Noise projection: project each seed's Gaussian noise with the prompt, then sample as plain generation does
-    (the same schedulers, step noise and guidance). `cost.projector_calls` counts the extra forward passes."""
-    prompts, seeds, steps, scale = resolve(pipe, prompt, seed, num_inference_steps, guidance_scale)
-    projector = resolve_projector(projector, pipe)
-    cost = Cost()
-    den = Denoiser(pipe, cost)
-    channels, text_dim = den.latent_shape[0], den.text_dim
-    if (projector.config.latent_channels, projector.config.text_dim) != (channels, text_dim):
+        raise ValueError("noise projection needs projector=... (a folder from `latentalign train projector`)")
+    if not isinstance(projector, (str, Path)):
         raise ValueError(
-            f"the projector was built for {projector.config.latent_channels}-channel latents and "
-            f"{projector.config.text_dim}-wide prompt embeddings; this pipeline has {channels} and {text_dim}"
+            f"projector must be a NoiseProjector, a folder or a shipped name, got {type(projector).__name__}"
         )
-    projector = projector.to(den.device)
-    with cost.timed():
-        cond = den.encode(prompts, scale)
-        _, schedulers = den.start(seeds, steps)  # the rows' schedulers and generators, as plain generation has them
-        noise = projector.project(den.initial_noise(seeds), cond.prompt_embeds)
-        cost.projector_calls += len(prompts)
-        latents = sample(den, noise * schedulers.init_noise_sigma, cond, schedulers)
-        images = to_pil(den.decode(latents))
-    settings = {"num_inference_steps": steps, "guidance_scale": scale, "projector": asdict(projector.config)}
-    return GenerationResult(images, latents, prompts, seeds, cost, settings)
+    return shared_projector(projector)
+
+
+@register
+@dataclass(frozen=True)
+class NoiseProjection(NoiseStage):
+    """Noise projection: each row's Gaussian noise, projected with its prompt's embeddings, is what the pipeline
+    denoises (the same schedulers, step noise and guidance as plain generation). `cost.projector_calls` counts the
+    extra forward passes."""
+
+    name: ClassVar[str] = "noise-projection"
+
+    projector: NoiseProjector | str | Path | None = None  # None: the one the pipeline's latentalign.json names
+
+    def prepare(self, run) -> NoiseProjection:
+        projector = resolve_projector(self.projector)
+        channels, text_dim = run.den.latent_shape[0], run.den.text_dim
+        if (projector.config.latent_channels, projector.config.text_dim) != (channels, text_dim):
+            raise ValueError(
+                f"the projector was built for {projector.config.latent_channels}-channel latents and "
+                f"{projector.config.text_dim}-wide prompt embeddings; this pipeline has {channels} and {text_dim}"
+            )
+        return replace(self, projector=projector.to(run.den.device))
+
+    def initial_noise(self, run, noise: torch.Tensor, rows: list[int], generators) -> tuple[torch.Tensor, None]:
+        projected = self.projector.project(noise, run.row_cond(rows).prompt_embeds)
+        run.cost.projector_calls += len(rows)
+        return projected, None
+
+    def record(self) -> dict:
+        config = self.projector.config if isinstance(self.projector, NoiseProjector) else None
+        return {"projector": asdict(config) if config is not None else str(self.projector)}

@@ -1,7 +1,7 @@
 """Alignment scorers behind one interface, `score(x, prompts, t=None) -> (batch,)`, over pixels or (noisy) latents."""
 
 from .base import SPACES, Scorer
-from .factory import build_shapes_scorer, load_scorer, save_scorer
+from .factory import build_shapes_scorer, load_scorer, save_scorer, shared_scorer
 from .latent_clip import LatentCLIPScorer, convert_open_clip_state_dict
 from .noisy_clip import NoisyCLIPScorer, fit_preview_map, sdxl_preview_map
 from .pixel_clip import PixelCLIPScorer
@@ -18,4 +18,5 @@ __all__ = [
     "load_scorer",
     "sdxl_preview_map",
     "save_scorer",
+    "shared_scorer",
 ]

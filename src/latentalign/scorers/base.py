@@ -34,7 +34,8 @@ def clip_preprocess(x: torch.Tensor, size: int, mean: torch.Tensor, std: torch.T
     if (h, w) != (size, size):
         scale = size / min(h, w)
         nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-        x = F.interpolate(x, size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)
+        # antialiased resizing has no half-precision CPU kernel: resize in float32, then back to the input's dtype
+        x = F.interpolate(x.float(), size=(nh, nw), mode="bilinear", antialias=True, align_corners=False).to(x.dtype)
         top, left = (nh - size) // 2, (nw - size) // 2
         x = x[..., top : top + size, left : left + size]
     return (x - mean) / std

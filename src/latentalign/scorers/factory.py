@@ -141,3 +141,25 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
         elif name != "timestep_embedding":  # a NoisyCLIP saved without one has a zero (no-op) timestep embedding
             raise FileNotFoundError(f"{folder} has no {path.name}: its {kind} scorer needs it")
     return scorer.eval()
+
+
+_LOADED: dict[tuple, tuple] = {}  # (folder, file times, id(vae)) -> (scorer, vae); see shared_scorer
+
+
+def shared_scorer(source: str | Path, *, vae=None) -> Scorer:
+    """`load_scorer`, once per process: a scorer named by a string is loaded the first time and reused while its
+    files are unchanged (methods call this for every `generate`; train with `load_scorer`, which always loads)."""
+    folder = Path(source)
+    if str(source) in SHIPPED:
+        from ..pipeline import SHAPES_SCORERS
+
+        folder = SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
+    files = sorted(folder.glob("*")) if folder.is_dir() else []
+    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
+    key = (str(folder.resolve()), stamp, id(vae))
+    hit = _LOADED.get(key)
+    if hit is not None and hit[1] is vae:
+        return hit[0]
+    scorer = load_scorer(source, vae=vae)
+    _LOADED[key] = (scorer, vae)
+    return scorer

@@ -129,7 +129,7 @@ def train_accuracy(pipe, per_suite: int = 24, seeds: int = 4) -> dict:
 
 def one_step_settings(world: str | None) -> dict:
     """The latentalign.json of a distilled pipeline: one unguided step, also as noise optimisation's generator."""
-    settings = {"num_inference_steps": 1, "guidance_scale": 1.0, "noise_optimization_steps": 1}
+    settings = {"num_inference_steps": 1, "guidance_scale": 1.0, "noise-optimization": {"num_inference_steps": 1}}
     return settings if world is None else {**settings, "world": world}
 
 

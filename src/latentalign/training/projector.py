@@ -125,7 +125,7 @@ def train_projector(
         noise = den.initial_noise(seeds).float()
         mu, log_sigma = projector(noise, cond.prompt_embeds)
         refined = mu + log_sigma.exp() * noise
-        latents = differentiable_sample(den, refined.to(den.dtype), cond, seeds, steps)
+        latents = differentiable_sample(den, refined.to(den.dtype), cond, den.start(seeds, steps)[1])
         x = den.decode(latents) if scorer.space == "pixels" else latents
         reward = scorer.score(x, prompts).float()
         kl = projection_kl(mu, log_sigma)

@@ -268,12 +268,12 @@ def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
     atomically at `path`."""
     if path.exists():
         return load_prompted_tensors(path)
-    from ..generate import to_pil
-    from ..methods.noise_optimization import NoiseOptimizationConfig, Reward, noise_optimization, recommended_steps
+    from ..generate import generate, to_pil
+    from ..methods.noise_optimization import NoiseOptimization, Reward, recommended_steps
     from ..world.dataset import sample_prompts
 
     scorer = load_scorer(cfg.init_from, vae=pipe.vae).requires_grad_(False)
-    config = NoiseOptimizationConfig(iterations=cfg.reward_iterations, num_inference_steps=recommended_steps(pipe))
+    steps = recommended_steps(pipe)
     rng = random.Random(cfg.seed + 19)
     runs = sample_prompts(cfg.reward_samples, rng, split=cfg.split, weights=list(cfg.category_weights))
     finals, iterations, prompts = [], [], []
@@ -285,7 +285,8 @@ def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
                 finals.append(info["latents"].cpu())
                 iterations.append(info["iteration"])
 
-        noise_optimization(pipe, prompt, rewards=[Reward(scorer)], seed=seed, config=config, callback=keep)
+        stage = NoiseOptimization(iterations=cfg.reward_iterations, rewards=[Reward(scorer)], on_iterate=keep)
+        generate(pipe, prompt, method=stage, seed=seed, num_inference_steps=steps)
         prompts += [prompt] * (len(finals) - len(prompts))
     final = torch.cat(finals)
     with torch.no_grad():

@@ -1,0 +1,493 @@
+"""The one run every method shares: a stock pipeline's call, resolved, then noise -> steps -> selection.
+
+`resolve_run` turns `generate`'s arguments (the pipeline's own `__call__` arguments that apply, plus latentalign's)
+into a `Run` and checks every one of them before any denoiser call. `execute` then draws the initial noise as the
+stock pipeline does, lets the composition's stages act at their places, and denoises on the shared loop.
+
+Rows: with `n` candidates per image (1 without a selection stage), row r is candidate r % n of image r // n.
+Candidate 0 of every image draws the noise plain generation would (from the call's generator, or `latents`), so
+Best-of-N with N=1 is plain generation; candidate i > 0 of image b draws from its own generator seeded
+`base_b + i * SEED_STRIDE`, where base_b is image b's seed (`seed=[...]`; with one `seed=s` for several images,
+s + b; with generators, their initial seeds).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .adapters import Conditioning, Denoiser, row_schedulers
+from .core import (
+    OUTPUT_TYPES,
+    GenerationResult,
+    as_output,
+    call_arguments,
+    check_guidance,
+    check_prompts,
+    check_seeds,
+    check_steps,
+    default_guidance,
+    default_steps,
+)
+from .cost import Cost
+from .methods.base import SEED_STRIDE, Composition, PruneSchedule
+from .sampling import sample
+
+MODEL_KWARGS = ("cross_attention_kwargs", "joint_attention_kwargs")
+CALLBACK_TENSORS = ("latents",)  # what latentalign hands to callback_on_step_end
+
+
+@dataclass
+class Run:
+    """One resolved call: what every stage reads. Per image (prompts x num_images_per_prompt): its prompt, its
+    conditioning row, its generator and its base seed; `n` candidates per image."""
+
+    pipe: Any
+    den: Denoiser
+    cost: Cost
+    prompts: list[str | None]
+    cond: Conditioning
+    generators: list[torch.Generator]
+    seeds: list[int | None]
+    steps: int
+    guidance_scale: float
+    template: Any  # a fresh scheduler with the run's timesteps set
+    eta: float = 0.0
+    latents: torch.Tensor | None = None
+    n: int = 1
+    max_batch: int | None = None
+    output_type: str = "pil"
+    callback: Callable[[dict], None] | None = None
+    callback_on_step_end: Any = None
+    settings: dict = field(default_factory=dict)
+    outputs: dict = field(default_factory=dict)
+
+    @property
+    def images(self) -> int:
+        return len(self.prompts)
+
+    def image_of(self, row: int) -> int:
+        return row // self.n
+
+    def prompt_of(self, row: int) -> str | None:
+        return self.prompts[row // self.n]
+
+    def row_cond(self, rows: list[int]) -> Conditioning:
+        return self.cond.select([self.image_of(r) for r in rows])
+
+    def schedulers(self, generators: list[torch.Generator]):
+        """A fresh scheduler set for rows drawing their step noise from `generators`."""
+        return row_schedulers(self.template, generators, self.eta)
+
+
+def _clone(generator: torch.Generator) -> torch.Generator:
+    copy = torch.Generator(device=generator.device)
+    copy.set_state(generator.get_state())
+    return copy
+
+
+def _check_generators(generator, images: int) -> list[torch.Generator]:
+    gens = generator if isinstance(generator, (list, tuple)) else [generator]
+    if not all(isinstance(g, torch.Generator) for g in gens):
+        raise ValueError("generator must be a torch.Generator or a list of them")
+    if isinstance(generator, (list, tuple)):
+        if len(gens) != images:
+            raise ValueError(f"got {len(gens)} generators for {images} images (prompts x num_images_per_prompt)")
+        return list(gens)
+    return [generator] * images
+
+
+def _is_tensor(name: str, value, ndim: int | None = None) -> None:
+    if value is not None and not (isinstance(value, torch.Tensor) and (ndim is None or value.ndim == ndim)):
+        raise ValueError(f"{name} must be a {ndim}-d torch.Tensor, got {type(value).__name__}")
+
+
+def resolve_run(
+    pipe,
+    composition: Composition,
+    prompt,
+    *,
+    seed=None,
+    generator=None,
+    latents=None,
+    height=None,
+    width=None,
+    num_inference_steps=None,
+    timesteps=None,
+    sigmas=None,
+    guidance_scale=None,
+    guidance_rescale=0.0,
+    eta=0.0,
+    negative_prompt=None,
+    num_images_per_prompt=1,
+    prompt_embeds=None,
+    negative_prompt_embeds=None,
+    pooled_prompt_embeds=None,
+    negative_pooled_prompt_embeds=None,
+    output_type="pil",
+    clip_skip=None,
+    cross_attention_kwargs=None,
+    joint_attention_kwargs=None,
+    callback=None,
+    callback_on_step_end=None,
+    callback_on_step_end_tensor_inputs=None,
+    max_batch=None,
+    given: set[str] = frozenset(),
+) -> Run:
+    """Check every argument against the pipeline and the stages, then encode the prompts: no denoiser call."""
+    accepted = call_arguments(pipe)
+    stock = given - {"seed", "callback", "max_batch", "prompt"}
+    for name in sorted(stock):
+        if name not in accepted:
+            raise TypeError(f"{type(pipe).__name__}'s __call__ takes no {name!r}, so generate does not either")
+        for stage in composition.stages:
+            if name in stage.refuses:
+                raise TypeError(f"method {stage.name!r} cannot honour {name!r}")
+    if seed is not None and generator is not None:
+        raise ValueError("pass seed= or generator=, not both")
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
+    if (
+        not isinstance(num_images_per_prompt, int)
+        or isinstance(num_images_per_prompt, bool)
+        or num_images_per_prompt < 1
+    ):
+        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+    for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
+        _is_tensor(name, value, 3)
+    for name, value in (("pooled_prompt_embeds", pooled_prompt_embeds), ("latents", latents)):
+        _is_tensor(name, value)
+    if prompt is None:
+        if prompt_embeds is None:
+            raise ValueError("pass prompt= or prompt_embeds=")
+        for stage in composition.stages:
+            if stage.needs_prompt_text:
+                raise ValueError(f"method {stage.name!r} reads the prompt's text: pass prompt=, not only prompt_embeds")
+        prompts: list[str | None] = [None] * prompt_embeds.shape[0]
+    else:
+        if prompt_embeds is not None:
+            raise ValueError("pass prompt= or prompt_embeds=, not both")
+        prompts = check_prompts(pipe, prompt)
+    images = len(prompts) * num_images_per_prompt
+    negatives = negative_prompt
+    if isinstance(negative_prompt, (list, tuple)) and len(negative_prompt) != len(prompts):
+        raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
+    if negative_prompt is not None and not all(
+        isinstance(x, str) for x in ([negatives] if isinstance(negatives, str) else negatives)
+    ):
+        raise ValueError("negative_prompt must be a string or a list of strings")
+
+    run_defaults: dict[str, Any] = {}
+    for stage in composition.stages:  # the first stage (in place order) that recommends a setting decides it
+        for k, v in stage.run_settings(pipe).items():
+            run_defaults.setdefault(k, v)
+    if timesteps is not None or sigmas is not None:
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("pass timesteps= or sigmas=, not both")
+        custom = list(timesteps if timesteps is not None else sigmas)
+        if not custom or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in custom):
+            raise ValueError("timesteps / sigmas must be a non-empty list of finite numbers")
+        if num_inference_steps is not None and num_inference_steps != len(custom):
+            raise ValueError(f"num_inference_steps={num_inference_steps} but {len(custom)} custom timesteps given")
+        steps = len(custom)
+    else:
+        steps = num_inference_steps if num_inference_steps is not None else run_defaults.get("num_inference_steps")
+        steps = check_steps(default_steps(pipe) if steps is None else steps)
+    scale = guidance_scale if guidance_scale is not None else run_defaults.get("guidance_scale")
+    scale = check_guidance(default_guidance(pipe) if scale is None else scale)
+    for name, value in (("eta", eta), ("guidance_rescale", guidance_rescale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if clip_skip is not None and (not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or clip_skip < 0):
+        raise ValueError(f"clip_skip must be a non-negative integer, got {clip_skip!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError("callback must be callable")
+    if callback_on_step_end is not None:
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        elif not callable(callback_on_step_end):
+            raise ValueError("callback_on_step_end must be callable")
+        inputs = list(callback_on_step_end_tensor_inputs or ["latents"])
+        refused = [k for k in inputs if k not in CALLBACK_TENSORS]
+        if refused:
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs: latentalign passes {list(CALLBACK_TENSORS)}, not {refused}"
+            )
+    if max_batch is not None:
+        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+
+    if generator is not None:
+        generators = _check_generators(generator, images)
+        shared = not isinstance(generator, (list, tuple)) and images > 1
+        seeds: list[int | None] = [g.initial_seed() + (b if shared else 0) for b, g in enumerate(generators)]
+    else:
+        if seed is None:
+            seed = 0
+        if isinstance(seed, (list, tuple)):
+            seeds = check_seeds(list(seed))
+            if len(seeds) != images:
+                raise ValueError(f"got {len(seeds)} seeds for {images} images (prompts x num_images_per_prompt)")
+            generators = [torch.Generator().manual_seed(s) for s in seeds]
+        else:
+            (seed,) = check_seeds([seed])
+            shared_generator = torch.Generator().manual_seed(seed)  # one generator for the batch, as diffusers
+            generators = [shared_generator] * images
+            seeds = [seed + b for b in range(images)]
+
+    model_kwargs = cross_attention_kwargs if cross_attention_kwargs is not None else joint_attention_kwargs
+    if model_kwargs is not None and not isinstance(model_kwargs, dict):
+        raise ValueError("cross_attention_kwargs / joint_attention_kwargs must be a dict")
+    den = Denoiser(pipe, Cost(), height=height, width=width, model_kwargs=model_kwargs)
+    if latents is not None and tuple(latents.shape) != (images, *den.latent_shape):
+        raise ValueError(f"latents must have shape {(images, *den.latent_shape)}, got {tuple(latents.shape)}")
+    if prompt_embeds is not None and prompt_embeds.shape[-1] != den.text_dim:
+        raise ValueError(f"prompt_embeds must be {den.text_dim} wide for this pipeline, got {prompt_embeds.shape[-1]}")
+    template = den.new_scheduler(steps, timesteps=timesteps, sigmas=sigmas)
+    settings = {
+        "num_inference_steps": steps,
+        "guidance_scale": scale,
+        "height": den.image_size[0],
+        "width": den.image_size[1],
+        "num_images_per_prompt": num_images_per_prompt,
+        "output_type": output_type,
+    }
+    if "eta" in accepted:
+        settings["eta"] = eta
+    if "guidance_rescale" in accepted:
+        settings["guidance_rescale"] = guidance_rescale
+    for name in ("timesteps", "sigmas", "clip_skip"):
+        if locals()[name] is not None:
+            settings[name] = list(locals()[name]) if name != "clip_skip" else clip_skip
+    if negative_prompt is not None:
+        settings["negative_prompt"] = negative_prompt
+    encoding = Cost()
+    with torch.no_grad(), encoding.timed():
+        cond = den.encode(
+            None if prompt is None else list(prompts),
+            scale,
+            negatives,
+            num_images_per_prompt=num_images_per_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            clip_skip=clip_skip,
+            guidance_rescale=float(guidance_rescale),
+        )
+    den.cost = Cost(seconds=encoding.seconds)  # the text encoders' time, not counted as evaluations
+    per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
+    return Run(
+        pipe=pipe,
+        den=den,
+        cost=den.cost,
+        prompts=per_image,
+        cond=cond,
+        generators=generators,
+        seeds=seeds,
+        steps=steps,
+        guidance_scale=scale,
+        template=template,
+        eta=float(eta),
+        latents=latents,
+        max_batch=max_batch,
+        output_type=output_type,
+        callback=callback,
+        callback_on_step_end=callback_on_step_end,
+        settings=settings,
+    )
+
+
+def draw_rows(run: Run) -> tuple[torch.Tensor, list[torch.Generator], list[list[int | None]]]:
+    """The initial (standard Gaussian) noise of every row, each row's generator, and each image's candidate seeds."""
+    den, n, images = run.den, run.n, run.images
+    if run.latents is not None:
+        first = run.latents.to(den.device, den.dtype)
+    elif all(g is run.generators[0] for g in run.generators):
+        first = den.draw(run.generators[0], images)  # one generator draws the batch, as randn_tensor does
+    else:
+        first = den.draw(run.generators, images)
+    rows, gens, cand_seeds = [], [], []
+    for b in range(images):
+        rows.append(first[b : b + 1])
+        gens.append(run.generators[b])
+        base = run.seeds[b]
+        seeds_b = [base]
+        for i in range(1, n):
+            s = base + i * SEED_STRIDE
+            g = torch.Generator().manual_seed(s)
+            rows.append(den.draw([g], 1))
+            gens.append(g)
+            seeds_b.append(s)
+        cand_seeds.append(seeds_b)
+    return torch.cat(rows), gens, cand_seeds
+
+
+def _advance(run: Run, latents, rows, schedulers, start, stop, hook):
+    """Steps [start, stop) for the rows, `max_batch` at a time; returns (latents, last x0, schedulers)."""
+    den, total = run.den, len(rows)
+    chunk = run.max_batch or total
+    outs, x0s, parts = [], [], []
+    for i in range(0, total, chunk):
+        index = list(range(i, min(i + chunk, total)))
+        part = schedulers if len(index) == total else schedulers.select(index)
+        sub_rows = [rows[j] for j in index]
+        seen: dict[str, torch.Tensor] = {}
+
+        def callback(info, seen=seen):
+            seen.update(info)
+            if run.callback is not None:
+                run.callback(info)
+
+        prepare = None
+        if hook is not None:
+
+            def prepare(info, sub_rows=sub_rows, part=part):
+                return hook({**info, "rows": sub_rows, "schedulers": part})
+
+        step_end = None
+        if run.callback_on_step_end is not None:
+
+            def step_end(i_step, t, z):
+                out = run.callback_on_step_end(run.pipe, i_step, t, {"latents": z}) or {}
+                return out.get("latents", z)
+
+        out = sample(
+            den,
+            latents[index],
+            run.row_cond(sub_rows),
+            part,
+            start=start,
+            stop=stop,
+            callback=callback,
+            prepare=prepare,
+            step_end=step_end,
+        )
+        outs.append(out)
+        x0s.append(seen.get("x0", out))
+        parts.append(part)
+    return torch.cat(outs), torch.cat(x0s), type(schedulers).concat(parts)
+
+
+@contextmanager
+def pipeline_left_alone(pipe, extra: list[torch.nn.Module]):
+    """Whatever a method does, the pipeline's (and the stages' scorers') requires_grad flags, train/eval modes,
+    attention processors and scheduler config are what they were afterwards."""
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)] + list(extra)
+    grads = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    modes = [(sub, sub.training) for m in modules for sub in m.modules()]
+    models = [getattr(m, "_orig_mod", m) for m in (getattr(pipe, "unet", None), getattr(pipe, "transformer", None))]
+    processors = [(m, m.attn_processors) for m in models if m is not None and hasattr(m, "attn_processors")]
+    scheduler_config = dict(pipe.scheduler.config)
+    try:
+        yield
+    finally:
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for sub, mode in modes:
+            sub.training = mode
+        for m, original in processors:
+            current = m.attn_processors
+            if any(current[k] is not v for k, v in original.items()):
+                m.set_attn_processor(original)
+        if dict(pipe.scheduler.config) != scheduler_config:
+            pipe.scheduler.register_to_config(**scheduler_config)
+
+
+def execute(run: Run, composition: Composition) -> GenerationResult:
+    """Noise -> steps -> selection on the shared loop; the chosen row of every image decoded once, as a batch."""
+    noise_stage, step_stage, selection = (composition.at(p) for p in ("noise", "steps", "selection"))
+    den, cost = run.den, run.cost
+    run.n = selection.candidates if selection is not None else 1
+    if selection is not None and run.max_batch is None:
+        run.max_batch = selection.max_batch
+    schedule = selection.schedule(run.steps) if selection is not None else PruneSchedule()
+    schedule.validate(run.n, run.steps)
+    if selection is not None:
+        run.settings.update(n=run.n, prune_steps=list(schedule.steps), keep=list(schedule.keep))
+    tracked = [v for s in composition.stages for v in vars(s).values() if isinstance(v, torch.nn.Module)]
+    with cost.timed(), pipeline_left_alone(run.pipe, tracked) if composition.stages else _nothing():
+        noise, generators, cand_seeds = draw_rows(run)
+        rows = list(range(noise.shape[0]))
+        finished = None
+        if noise_stage is not None:
+            noise, finished = noise_stage.initial_noise(run, noise, rows, generators)
+        schedulers = run.schedulers(generators)
+        hook = step_stage.hook(run) if step_stage is not None else None
+        reuse = finished is not None and hook is None and not schedule.steps and run.callback_on_step_end is None
+        reuse = reuse and run.callback is None
+        with torch.no_grad():
+            latents = finished if reuse else noise * schedulers.init_noise_sigma
+            scores: list[list[dict[str, float]]] = [[{} for _ in range(run.n)] for _ in range(run.images)]
+            pruned: list[list[int | None]] = [[None] * run.n for _ in range(run.images)]
+            alive = rows
+            start = 0
+            if not reuse:
+                for stop, keep in zip(schedule.steps, schedule.keep, strict=True):
+                    latents, x0, schedulers = _advance(run, latents, alive, schedulers, start, stop, hook)
+                    t = schedulers.timesteps[stop]
+                    view = {
+                        "latents": latents,
+                        "model_input": schedulers.scale_model_input(latents, t),
+                        "x0": x0,
+                        "t": t,
+                    }
+                    values = selection.score(run, alive, view, final=False).tolist()
+                    kept = []
+                    for b in range(run.images):
+                        mine = [j for j, r in enumerate(alive) if run.image_of(r) == b]
+                        for j in mine:
+                            scores[b][alive[j] % run.n][f"step {stop}"] = values[j]
+                        order = sorted(mine, key=lambda j: -values[j])[:keep]  # stable: ties keep the lower index
+                        kept += sorted(order)
+                        for j in set(mine) - set(order):
+                            pruned[b][alive[j] % run.n] = stop
+                    alive = [alive[j] for j in kept]
+                    latents, schedulers, start = latents[kept], schedulers.select(kept), stop
+                latents, _, schedulers = _advance(run, latents, alive, schedulers, start, None, hook)
+            chosen_rows = []
+            contested = [j for j, r in enumerate(alive) if sum(run.image_of(q) == run.image_of(r) for q in alive) > 1]
+            final_values = {}
+            if contested:
+                view = {
+                    "latents": latents[contested],
+                    "model_input": latents[contested],
+                    "x0": latents[contested],
+                    "t": 0,
+                }
+                values = selection.score(run, [alive[j] for j in contested], view, final=True).tolist()
+                final_values = dict(zip(contested, values, strict=True))
+                for j, v in final_values.items():
+                    scores[run.image_of(alive[j])][alive[j] % run.n]["final"] = v
+            for b in range(run.images):
+                mine = [j for j, r in enumerate(alive) if run.image_of(r) == b]
+                best = max(mine, key=lambda j: (final_values.get(j, 0.0), -j))  # the first of equal scores
+                chosen_rows.append(best)
+            final = latents[chosen_rows]
+            if run.output_type == "latent":
+                images = final
+            else:
+                images = as_output(den.decode(final), run.output_type)
+    outputs = dict(run.outputs)
+    if selection is not None:
+        outputs.update(
+            scores=scores,
+            pruned_at=pruned,
+            chosen=[alive[j] % run.n for j in chosen_rows],
+            candidate_seeds=cand_seeds,
+        )
+    stages = [{"name": s.name, "place": s.place, "settings": s.record()} for s in composition.stages]
+    settings = {**run.settings, "method": composition.label}
+    return GenerationResult(images, final, run.prompts, [s[0] for s in cand_seeds], cost, settings, stages, outputs)
+
+
+@contextmanager
+def _nothing():
+    yield
