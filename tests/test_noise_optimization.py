@@ -205,3 +205,18 @@ def test_sdxl_and_sd3_pipelines_optimise_the_standard_noise(request, family):
     assert torch.allclose(r.latents, plain.latents, rtol=1e-5, atol=1e-5)
     moved = reno(pipe, "a red ball", lr=5.0, **kw)
     assert len(set(moved.rewards[0])) > 1 and torch.isfinite(moved.latents).all()
+
+
+def test_float16_pixel_reward_through_a_vae_that_asks_for_float32(tiny_sdxl_pipeline):
+    """ReNO's main setting (SDXL-Turbo in fp16) with a pixel reward: SDXL's VAE has force_upcast, so the decode
+    that gradients flow through runs on a float32 copy (casting the VAE in place mid-graph broke backward); the
+    chi regulariser stays in float32 and the user's VAE stays float16."""
+    import copy
+
+    pipe = copy.deepcopy(tiny_sdxl_pipeline).to(torch.float16)
+    assert pipe.vae.config.force_upcast
+    scorer = build_shapes_scorer("pixel", pipe.vae.config.scaling_factor, vae=pipe.vae)
+    r = reno(pipe, "a red ball", rewards=[Reward(scorer)], steps=1, iterations=2, guidance_scale=1.0)
+    assert len(set(r.rewards[0])) > 1 and r.skipped_updates == [0]
+    assert r.latents.dtype == torch.float16 and torch.isfinite(r.latents).all()
+    assert pipe.vae.dtype == torch.float16 and all(p.requires_grad for p in pipe.vae.parameters())

@@ -37,9 +37,24 @@ class SamplingDefaults:
         return dict(self.methods.get(name, {}))
 
 
+_READ: dict[tuple, SamplingDefaults] = {}
+
+
 def read_defaults(folder: str | Path) -> SamplingDefaults:
-    """Parse `<folder>/latentalign.json`: run settings at the top, one key per method (by registered name)."""
+    """Parse `<folder>/latentalign.json`: run settings at the top, one key per method (by registered name); read
+    once per version of the file (generate reads it several times a call)."""
     path = Path(folder) / DEFAULTS_FILE
+    try:
+        stat = path.stat()
+    except OSError:
+        return SamplingDefaults()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _READ:
+        _READ[key] = _parse_defaults(path)
+    return _READ[key]
+
+
+def _parse_defaults(path: Path) -> SamplingDefaults:
     if not path.is_file():
         return SamplingDefaults()
     try:

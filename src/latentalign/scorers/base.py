@@ -102,6 +102,8 @@ class Scorer(nn.Module):
         """L2-normalised image embeddings, (batch, projection_dim)."""
         self.check_input(x, t)
         self.cost.scorer_calls += x.shape[0]
+        # a scorer in one dtype reads a pipeline in another (a float32 scorer beside a bfloat16 pipeline)
+        x = x.to(self.clip.logit_scale.dtype)
         return F.normalize(self.image_features(x, t), dim=-1)
 
     def embed_text(self, prompts: str | list[str]) -> torch.Tensor:
@@ -121,7 +123,7 @@ class Scorer(nn.Module):
         """
         self.check_input(x, t)
         prompts = as_prompts(prompts, x.shape[0])
-        return (self.embed_images(x, t) * self.embed_text(prompts)).sum(-1)
+        return (self.embed_images(x, t) * self.embed_text(prompts)).sum(-1).float()
 
     def classify(self, x: torch.Tensor, labels: list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
         """Zero-shot label probabilities, softmax(logit_scale.exp() * img @ txt.T), shape (batch, len(labels))."""
