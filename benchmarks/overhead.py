@@ -4,7 +4,8 @@ Part 1: `generate` (plain) and the stock `StableDiffusionPipeline.__call__` on t
 settings (the embedded `shapes` pipeline at its recommended 20 steps, guidance 1.5, PIL output), interleaved call
 by call, at batch 1 and 8. Part 2: the default early exit (NoisyCLIP prunes after 30% of the steps, keeping a quarter)
 against full Best-of-N (pixel CLIP) at N = 4, 8 and 16, interleaved, with P prompts per call (the survivors of every
-prompt are denoised together); its wall-time ratio beside its denoiser-evaluation ratio. Train prompts only (timing
+prompt are denoised together); its wall-time ratio beside its denoiser-evaluation ratio. Part 3: noise projection
+against plain generation on shapes-one-step, batch 1. Train prompts only (timing
 chooses nothing, but held-out prompts are kept for accuracy reports). One CPU thread (timings on a 2-core machine
 with two threads are noisy). Medians over the repeats; every call's time is kept in table.json.
 
@@ -50,14 +51,16 @@ def overhead(pipe, batch: int, repeats: int) -> dict:
         chunk = prompts[max(r, 0) * batch : (max(r, 0) + 1) * batch]
         seeds = list(range(max(r, 0) * batch, (max(r, 0) + 1) * batch))
 
-        def gens():
+        def gens(seeds=seeds):
             return [torch.Generator().manual_seed(s) for s in seeds]
 
         calls = {
-            "latentalign": lambda: generate(
+            "latentalign": lambda chunk=chunk: generate(
                 pipe, chunk, generator=gens(), num_inference_steps=steps, guidance_scale=guidance
             ),
-            "stock": lambda: pipe(chunk, generator=gens(), num_inference_steps=steps, guidance_scale=guidance),
+            "stock": lambda chunk=chunk: pipe(
+                chunk, generator=gens(), num_inference_steps=steps, guidance_scale=guidance
+            ),
         }
         order = list(calls) if r % 2 == 0 else list(reversed(calls))  # alternate who goes first
         for name in order:
@@ -103,6 +106,28 @@ def early_exit(pipe, n: int, prompts_per_call: int, repeats: int) -> dict:
     }
 
 
+def projection(repeats: int) -> dict:
+    """Plain generation against noise projection on shapes-one-step (its shipped projector, named by a string as a
+    user names it), batch 1, interleaved: the projector is loaded once, so the gap is its forward pass."""
+    pipe = load_pipeline("shapes-one-step")
+    prompts = train_prompts(repeats, seed=2)
+    times = {"plain": [], "noise-projection": []}
+    for r in range(-1, repeats):
+        p, seed = prompts[max(r, 0)], max(r, 0)
+        order = list(times) if r % 2 == 0 else list(reversed(times))
+        for name in order:
+            t = timed(lambda name=name, p=p, seed=seed: generate(pipe, p, method=name, seed=seed))
+            if r >= 0:
+                times[name].append(t)
+    medians = {k: statistics.median(v) for k, v in times.items()}
+    return {
+        "repeats": repeats,
+        "median_s": medians,
+        "ratio": medians["noise-projection"] / medians["plain"],
+        "times": times,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=20)
@@ -115,6 +140,8 @@ def main() -> None:
     for batch in (1, 8):
         rows["overhead"].append(overhead(pipe, batch, args.repeats))
         print(f"batch {batch}: ratio {rows['overhead'][-1]['ratio']:.3f}", flush=True)
+    rows["projection"] = projection(args.repeats * 5)
+    print(f"noise projection / plain on shapes-one-step: {rows['projection']['ratio']:.3f}", flush=True)
     for n in (4, 8, 16):
         for per_call in (1, 8):
             row = early_exit(pipe, n, per_call, max(4, args.repeats // (2 if per_call == 8 else 1) // (n // 4)))
@@ -158,6 +185,14 @@ def main() -> None:
             f"| {r['n']} | {r['prompts_per_call']} | {full:.3f} | {ee:.3f} | {r['wall_ratio']:.3f} | "
             f"{r['eval_ratio']:.3f} | {gap:+.3f} |"
         )
+    m = rows["projection"]["median_s"]
+    lines += [
+        "",
+        "| shapes-one-step, batch 1 | plain median ms | noise projection median ms | ratio |",
+        "|---|---:|---:|---:|",
+        f"| shipped projector by name | {1000 * m['plain']:.1f} | {1000 * m['noise-projection']:.1f} | "
+        f"{rows['projection']['ratio']:.3f} |",
+    ]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -232,10 +232,10 @@ def test_noisy_student_from_a_distilled_latent_clip_starts_as_it(tiny_shapes_pip
 
 
 def test_ship_scorer_makes_the_shipped_name_load_it(tiny_shapes_pipeline, tmp_path, monkeypatch):
-    import latentalign.pipeline as pipeline_module
+    import latentalign.embedded as embedded_module
     from latentalign.scorers.factory import check_scorer_source, ship_scorer
 
-    monkeypatch.setattr(pipeline_module, "SHAPES_SCORERS", tmp_path / "shipped")
+    monkeypatch.setattr(embedded_module, "SHAPES_SCORERS", tmp_path / "shipped")
     with pytest.raises(FileNotFoundError, match="train distill"):
         load_scorer("shapes-latent-distilled")
     scaling = float(tiny_shapes_pipeline.vae.config.scaling_factor)

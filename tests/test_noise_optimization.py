@@ -45,9 +45,12 @@ def test_zero_learning_rate_returns_the_baseline(tiny_shapes_pipeline, latent_sc
 
 def test_optimisation_moves_the_noise_and_keeps_the_best_iterate(tiny_shapes_pipeline, latent_scorer, pixel_scorer):
     rewards = [Reward(latent_scorer), Reward(pixel_scorer, 0.5), Reward(latent_scorer, 1.0, "a blue square", True)]
+    flags = [p.requires_grad for s in (latent_scorer, pixel_scorer) for p in s.parameters()]
     r = reno(tiny_shapes_pipeline, "a red circle", rewards=rewards, seed=0, steps=2, iterations=4, lr=5.0)
     history = r.rewards[0]
     assert len(set(history)) > 1  # the noise moved
+    assert flags == [p.requires_grad for s in (latent_scorer, pixel_scorer) for p in s.parameters()]  # restored
+    assert any(flags)  # (some were on: the restore is seen)
     assert history[r.best_iteration[0]] == max(history)
     assert r.cost.denoiser_evals == 5 * 2 * 2  # iterates x steps x (guided: two evaluations)
     assert r.cost.vae_decodes == 5 + 1 and r.skipped_updates == [0]

@@ -51,7 +51,8 @@ class Run:
     den: Denoiser
     cost: Cost
     prompts: list[str | None]
-    cond: Conditioning
+    cond: Conditioning | None  # set by `encode`, after the stages have checked the run
+    encoding: dict  # the arguments of `Denoiser.encode`
     generators: list[torch.Generator]
     seeds: list[int | None]
     steps: int
@@ -70,6 +71,13 @@ class Run:
     @property
     def images(self) -> int:
         return len(self.prompts)
+
+    def encode(self) -> None:
+        """Encode the prompts with the pipeline's text encoders (the first work of a run); timed in `cost`."""
+        timer = Cost()
+        with torch.no_grad(), timer.timed():
+            self.cond = self.den.encode(self.encoding.pop("prompts"), **self.encoding)
+        self.cost.seconds += timer.seconds
 
     def image_of(self, row: int) -> int:
         return row // self.n
@@ -245,7 +253,7 @@ def resolve_run(
     model_kwargs = cross_attention_kwargs if cross_attention_kwargs is not None else joint_attention_kwargs
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise ValueError("cross_attention_kwargs / joint_attention_kwargs must be a dict")
-    den = Denoiser(pipe, Cost(), height=height, width=width, model_kwargs=model_kwargs)
+    den = Denoiser(pipe, Cost(), height=height, width=width, model_kwargs=model_kwargs)  # its cost is the run's
     if latents is not None and tuple(latents.shape) != (images, *den.latent_shape):
         raise ValueError(f"latents must have shape {(images, *den.latent_shape)}, got {tuple(latents.shape)}")
     if prompt_embeds is not None and prompt_embeds.shape[-1] != den.text_dim:
@@ -268,28 +276,26 @@ def resolve_run(
             settings[name] = list(locals()[name]) if name != "clip_skip" else clip_skip
     if negative_prompt is not None:
         settings["negative_prompt"] = negative_prompt
-    encoding = Cost()
-    with torch.no_grad(), encoding.timed():
-        cond = den.encode(
-            None if prompt is None else list(prompts),
-            scale,
-            negatives,
-            num_images_per_prompt=num_images_per_prompt,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
-            clip_skip=clip_skip,
-            guidance_rescale=float(guidance_rescale),
-        )
-    den.cost = Cost(seconds=encoding.seconds)  # the text encoders' time, not counted as evaluations
+    encoding = dict(
+        prompts=None if prompt is None else list(prompts),
+        guidance_scale=scale,
+        negative_prompt=negatives,
+        num_images_per_prompt=num_images_per_prompt,
+        prompt_embeds=prompt_embeds,
+        negative_prompt_embeds=negative_prompt_embeds,
+        pooled_prompt_embeds=pooled_prompt_embeds,
+        negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+        clip_skip=clip_skip,
+        guidance_rescale=float(guidance_rescale),
+    )
     per_image = [p for p in prompts for _ in range(num_images_per_prompt)]
     return Run(
         pipe=pipe,
         den=den,
         cost=den.cost,
         prompts=per_image,
-        cond=cond,
+        cond=None,
+        encoding=encoding,
         generators=generators,
         seeds=seeds,
         steps=steps,
@@ -376,6 +382,17 @@ def _advance(run: Run, latents, rows, schedulers, start, stop, hook):
     return torch.cat(outs), torch.cat(x0s), type(schedulers).concat(parts)
 
 
+def modules_in(value) -> list[torch.nn.Module]:
+    """The modules a stage holds: its scorer and projector fields, and those inside its rewards."""
+    if isinstance(value, torch.nn.Module):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [m for v in value for m in modules_in(v)]
+    if hasattr(value, "__dataclass_fields__"):
+        return [m for name in value.__dataclass_fields__ for m in modules_in(getattr(value, name))]
+    return []
+
+
 @contextmanager
 def pipeline_left_alone(pipe, extra: list[torch.nn.Module]):
     """Whatever a method does, the pipeline's (and the stages' scorers') requires_grad flags, train/eval modes,
@@ -412,7 +429,7 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
     schedule.validate(run.n, run.steps)
     if selection is not None:
         run.settings.update(n=run.n, prune_steps=list(schedule.steps), keep=list(schedule.keep))
-    tracked = [v for s in composition.stages for v in vars(s).values() if isinstance(v, torch.nn.Module)]
+    tracked = [m for s in composition.stages for m in modules_in(s)]
     with cost.timed(), pipeline_left_alone(run.pipe, tracked) if composition.stages else _nothing():
         noise, generators, cand_seeds = draw_rows(run)
         rows = list(range(noise.shape[0]))

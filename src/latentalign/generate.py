@@ -68,4 +68,5 @@ def generate(
     given = {k for k, v in run_args.items() if v is not None}
     run = resolve_run(pipe, composition, prompt, **run_args, given=given)
     composition = Composition(tuple(s.prepare(run) for s in composition.stages))
+    run.encode()
     return execute(run, composition)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from .embedded import EMBEDDED_PIPELINES, SHAPES, SHAPES_ONE_STEP, WEIGHTS, embedded_folder
+from .embedded import EMBEDDED_PIPELINES, SHAPES, SHAPES_ONE_STEP, SHAPES_SCORERS, config, embedded_folder
 from .tokenizer import build_clip_tokenizer
 from .world import words
 
 SHAPES_WEIGHTS = EMBEDDED_PIPELINES[SHAPES]
 SHAPES_ONE_STEP_WEIGHTS = EMBEDDED_PIPELINES[SHAPES_ONE_STEP]
-SHAPES_SCORERS = WEIGHTS / "shapes_scorers"  # <kind>/ for pixel, latent, noisy
+__all__ = ["SHAPES_SCORERS", "config"]  # re-exported: they moved to the leaf module `embedded`
 SHAPES_GUIDANCE = 1.5  # best overall accuracy on train-split prompts (benchmarks/guidance_sweep.py)
 SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
 # noise optimisation's iterations: where the pixel and latent rewards' mean accuracy on train-split prompts peaks
@@ -30,12 +29,6 @@ SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER = "shapes-latent-distilled"
 # trained through shapes-one-step (`latentalign train projector`): a re-distilled one-step pipeline needs it retrained
 SHAPES_ONE_STEP_NOISE_PROJECTOR = "shapes-projector"
 SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 13
-
-
-def config(name: str) -> dict:
-    """An architecture from `latentalign/configs/<name>.json`."""
-    text = resources.files("latentalign").joinpath("configs", f"{name}.json").read_text()
-    return json.loads(text)
 
 
 def shapes_scheduler_config() -> dict:
@@ -96,8 +89,8 @@ def write_defaults(folder: str | Path) -> None:
 def ship_one_step(folder: str | Path) -> Path:
     """Copy a distilled Shapes pipeline (`latentalign train one-step`) into the package as "shapes-one-step",
     with the iteration count and the reward chosen for it on train prompts."""
+    from .embedded import one_step_settings
     from .generate import DEFAULTS_FILE
-    from .training.one_step import one_step_settings
 
     if SHAPES_ONE_STEP_WEIGHTS.exists():
         shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)

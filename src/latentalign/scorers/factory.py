@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
-from ..pipeline import config
+from .. import embedded
+from ..embedded import config
 from ..tokenizer import build_clip_tokenizer
 from ..world import words
 from .base import Scorer
@@ -105,9 +106,7 @@ def check_scorer_source(name: str, field: str = "init_from") -> None:
 
 def ship_scorer(folder: str | Path, name: str) -> Path:
     """Copy a saved scorer folder into the package as the shipped scorer `name` (one of `SHIPPED`)."""
-    from ..pipeline import SHAPES_SCORERS
-
-    target = SHAPES_SCORERS / SHIPPED_FOLDERS[name][0]
+    target = embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[name][0]
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(folder, target)
@@ -118,10 +117,8 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name (one of `SHIPPED`);
     `vae` re-attaches a pixel scorer's decoder."""
     if str(folder) in SHIPPED:
-        from ..pipeline import SHAPES_SCORERS
-
         name, command = SHIPPED_FOLDERS[str(folder)]
-        folder = SHAPES_SCORERS / name
+        folder = embedded.SHAPES_SCORERS / name
         if not (folder / SCORER_FILE).exists():
             raise FileNotFoundError(f"{folder} is missing: train it with `{command}`")
     folder = Path(folder)
@@ -151,9 +148,7 @@ def shared_scorer(source: str | Path, *, vae=None) -> Scorer:
     files are unchanged (methods call this for every `generate`; train with `load_scorer`, which always loads)."""
     folder = Path(source)
     if str(source) in SHIPPED:
-        from ..pipeline import SHAPES_SCORERS
-
-        folder = SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
+        folder = embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
     files = sorted(folder.glob("*")) if folder.is_dir() else []
     stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
     key = (str(folder.resolve()), stamp, id(vae))

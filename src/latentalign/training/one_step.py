@@ -40,7 +40,7 @@ from ..checkpoint import (
     save_checkpoint,
     save_prompted_tensors,
 )
-from ..embedded import model_id
+from ..embedded import model_id, one_step_settings
 from ..world import SUITE_NAMES, check, suite
 from ..world.dataset import sample_prompts
 from .scorer import ScorerTrainConfig
@@ -125,12 +125,6 @@ def train_accuracy(pipe, per_suite: int = 24, seeds: int = 4) -> dict:
         out[name] = round(sum(ok) / len(ok), 4)
     out["overall"] = round(sum(out[name] for name in SUITE_NAMES) / len(SUITE_NAMES), 4)
     return out
-
-
-def one_step_settings(world: str | None) -> dict:
-    """The latentalign.json of a distilled pipeline: one unguided step, also as noise optimisation's generator."""
-    settings = {"num_inference_steps": 1, "guidance_scale": 1.0, "noise-optimization": {"num_inference_steps": 1}}
-    return settings if world is None else {**settings, "world": world}
 
 
 def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=print) -> Path:
