@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
 from latentalign.bench import median_seconds, read_rows, wilson_interval
-from latentalign.generate import generate, sampling_defaults, to_pil
+from latentalign.generation import generate, sampling_defaults, to_pil
 from latentalign.methods import BestOfN, EarlyExit, PruneSchedule, early_exit_schedule, successive_halving_schedule
 from latentalign.methods.best_of_n import SEED_STRIDE
 from latentalign.scorers import load_scorer

@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from latentalign import load_pipeline  # noqa: E402
 from latentalign.adapters import Denoiser  # noqa: E402
 from latentalign.bench import read_rows, wilson_interval  # noqa: E402
-from latentalign.generate import generate, to_pil  # noqa: E402
+from latentalign.generation import generate, to_pil  # noqa: E402
 from latentalign.methods import (  # noqa: E402
     NoiseOptimization,
     Reward,

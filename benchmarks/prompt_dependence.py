@@ -32,7 +32,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from latentalign import load_pipeline  # noqa: E402
 from latentalign.adapters import Denoiser  # noqa: E402
-from latentalign.generate import sampling_defaults  # noqa: E402
+from latentalign.generation import sampling_defaults  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
 from latentalign.trajectories import record_trajectories  # noqa: E402
 from latentalign.world import check  # noqa: E402

@@ -195,3 +195,82 @@ def test_generate_with_attention_refinement_records_losses(pipe_dir, tmp_path):
     record = json.loads((out / "a_red_circle_left_of_a_blue_square_s0.json").read_text())
     assert record["method"] == "attention-refinement" and record["settings"]["subject_tokens"] == [[3, 8]]
     assert record["attention_losses"] and record["refine_iterations"] >= 0 and "verdict" in record
+
+
+def bench_argv(pipe_dir, out, *extra):
+    return [
+        "bench",
+        "--suite",
+        "single_object",
+        "--seeds",
+        "2",
+        "--limit-prompts",
+        "3",
+        "--batch",
+        "1",
+        "--threads",
+        "1",
+        "--out",
+        str(out),
+        "--model",
+        str(pipe_dir),
+        *extra,
+    ]
+
+
+def test_bench_folder_is_owned_by_one_run(pipe_dir, tmp_path, capsys):
+    import os
+
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / ".lock").write_text(str(os.getppid()))  # a live process holds it
+    assert main(bench_argv(pipe_dir, out)) == 2
+    assert "in use by another run" in capsys.readouterr().err and not (out / RESULTS).exists()
+    (out / ".lock").write_text("999999999")  # its process is gone: stale, taken over
+    assert main(bench_argv(pipe_dir, out)) == 0 and not (out / ".lock").exists()
+    assert len(read_rows(out)) == 6
+
+
+def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(bench_argv(pipe_dir, out)) == 0
+    rows = read_rows(out)
+    (out / rows[0]["image"]).unlink()  # deleted
+    (out / rows[1]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated
+    assert main(bench_argv(pipe_dir, out, "--rejudge")) == 0
+    again = read_rows(out)
+    assert len(again) == 6 and sorted((r["prompt"], r["seed"]) for r in again) == sorted(
+        (r["prompt"], r["seed"]) for r in rows
+    )
+    assert all((out / r["image"]).exists() for r in again)
+    assert main(bench_argv(pipe_dir, out, "--split", "train")) == 2
+    assert "heldout-split rows" in capsys.readouterr().err
+    # a later run on another suite: the summary covers every row of the folder
+    assert main([*bench_argv(pipe_dir, out)[:2], "counting", *bench_argv(pipe_dir, out)[3:]]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {c["suite"] for c in summary["categories"]} == {"single_object", "counting", "all"}
+    assert summary["categories"][-1]["n"] == len(read_rows(out)) == 12
+
+
+def test_bench_killed_mid_run_resumes_with_every_row_once(pipe_dir, tmp_path):
+    """SIGKILL a bench in a subprocess once some rows are written; the rerun finishes with each row once."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    argv = [sys.executable, "-m", "latentalign.cli", *bench_argv(pipe_dir, out)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / RESULTS).exists() and len((out / RESULTS).read_text().splitlines()) >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait()
+    killed_early = proc.returncode == -signal.SIGKILL
+    assert main(bench_argv(pipe_dir, out)) == 0  # the stale lock of the killed run is taken over
+    keys = [(r["prompt"], r["seed"]) for r in read_rows(out)]
+    assert len(keys) == len(set(keys)) == 6
+    assert killed_early, "the bench finished before it could be killed: the resume path was not exercised"

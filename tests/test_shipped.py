@@ -23,7 +23,7 @@ def test_stock_diffusers_loads_the_shipped_pipeline():
 
 
 def test_shipped_settings_are_what_a_new_training_would_write(tmp_path):
-    from latentalign.generate import sampling_defaults
+    from latentalign.generation import sampling_defaults
     from latentalign.pipeline import write_defaults
 
     write_defaults(tmp_path)

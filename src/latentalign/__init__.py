@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 __all__ = ["Cost", "GenerationResult", "generate", "load_pipeline"]
 
 # loaded on first use, so `latentalign --help` and commands that need no model do not import torch
-_LAZY = {"Cost": "cost", "GenerationResult": "core", "generate": "generate", "load_pipeline": "pipeline"}
+_LAZY = {"Cost": "cost", "GenerationResult": "core", "generate": "generation", "load_pipeline": "pipeline"}
 
 
 def __getattr__(name: str):

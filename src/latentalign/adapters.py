@@ -106,14 +106,18 @@ def vae_shift(vae) -> float:
     return float(getattr(vae.config, "shift_factor", None) or 0.0)
 
 
-def decode_latents(vae, latents: torch.Tensor, scaling_factor: float | None = None, upcast_vae=None) -> torch.Tensor:
+def decode_latents(
+    vae, latents: torch.Tensor, scaling_factor: float | None = None, upcast_vae=None, upcast: bool | None = None
+) -> torch.Tensor:
     """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW, in the
     latents' dtype; differentiable. A float16 VAE whose config asks for it (`force_upcast`, as SDXL's does: it
     overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after.
     When gradients flow (noise optimisation), the VAE is not cast in place (autograd would find half weights in
     the backward pass): `upcast_vae`, a float32 copy, decodes instead (`Denoiser` keeps one per run)."""
     scale = float(vae.config.scaling_factor) if scaling_factor is None else float(scaling_factor)
-    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    if upcast is None:  # `Denoiser` decides per family: the stock SDXL pipeline upcasts, SD 1.x / SD3 do not
+        upcast = bool(getattr(vae.config, "force_upcast", False))
+    upcast = upcast and vae.dtype == torch.float16
     z = latents / scale + vae_shift(vae)
     if upcast and torch.is_grad_enabled() and latents.requires_grad:
         decoder = upcast_vae if upcast_vae is not None else copy.deepcopy(vae).to(torch.float32)
@@ -590,11 +594,16 @@ class Denoiser:
         """Latents as the pipeline produces them -> images in [0, 1], NCHW (differentiable)."""
         self.cost.vae_decodes += latents.shape[0]
         vae = self.vae
-        if latents.requires_grad and vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False):
+        # as the stock pipelines decode: SDXL's upcasts a float16 VAE that asks for it (force_upcast), SD 1.x's and
+        # SD3's decode in the VAE's own dtype
+        upcast = (
+            self.family == "sdxl" and vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        )
+        if upcast and latents.requires_grad:
             if self._upcast_vae is None:  # one float32 copy per run, never the user's VAE cast in place
                 self._upcast_vae = copy.deepcopy(vae).to(torch.float32).requires_grad_(False)
-            return decode_latents(vae, latents, upcast_vae=self._upcast_vae)
-        return decode_latents(vae, latents)
+            return decode_latents(vae, latents, upcast_vae=self._upcast_vae, upcast=True)
+        return decode_latents(vae, latents, upcast=upcast)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], NCHW -> latents as the pipeline makes them (the posterior mean, shifted and scaled)."""

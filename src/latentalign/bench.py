@@ -6,8 +6,10 @@ resumes without losing or duplicating a row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import random
 import re
 import statistics
@@ -19,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from .embedded import model_id
-from .generate import generate, resolve, sampling_defaults
+from .generation import generate, resolve, sampling_defaults
 from .world import SUITE_NAMES, check, suite
 
 RESULTS = "results.jsonl"
@@ -69,8 +71,61 @@ def auroc(scores, labels) -> float:
 
 
 def file_stem(prompt: str, seed: int) -> str:
-    """A file name for one sample: the prompt as a slug, and the seed."""
-    return f"{re.sub(r'[^a-z0-9]+', '_', prompt.lower()).strip('_')[:80]}_s{seed}"
+    """A file name for one sample: the prompt as a slug, and the seed. A prompt the slug does not spell out (case,
+    punctuation, more than 80 characters) gets a short hash of itself, so two prompts never share a file."""
+    slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")
+    if slug[:80] != prompt.replace(" ", "_"):
+        slug = f"{slug[:80]}_{hashlib.sha256(prompt.encode()).hexdigest()[:8]}"
+    return f"{slug}_s{seed}"
+
+
+class FolderLock:
+    """One run at a time owns a result folder: `out/.lock` holds the owner's pid; a lock whose process is gone is
+    stale and taken over."""
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / ".lock"
+
+    def __enter__(self) -> FolderLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    pid = int(self.path.read_text().strip() or 0)
+                except (OSError, ValueError):
+                    pid = 0
+                if pid and _alive(pid):
+                    raise ValueError(f"{self.path.parent} is in use by another run (pid {pid})") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise ValueError(f"could not take {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _readable(path: Path) -> bool:
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts: int | None = None) -> list[tuple]:
@@ -236,6 +291,13 @@ def run_bench(
     settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": model_id(pipe)}
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is not a folder")
+    with FolderLock(out):
+        return _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, guidance, batch, rejudge)
+
+
+def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, guidance, batch, rejudge) -> dict:
     results = out / RESULTS
     existing = read_rows(results)
     for row in existing:
@@ -244,6 +306,14 @@ def run_bench(
                 f"{results} holds results made with {row['settings']}, not {settings}; "
                 "use another --out or the same settings"
             )
+        if row.get("split", split) != split:
+            raise ValueError(f"{results} holds {row['split']}-split rows; this run is {split}: use another --out")
+    lost = [r for r in existing if not _readable(out / r["image"])]
+    if lost:  # an image deleted or truncated: its row is made again
+        existing = [r for r in existing if r not in lost]
+        tmp = out / (RESULTS + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in existing))
+        tmp.replace(results)
     if rejudge and existing:
         _rejudge(out, existing)
     done = {(r["prompt"], r["seed"]): r for r in existing}
@@ -274,6 +344,7 @@ def run_bench(
                     "failures": [fl.kind for fl in verdict.failures],
                     "cost": cost,
                     "settings": settings,
+                    "split": split,
                     "image": image_path,
                 }
                 f.write(json.dumps(row) + "\n")  # one write per row, flushed: a row is never half-written
@@ -281,8 +352,8 @@ def run_bench(
                 done[(prompt, seed)] = row
                 bar.update(1)
 
-    rows = [done[(p, s)] for _, p, s in jobs]
-    names = list(dict.fromkeys(name for name, _, _ in jobs))
+    rows = list(done.values())  # the summary covers every row of the folder, this run's and earlier ones'
+    names = list(dict.fromkeys([name for name, _, _ in jobs] + [r["suite"] for r in rows]))
     summary = {
         "settings": settings,
         "split": split,

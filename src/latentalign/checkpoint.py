@@ -12,6 +12,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from .files import read_json, read_safetensors
+
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
     sd = opt.state_dict()
@@ -72,7 +74,7 @@ def checkpoint_exists(directory: str | Path, config: dict) -> bool:
     meta = Path(directory) / "meta.json"
     if not meta.exists():
         return False
-    if json.loads(meta.read_text())["config"] != config:
+    if read_json(meta)["config"] != config:
         raise ValueError(f"{directory} was written with another config; remove it or pass the same settings")
     return True
 
@@ -81,11 +83,11 @@ def load_checkpoint(
     directory: str | Path, modules: dict[str, torch.nn.Module], opt: torch.optim.Optimizer | None
 ) -> dict:
     directory = Path(directory)
-    meta = json.loads((directory / "meta.json").read_text())
+    meta = read_json(directory / "meta.json")
     for name, module in modules.items():
-        module.load_state_dict(load_file(str(directory / f"{name}.safetensors")))
+        module.load_state_dict(read_safetensors(directory / f"{name}.safetensors"))
     if opt is not None:
-        load_optimizer(opt, load_file(str(directory / "optimizer.safetensors")), meta["param_groups"])
+        load_optimizer(opt, read_safetensors(directory / "optimizer.safetensors"), meta["param_groups"])
     return meta
 
 

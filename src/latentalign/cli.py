@@ -166,7 +166,7 @@ def _train_projector(args: argparse.Namespace) -> int:
         steps=args.steps, batch=args.batch, lr=args.lr, kl_weight=args.kl_weight, width=args.width, seed=args.seed
     )
 
-    from .generate import sampling_defaults
+    from .generation import sampling_defaults
     from .methods.noise_projection import ship_projector
     from .pipeline import load_pipeline
     from .scorers import load_scorer
@@ -271,6 +271,16 @@ def _record_outputs(result) -> dict:
     return out
 
 
+def _check_out(out: str) -> None:
+    """Refuse an --out that cannot become a folder (a file on its path, no write permission), creating nothing."""
+    path = Path(out).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--out {out}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise ValueError(f"--out {out}: {existing} is not writable")
+
+
 @_user_errors
 def _generate(args: argparse.Namespace) -> int:
     if not args.prompt.strip():
@@ -295,7 +305,7 @@ def _generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from .bench import file_stem
-    from .generate import generate
+    from .generation import generate
     from .methods.base import compose, method_names
     from .pipeline import load_pipeline
 
@@ -308,6 +318,7 @@ def _generate(args: argparse.Namespace) -> int:
         compose(args.method, options)  # refuses nonsense compositions before loading the pipeline
     except TypeError as e:
         raise ValueError(str(e)) from None
+    _check_out(args.out)  # before any work, so a bad --out loses none
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     result = generate(
@@ -370,10 +381,13 @@ def _check(args: argparse.Namespace) -> int:
     from .world import check, parse
 
     parse(args.prompt)
+    if not Path(args.image).is_file():
+        raise FileNotFoundError(f"{args.image} is not a file")
     try:
         image = Image.open(args.image)
-    except UnidentifiedImageError:
-        raise ValueError(f"{args.image} is not an image") from None
+        image.load()
+    except (UnidentifiedImageError, OSError):
+        raise ValueError(f"{args.image} is not a readable image") from None
     verdict = check(image, args.prompt)
     if args.json:
         print(json.dumps(verdict.to_dict()))
@@ -393,6 +407,8 @@ def _bench(args: argparse.Namespace) -> int:
     _check_settings(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out}: not a folder")
     if embedded_folder(args.model) is None and not Path(args.model).expanduser().is_dir():
         raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
     if _world_of(args.model) != "shapes":
@@ -448,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--seed", type=int, default=None, help="seeds weights, scenes, batches (default: the shipped run)")
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
-    tw.set_defaults(func=_train_world)
+    tw.set_defaults(func=_user_errors(_train_world))
     ts = train_sub.add_parser(
         "scorer",
         help="train a Shapes scorer: InfoNCE with grammar hard negatives (resumable; runs under accelerate launch)",

@@ -143,7 +143,9 @@ def as_list(x, n: int, name: str) -> list:
 
 
 def check_prompts(pipe, prompt) -> list[str]:
-    """A prompt or a list of them, non-empty; on the Shapes world every word must be the world's."""
+    """A prompt or a list of them, non-empty; on the Shapes world every word must be the world's, and the prompt
+    is written the world's one way (`Scene.prompt()`: "A red circle, and ..." reads as "a red circle and ..."), so
+    one scene is one text for the text encoder as for the checker."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("no prompt given")
@@ -153,14 +155,18 @@ def check_prompts(pipe, prompt) -> list[str]:
     if sampling_defaults(pipe).world == "shapes":
         from .world import parse
 
-        for p in prompts:
-            parse(p)
+        prompts = [parse(p).prompt() for p in prompts]
     return prompts
+
+
+SEED_LIMIT = 2**32  # torch's CPU generator keeps a seed's low 32 bits: s and s + 2**32 draw the same noise
 
 
 def check_seeds(seeds: list) -> list[int]:
     if any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in seeds):
         raise ValueError(f"seeds must be non-negative integers, got {seeds}")
+    if any(s >= SEED_LIMIT for s in seeds):
+        raise ValueError(f"seeds must be below 2**32 (the generator keeps 32 bits: wider seeds repeat), got {seeds}")
     return seeds
 
 

@@ -234,8 +234,7 @@ def resolve_run(
 
     if generator is not None:
         generators = _check_generators(generator, images)
-        shared = not isinstance(generator, (list, tuple)) and images > 1
-        seeds: list[int | None] = [g.initial_seed() + (b if shared else 0) for b, g in enumerate(generators)]
+        seeds: list[int | None] = [None] * images  # the generators' states, not seeds, decide the noise
     else:
         if seed is None:
             seed = 0
@@ -248,7 +247,7 @@ def resolve_run(
             (seed,) = check_seeds([seed])
             shared_generator = torch.Generator().manual_seed(seed)  # one generator for the batch, as diffusers
             generators = [shared_generator] * images
-            seeds = [seed + b for b in range(images)]
+            seeds = [seed] + [None] * (images - 1)  # image b > 0 continues the stream: no seed of its own
 
     model_kwargs = cross_attention_kwargs if cross_attention_kwargs is not None else joint_attention_kwargs
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
@@ -258,6 +257,11 @@ def resolve_run(
         raise ValueError(f"latents must have shape {(images, *den.latent_shape)}, got {tuple(latents.shape)}")
     if prompt_embeds is not None and prompt_embeds.shape[-1] != den.text_dim:
         raise ValueError(f"prompt_embeds must be {den.text_dim} wide for this pipeline, got {prompt_embeds.shape[-1]}")
+    if den.family in ("sdxl", "sd3"):  # as the stock SDXL / SD3 check_inputs ask
+        if prompt_embeds is not None and pooled_prompt_embeds is None:
+            raise ValueError(f"{type(pipe).__name__}: prompt_embeds need pooled_prompt_embeds beside them")
+        if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:
+            raise ValueError(f"{type(pipe).__name__}: negative_prompt_embeds need negative_pooled_prompt_embeds")
     template = den.new_scheduler(steps, timesteps=timesteps, sigmas=sigmas)
     settings = {
         "num_inference_steps": steps,
@@ -320,15 +324,15 @@ def draw_rows(run: Run) -> tuple[torch.Tensor, list[torch.Generator], list[list[
         first = den.draw(run.generators[0], images)  # one generator draws the batch, as randn_tensor does
     else:
         first = den.draw(run.generators, images)
+    bases = candidate_bases(run) if n > 1 else run.seeds
     rows, gens, cand_seeds = [], [], []
     for b in range(images):
         rows.append(first[b : b + 1])
         gens.append(run.generators[b])
-        base = run.seeds[b]
-        seeds_b = [base]
+        seeds_b = [run.seeds[b]]
         for i in range(1, n):
-            s = base + i * SEED_STRIDE
-            g = torch.Generator().manual_seed(s)
+            s = bases[b] + i * SEED_STRIDE
+            g = torch.Generator(device=run.generators[b].device).manual_seed(s)  # the image generator's device
             rows.append(den.draw([g], 1))
             gens.append(g)
             seeds_b.append(s)
@@ -336,50 +340,64 @@ def draw_rows(run: Run) -> tuple[torch.Tensor, list[torch.Generator], list[list[
     return torch.cat(rows), gens, cand_seeds
 
 
+def candidate_bases(run: Run) -> list[int]:
+    """Each image's base seed for its candidates i > 0: the image's seed where it has one; else drawn from a copy
+    of its generator in its current state (so a generator reused across calls gives new candidates each time,
+    and the generator itself is not advanced: candidate 0 stays the plain image)."""
+    high = 2**32 - run.n * SEED_STRIDE
+    bases, drawn = [], {}
+    for seed, g in zip(run.seeds, run.generators, strict=True):
+        if seed is not None:
+            bases.append(seed)
+            continue
+        if id(g) not in drawn:  # a generator shared by several images draws all their bases at once
+            users = sum(other is g for other in run.generators)
+            drawn[id(g)] = iter(torch.randint(0, high, (users,), generator=_clone(g), device=g.device).tolist())
+        bases.append(next(drawn[id(g)]))
+    return bases
+
+
 def _advance(run: Run, latents, rows, schedulers, start, stop, hook):
-    """Steps [start, stop) for the rows, `max_batch` at a time; returns (latents, last x0, schedulers)."""
+    """Steps [start, stop) for the rows, `max_batch` at a time; returns (latents, last x0, schedulers).
+
+    The loop runs step by step over the chunks (not chunk by chunk over the steps), so a generator shared by rows
+    of several chunks gives its step noise in the same order whatever `max_batch` is, and `callback_on_step_end`
+    is called once per step, with every row's latents, as the stock loop calls it."""
     den, total = run.den, len(rows)
-    chunk = run.max_batch or total
-    outs, x0s, parts = [], [], []
-    for i in range(0, total, chunk):
-        index = list(range(i, min(i + chunk, total)))
-        part = schedulers if len(index) == total else schedulers.select(index)
-        sub_rows = [rows[j] for j in index]
-        seen: dict[str, torch.Tensor] = {}
+    size = run.max_batch or total
+    chunks = [list(range(i, min(i + size, total))) for i in range(0, total, size)]
+    parts = [schedulers] if len(chunks) == 1 else [schedulers.select(index) for index in chunks]
+    conds = [run.row_cond([rows[j] for j in index]) for index in chunks]
+    stop = len(schedulers.timesteps) if stop is None else stop
+    pieces = [latents[index] for index in chunks]
+    x0s: list[torch.Tensor] = [p for p in pieces]
+    for step in range(start, stop):
+        for c, index in enumerate(chunks):
+            sub_rows = [rows[j] for j in index]
+            seen: dict[str, torch.Tensor] = {}
 
-        def callback(info, seen=seen):
-            seen.update(info)
-            if run.callback is not None:
-                run.callback(info)
+            def callback(info, seen=seen):
+                seen.update(info)
+                if run.callback is not None:
+                    run.callback(info)
 
-        prepare = None
-        if hook is not None:
+            prepare = None
+            if hook is not None:
 
-            def prepare(info, sub_rows=sub_rows, part=part):
-                return hook({**info, "rows": sub_rows, "schedulers": part})
+                def prepare(info, sub_rows=sub_rows, part=parts[c]):
+                    return hook({**info, "rows": sub_rows, "schedulers": part})
 
-        step_end = None
+            pieces[c] = sample(
+                den, pieces[c], conds[c], parts[c], start=step, stop=step + 1, callback=callback, prepare=prepare
+            )
+            x0s[c] = seen["x0"]
         if run.callback_on_step_end is not None:
-
-            def step_end(i_step, t, z):
-                out = run.callback_on_step_end(run.pipe, i_step, t, {"latents": z}) or {}
-                return out.get("latents", z)
-
-        out = sample(
-            den,
-            latents[index],
-            run.row_cond(sub_rows),
-            part,
-            start=start,
-            stop=stop,
-            callback=callback,
-            prepare=prepare,
-            step_end=step_end,
-        )
-        outs.append(out)
-        x0s.append(seen.get("x0", out))
-        parts.append(part)
-    return torch.cat(outs), torch.cat(x0s), type(schedulers).concat(parts)
+            merged = torch.cat(pieces)
+            t = schedulers.timesteps[step]
+            out = run.callback_on_step_end(run.pipe, step, t, {"latents": merged}) or {}
+            merged = out.get("latents", merged)
+            pieces = list(merged.split([len(index) for index in chunks]))
+    return torch.cat(pieces), torch.cat(x0s), type(schedulers).concat(parts)
 
 
 def modules_in(value) -> list[torch.nn.Module]:
@@ -439,7 +457,9 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
         schedulers = run.schedulers(generators)
         hook = step_stage.hook(run) if step_stage is not None else None
         reuse = finished is not None and hook is None and not schedule.steps and run.callback_on_step_end is None
-        reuse = reuse and run.callback is None
+        # ...and only where every row has its own generator: a shared one gives rows their step noise in turn, which
+        # the optimisation's per-row sampling (each from a copy of the generator) cannot replay
+        reuse = reuse and run.callback is None and len({id(g) for g in generators}) == len(generators)
         with torch.no_grad():
             latents = finished if reuse else noise * schedulers.init_noise_sigma
             scores: list[list[dict[str, float]]] = [[{} for _ in range(run.n)] for _ in range(run.images)]
@@ -460,8 +480,10 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
                     kept = []
                     for b in range(run.images):
                         mine = [j for j, r in enumerate(alive) if run.image_of(r) == b]
-                        for j in mine:
-                            scores[b][alive[j] % run.n][f"step {stop}"] = values[j]
+                        for j in mine:  # None: the candidate had gone non-finite (never kept)
+                            scores[b][alive[j] % run.n][f"step {stop}"] = (
+                                values[j] if math.isfinite(values[j]) else None
+                            )
                         order = sorted(mine, key=lambda j: -values[j])[:keep]  # stable: ties keep the lower index
                         kept += sorted(order)
                         for j in set(mine) - set(order):
@@ -482,12 +504,24 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
                 values = selection.score(run, [alive[j] for j in contested], view, final=True).tolist()
                 final_values = dict(zip(contested, values, strict=True))
                 for j, v in final_values.items():
-                    scores[run.image_of(alive[j])][alive[j] % run.n]["final"] = v
+                    scores[run.image_of(alive[j])][alive[j] % run.n]["final"] = v if math.isfinite(v) else None
             for b in range(run.images):
                 mine = [j for j, r in enumerate(alive) if run.image_of(r) == b]
                 best = max(mine, key=lambda j: (final_values.get(j, 0.0), -j))  # the first of equal scores
                 chosen_rows.append(best)
             final = latents[chosen_rows]
+            if not torch.isfinite(final).all():  # no NaN or infinity ever reaches a result
+                bad = sorted(
+                    {
+                        run.image_of(r)
+                        for r, ok in zip(alive, torch.isfinite(latents).flatten(1).all(1), strict=True)
+                        if not ok
+                    }
+                )
+                raise NonFiniteError(
+                    f"the denoiser produced non-finite latents for image(s) {bad} (settings {run.settings}): "
+                    "a guidance scale or step size too large for the model's precision?"
+                )
             if run.output_type == "latent":
                 images = final
             else:
@@ -502,7 +536,11 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
         )
     stages = [{"name": s.name, "place": s.place, "settings": s.record()} for s in composition.stages]
     settings = {**run.settings, "method": composition.label}
-    return GenerationResult(images, final, run.prompts, [s[0] for s in cand_seeds], cost, settings, stages, outputs)
+    return GenerationResult(images, final, run.prompts, list(run.seeds), cost, settings, stages, outputs)
+
+
+class NonFiniteError(ValueError):
+    """A run whose latents became NaN or infinite: refused rather than returned."""
 
 
 @contextmanager

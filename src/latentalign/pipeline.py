@@ -75,7 +75,7 @@ def assemble(components: dict) -> StableDiffusionPipeline:
 
 def write_defaults(folder: str | Path) -> None:
     """Write the Shapes pipeline's recommended settings beside its model_index.json."""
-    from .generate import DEFAULTS_FILE
+    from .generation import DEFAULTS_FILE
 
     settings = {
         "num_inference_steps": SHAPES_STEPS,
@@ -90,7 +90,7 @@ def ship_one_step(folder: str | Path) -> Path:
     """Copy a distilled Shapes pipeline (`latentalign train one-step`) into the package as "shapes-one-step",
     with the iteration count and the reward chosen for it on train prompts."""
     from .embedded import one_step_settings
-    from .generate import DEFAULTS_FILE
+    from .generation import DEFAULTS_FILE
 
     if SHAPES_ONE_STEP_WEIGHTS.exists():
         shutil.rmtree(SHAPES_ONE_STEP_WEIGHTS)
@@ -137,8 +137,17 @@ def load_pipeline(
             raise FileNotFoundError(
                 f"no pipeline at {name_or_path!r}: not a folder, and not a Hub id of the form 'owner/name'"
             )
+    if isinstance(dtype, str):  # "float16", "bfloat16", "float32", as a command line gives it
+        if not isinstance(getattr(torch, dtype, None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
+            raise ValueError(f"dtype {dtype!r} is not a torch floating-point dtype (float32, float16, bfloat16)")
+        dtype = getattr(torch, dtype)
+    if device is not None:
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {str(device)!r}: no CUDA device is available")
+    # weights load from safetensors only (a folder holding only pickle .bin files is refused by diffusers)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    pipe = DiffusionPipeline.from_pretrained(str(path), **kwargs, **components)
+    pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **kwargs, **components)
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

@@ -21,14 +21,11 @@ def sample(
     stop: int | None = None,
     callback: StepCallback | None = None,
     prepare: Callable[[dict], torch.Tensor] | None = None,
-    step_end: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Run scheduler steps [start, stop) from `latents` (`scheduler`: a scheduler, or the `RowSchedulers` of
     `Denoiser.start`); the callback gets `{"step", "t", "latents", "x0", "model_output"}` after each step's
     denoiser call (before the update). `prepare`, if given, gets `{"step", "t", "latents"}` before each step's
-    denoiser call and returns the latents to use (a method's change to z_t, e.g. attention refinement).
-    `step_end(step, t, latents)`, if given, gets the latents after each scheduler step and returns the latents to
-    go on with (diffusers' `callback_on_step_end`)."""
+    denoiser call and returns the latents to use (a method's change to z_t, e.g. attention refinement)."""
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop is None else stop
     if not 0 <= start <= stop <= len(timesteps):
@@ -42,6 +39,4 @@ def sample(
         if callback is not None:
             callback({"step": i, "t": t, "latents": latents, "x0": x0, "model_output": model_output})
         latents = scheduler.step(model_output, t, latents).prev_sample
-        if step_end is not None:
-            latents = step_end(i, t, latents)
     return latents

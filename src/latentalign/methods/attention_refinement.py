@@ -75,6 +75,8 @@ class AttentionRefinement(StepStage):
 
     name: ClassVar[str] = "attention-refinement"
     needs_prompt_text: ClassVar[bool] = True
+    # the storing processors that read the maps replace the model's own (and ignore processor arguments)
+    refuses: ClassVar[tuple[str, ...]] = ("cross_attention_kwargs", "joint_attention_kwargs")
 
     words: tuple[str, ...] | None = None
     # (fraction of the steps, loss threshold): A&E refines at steps {0, 10, 20} of 50 with thresholds 0.05, 0.5, 0.8
@@ -140,7 +142,16 @@ class AttentionRefinement(StepStage):
         rows_total = run.images * run.n  # per row: the loss at each step where it was computed, extra updates
         losses: list[dict[int, float]] = [{} for _ in range(rows_total)]
         iterations = [0] * rows_total
-        run.outputs.update(losses=losses, refine_iterations=iterations)
+        skipped = [0] * rows_total  # updates refused because they would make z_t non-finite
+        run.outputs.update(losses=losses, refine_iterations=iterations, skipped_refinements=skipped)
+
+        def update(z, step, grad, rows):
+            """z - step * grad where that stays finite; a row whose update would not keeps its z_t (and counts)."""
+            moved = z - step * grad
+            finite = torch.isfinite(moved).flatten(1).all(1)
+            for j in (~finite).nonzero().flatten().tolist():
+                skipped[rows[j]] += 1
+            return torch.where(finite[:, None, None, None], moved, z)
 
         def loss_and_grad(z, t, rows, schedulers):
             with torch.enable_grad():  # gradients opened for this step only
@@ -173,7 +184,7 @@ class AttentionRefinement(StepStage):
                     if not todo:
                         break
                     z = z.clone()
-                    z[todo] = z[todo] - alphas[i] * grad[todo]
+                    z[todo] = update(z[todo], alphas[i], grad[todo], [rows[j] for j in todo])
                     sub = schedulers if len(todo) == len(rows) else schedulers.select(todo)
                     new_loss, new_grad = loss_and_grad(z[todo], t, [rows[j] for j in todo], sub)
                     loss, grad = loss.clone(), grad.clone()
@@ -181,7 +192,7 @@ class AttentionRefinement(StepStage):
                     for j in todo:
                         iterations[rows[j]] += 1
             if i < update_steps:
-                z = z - alphas[i] * grad
+                z = update(z, alphas[i], grad, rows)
             return z.detach()
 
         return prepare

@@ -13,6 +13,7 @@ filled from the pipeline folder's `latentalign.json` key of the method's name, t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
@@ -32,11 +33,22 @@ _REGISTRY: dict[str, type[Stage]] = {}
 
 
 def register(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage available by its `name` to `generate`, the CLI and the benchmarks."""
+    """Class decorator: make a stage available by its `name` to `generate`, the CLI and the benchmarks. The
+    stage's constructor then remembers which options were given, so a pipeline's latentalign.json fills only the
+    others (`with_pipeline_defaults`)."""
     if cls.place not in PLACES:
         raise ValueError(f"stage {cls.__name__} acts at {cls.place!r}; places are {PLACES}")
     if not cls.name or cls.name in _REGISTRY or cls.name == "plain":
         raise ValueError(f"stage name {cls.name!r} is empty, taken or reserved")
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        names = [f.name for f in fields(cls)]
+        object.__setattr__(self, "_given", frozenset(names[: len(args)]) | frozenset(kwargs))
+
+    cls.__init__ = __init__
     _REGISTRY[cls.name] = cls
     return cls
 
@@ -86,7 +98,9 @@ class Stage:
         if unknown:
             source = sampling_defaults(pipe).source
             raise ValueError(f"{source}: {self.name!r} has no option {sorted(unknown)[0]!r} (options: {sorted(own)})")
-        changes = {k: v for k, v in recommended.items() if k in own and getattr(self, k) is None}
+        given = getattr(self, "_given", None)  # options passed to the constructor win over the file's
+        unset = (lambda k: k not in given) if given is not None else (lambda k: getattr(self, k) is None)
+        changes = {k: v for k, v in recommended.items() if k in own and unset(k)}
         return replace(self, **changes) if changes else self
 
     def run_settings(self, pipe) -> dict[str, Any]:
@@ -123,6 +137,18 @@ def resolve_scorer(scorer, pipe, method: str, shapes_default: str | None = None)
     if not isinstance(scorer, str):
         raise ValueError(f"scorer must be a Scorer, a folder or a shipped name, got {type(scorer).__name__}")
     return shared_scorer(scorer, vae=pipe.vae)
+
+
+def check_scorer_reads(scorer, den) -> None:
+    """Refuse, before any work, a scorer that cannot read this pipeline's latents (or their decode): its check on a
+    blank input of the run's shape."""
+    channels, height, width = den.latent_shape
+    if scorer.space == "pixels":
+        blank = torch.zeros(1, 3, *den.image_size)
+    else:
+        blank = torch.zeros(1, channels, height, width)
+    t = torch.zeros(1, dtype=torch.long) if scorer.space == "noisy_latents" else None
+    scorer.check_input(blank, t)
 
 
 def describe(value) -> str:

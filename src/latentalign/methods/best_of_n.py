@@ -8,13 +8,23 @@ denoised together, up to `max_batch` rows at a time, so the evaluations pruning 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
+from ..core import SEED_LIMIT
 from ..scorers import Scorer
-from .base import SEED_STRIDE, PruneSchedule, SelectionStage, check_positive_int, register, resolve_scorer
+from .base import (
+    SEED_STRIDE,
+    PruneSchedule,
+    SelectionStage,
+    check_positive_int,
+    check_scorer_reads,
+    register,
+    resolve_scorer,
+)
 
 __all__ = ["SEED_STRIDE", "BestOfN", "EarlyExit", "SuccessiveHalving", "early_exit_schedule"]
 
@@ -50,15 +60,24 @@ def successive_halving_schedule(n: int, num_inference_steps: int, *, first: floa
 def score_rows(scorer: Scorer, run, rows: list[int], view: dict) -> torch.Tensor:
     """Score rows in the space the scorer reads: noisy z_t (in its DDPM form, the scaled model input: the latents
     themselves for DDIM, latents / sqrt(sigma^2 + 1) for Euler-type schedulers), the x0 prediction, or its decode."""
-    prompts = [run.prompt_of(r) for r in rows]
-    run.cost.scorer_calls += len(rows)
-    z = view["model_input"]
+    z, x0 = view["model_input"], view["x0"]
+    finite = (torch.isfinite(z).flatten(1).all(1) & torch.isfinite(x0).flatten(1).all(1)).tolist()
+    scores = torch.full((len(rows),), -math.inf)  # a candidate gone non-finite is never kept
+    keep = [j for j, ok in enumerate(finite) if ok]
+    if not keep:
+        return scores
+    prompts = [run.prompt_of(rows[j]) for j in keep]
+    run.cost.scorer_calls += len(keep)
+    z, x0 = z[keep], x0[keep]
     if scorer.space == "noisy_latents":
         t = torch.as_tensor(view["t"]).long().to(z.device).expand(z.shape[0])
-        return scorer.score(z, prompts, t)
-    if scorer.space == "latents":
-        return scorer.score(view["x0"], prompts)
-    return scorer.score(run.den.decode(view["x0"]), prompts)
+        values = scorer.score(z, prompts, t)
+    elif scorer.space == "latents":
+        values = scorer.score(x0, prompts)
+    else:
+        values = scorer.score(run.den.decode(x0), prompts)
+    scores[keep] = values.float().cpu()
+    return scores
 
 
 @register
@@ -93,8 +112,14 @@ class BestOfN(SelectionStage):
         if type(self) is not BestOfN and self.n > 1 and run.steps < 2:
             raise ValueError(f"{self.name} prunes mid-denoising: it needs num_inference_steps >= 2, got {run.steps}")
         self.schedule(run.steps).validate(self.n, run.steps)
+        last = max((s for s in run.seeds if s is not None), default=0) + (self.n - 1) * SEED_STRIDE
+        if last >= SEED_LIMIT:
+            raise ValueError(f"with n={self.n}, the last candidate seed would be {last}: from 2**32 on seeds repeat")
         scorer = resolve_scorer(self.scorer, run.pipe, self.name, self.shapes_scorer)
         final = None if self.final_scorer is None else resolve_scorer(self.final_scorer, run.pipe, self.name)
+        for s in (scorer, final):
+            if s is not None:
+                check_scorer_reads(s, run.den)
         return replace(self, scorer=scorer, final_scorer=final)
 
     def score(self, run, rows: list[int], view: dict, final: bool) -> torch.Tensor:

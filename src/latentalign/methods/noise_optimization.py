@@ -15,7 +15,7 @@ from ..adapters import Denoiser
 from ..core import sampling_defaults
 from ..cost import Cost
 from ..scorers import Scorer
-from .base import NoiseStage, check_finite, check_positive_int, register, resolve_scorer
+from .base import NoiseStage, check_finite, check_positive_int, check_scorer_reads, register, resolve_scorer
 
 NOISE_OPTIMIZATION_ITERATIONS = 50  # ReNO's default, where a pipeline's latentalign.json recommends none
 
@@ -61,6 +61,8 @@ def chi_regulariser(z: torch.Tensor, weight: float) -> torch.Tensor:
 
 
 def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt: str, cost: Cost) -> torch.Tensor:
+    if not torch.isfinite(latents).all():  # a NaN reward (and gradient): the iterate never wins, the step is skipped
+        return latents.flatten(1).sum(1) * float("nan")
     total = torch.zeros(latents.shape[0], device=latents.device)
     pixels = None
     for r in rewards:
@@ -160,6 +162,8 @@ class NoiseOptimization(NoiseStage):
             if self.avoid is not None:
                 rewards.append(Reward(chosen, self.avoid_weight, concept_texts(run.pipe, self.avoid), avoid=True))
             rewards = tuple(rewards)
+        for r in rewards:
+            check_scorer_reads(r.scorer, run.den)
         return replace(self, iterations=iterations, rewards=rewards, scorer=None, avoid=None)
 
     def record(self) -> dict:
@@ -212,7 +216,7 @@ class NoiseOptimization(NoiseStage):
                         z.copy_(before)
             out_noise.append(best_z.to(noise.dtype))
             finished.append(best_latents)
-            histories.append(history)
+            histories.append([v if math.isfinite(v) else None for v in history])  # None: a non-finite reward
             best_its.append(best_it)
             skipped.append(bad)
         run.outputs.update(rewards=histories, best_iteration=best_its, skipped_updates=skipped)

@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from ..files import read_json, read_safetensors
 from .base import NoiseStage, register
 
 CONFIG_FILE, WEIGHTS_FILE = "projector.json", "projector.safetensors"
@@ -143,11 +144,9 @@ def load_projector(source: str | Path) -> NoiseProjector:
         names = ", ".join(SHIPPED_PROJECTORS)
         raise ValueError(f"no projector at {source!r}: pass a shipped name ({names}) or a save_projector folder")
     fields = NoiseProjectorConfig.__dataclass_fields__
-    config = NoiseProjectorConfig(
-        **{k: v for k, v in json.loads((folder / CONFIG_FILE).read_text()).items() if k in fields}
-    )
+    config = NoiseProjectorConfig(**{k: v for k, v in read_json(folder / CONFIG_FILE).items() if k in fields})
     projector = NoiseProjector(config)
-    projector.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    projector.load_state_dict(read_safetensors(folder / WEIGHTS_FILE))
     return projector.eval().requires_grad_(False)
 
 

@@ -93,6 +93,16 @@ class Scorer(nn.Module):
             raise ValueError(f"{type(self).__name__} scores noisy latents: pass the timestep t")
         if t is not None and isinstance(t, torch.Tensor) and t.numel() not in (1, x.shape[0]):
             raise ValueError(f"got {t.numel()} timesteps for a batch of {x.shape[0]}")
+        if not torch.isfinite(x).all():
+            raise ValueError(f"{type(self).__name__} got NaN or infinite {self.space}")
+        if self.space == "pixels" and (x.min() < -1e-3 or x.max() > 1 + 1e-3):
+            raise ValueError(
+                f"{type(self).__name__} reads pixels in [0, 1], got values in [{x.min():.3g}, {x.max():.3g}]"
+            )
+        if t is not None:
+            steps = torch.as_tensor(t).float()
+            if not bool((torch.isfinite(steps) & (steps >= 0) & (steps <= 1000)).all()):
+                raise ValueError(f"timesteps must be finite and in [0, 1000], got {steps.flatten()[:4].tolist()}")
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
         """Unnormalised projected image embeddings of checked input."""

@@ -7,11 +7,12 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from .. import embedded
 from ..embedded import config
+from ..files import read_json, read_safetensors
 from ..tokenizer import build_clip_tokenizer
 from ..world import words
 from .base import Scorer
@@ -124,17 +125,17 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     folder = Path(folder)
     if not (folder / SCORER_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {SCORER_FILE}: not a saved latentalign scorer")
-    settings = json.loads((folder / SCORER_FILE).read_text())
+    settings = read_json(folder / SCORER_FILE)
     kind = settings.pop("kind")
     if kind not in KINDS:
         raise ValueError(f"{folder / SCORER_FILE} names an unknown scorer kind {kind!r}")
-    clip = CLIPModel.from_pretrained(folder)
+    clip = CLIPModel.from_pretrained(folder, use_safetensors=True)
     extra = {"vae": vae} if kind == "pixel" else {}
     scorer = KINDS[kind](clip, CLIPTokenizer.from_pretrained(folder), **settings, **extra)
     for name, module in scorer.extra_modules().items():
         path = folder / f"{name}.safetensors"
         if path.exists():
-            module.load_state_dict(load_file(path))
+            module.load_state_dict(read_safetensors(path))
         elif name != "timestep_embedding":  # a NoisyCLIP saved without one has a zero (no-op) timestep embedding
             raise FileNotFoundError(f"{folder} has no {path.name}: its {kind} scorer needs it")
     return scorer.eval()

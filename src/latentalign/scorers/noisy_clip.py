@@ -171,7 +171,7 @@ class NoisyCLIPScorer(Scorer):
     ) -> NoisyCLIPScorer:
         """The published NoisyCLIP layout (a CLIPModel, e.g. "asiimo/noisyclip") plus a preview map on unscaled
         latents (default: SDXL's). Published models have no timestep embedding: it stays zero."""
-        clip = CLIPModel.from_pretrained(name_or_path, **kwargs).eval()
+        clip = CLIPModel.from_pretrained(name_or_path, **{"use_safetensors": True, **kwargs}).eval()
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
         mean, std = image_stats(name_or_path)
         matrix, bias = preview_map if preview_map is not None else sdxl_preview_map()

@@ -63,7 +63,7 @@ class PixelCLIPScorer(Scorer):
         cls, name_or_path: str, vae=None, vae_scaling_factor: float | None = None, **kwargs
     ) -> PixelCLIPScorer:
         """A Hub id or local folder holding a CLIPModel, its tokenizer and (optionally) preprocessor_config.json."""
-        clip = CLIPModel.from_pretrained(name_or_path, **kwargs).eval()
+        clip = CLIPModel.from_pretrained(name_or_path, **{"use_safetensors": True, **kwargs}).eval()
         tokenizer = CLIPTokenizer.from_pretrained(name_or_path)
         mean, std = image_stats(name_or_path)
         return cls(clip, tokenizer, vae=vae, vae_scaling_factor=vae_scaling_factor, image_mean=mean, image_std=std)

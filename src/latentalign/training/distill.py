@@ -264,7 +264,7 @@ def distillation_data(pipe, teacher, cfg: DistillConfig, path: Path, *, log=prin
 
 def pipe_steps(pipe) -> int:
     """The denoising steps of `pipe`'s recommended schedule (the trajectories' length)."""
-    from ..generate import sampling_defaults
+    from ..generation import sampling_defaults
 
     return sampling_defaults(pipe).num_inference_steps
 

@@ -80,7 +80,7 @@ def _config_json(cfg: OneStepTrainConfig) -> dict:
 
 def teacher_pairs(teacher, cfg: OneStepTrainConfig, path: Path, *, log=print) -> dict:
     """(noise, final latents, prompts) of the teacher on `cfg.pairs` train prompts; cached atomically at `path`."""
-    from ..generate import generate, sampling_defaults
+    from ..generation import generate, sampling_defaults
 
     if path.exists():
         pairs = load_prompted_tensors(path)
@@ -111,7 +111,7 @@ def one_step(unet, scheduler, noise: torch.Tensor, embeds: torch.Tensor) -> torc
 
 def train_accuracy(pipe, per_suite: int = 24, seeds: int = 4) -> dict:
     """Exact-checker accuracy on `per_suite` train prompts per suite x `seeds` seeds, at the pipeline's defaults."""
-    from ..generate import generate
+    from ..generation import generate
 
     out = {}
     for name in SUITE_NAMES:
@@ -129,7 +129,7 @@ def train_accuracy(pipe, per_suite: int = 24, seeds: int = 4) -> dict:
 
 def train_one_step(out: str | Path, cfg: OneStepTrainConfig, teacher, *, log=print) -> Path:
     """Distil `teacher` into `out/pipeline`, a one-step pipeline; resumes from `out/checkpoint` when present."""
-    from ..generate import DEFAULTS_FILE, sampling_defaults
+    from ..generation import DEFAULTS_FILE, sampling_defaults
     from ..pipeline import assemble
 
     out = Path(out)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..adapters import Denoiser
 from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..embedded import model_id
-from ..generate import sampling_defaults
+from ..generation import sampling_defaults
 from ..methods.noise_optimization import differentiable_sample, recommended_steps
 from ..methods.noise_projection import NoiseProjector, NoiseProjectorConfig, projection_kl, save_projector
 from ..scorers import Scorer

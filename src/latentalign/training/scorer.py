@@ -268,7 +268,7 @@ def reward_data(pipe, cfg: ScorerTrainConfig, path: Path, *, log=print) -> dict:
     atomically at `path`."""
     if path.exists():
         return load_prompted_tensors(path)
-    from ..generate import generate, to_pil
+    from ..generation import generate, to_pil
     from ..methods.noise_optimization import NoiseOptimization, Reward, recommended_steps
     from ..world.dataset import sample_prompts
 
