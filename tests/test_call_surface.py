@@ -225,3 +225,25 @@ def test_arguments_that_do_not_apply_are_refused_before_work(request, monkeypatc
     monkeypatch.setattr(model, "forward", boom)
     with pytest.raises(error, match=match):
         generate(pipe, PROMPTS, **{**KW, **arguments})
+
+
+def test_float16_equals_the_stock_pipeline(tiny_sd_pipeline, tiny_sdxl_pipeline):
+    """In float16 the stock SD pipeline decodes in the VAE's dtype, SDXL's upcasts a force_upcast VAE: so does
+    latentalign (images compared, not just latents)."""
+    import copy
+
+    for pipe in (
+        copy.deepcopy(tiny_sd_pipeline).to(torch.float16),
+        copy.deepcopy(tiny_sdxl_pipeline).to(torch.float16),
+    ):
+        mine = generate(pipe, PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt", **KW).images
+        stock = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), output_type="pt", **KW).images
+        assert mine.dtype == stock.dtype and torch.equal(mine, stock)
+
+
+def test_unsupported_stock_arguments_and_missing_pooled_embeddings_are_named(tiny_sdxl_pipeline):
+    with pytest.raises(TypeError, match="does not take StableDiffusionXLPipeline's 'original_size'"):
+        generate(tiny_sdxl_pipeline, PROMPTS, original_size=(16, 16), **KW)
+    embeds = torch.zeros(2, 77, 64)
+    with pytest.raises(ValueError, match="need pooled_prompt_embeds"):
+        generate(tiny_sdxl_pipeline, None, prompt_embeds=embeds, **KW)

@@ -201,3 +201,140 @@ def test_compositions_add_up_and_nonsense_is_refused(tiny_sd_pipeline):
         compose("noise-optimization+best-of-n", {"scorer": "shapes-latent"})
     with pytest.raises(TypeError, match="takes no option 'n'"):
         compose("noise-projection", {"n": 4})
+
+
+# Generators shared by rows, stochastic step noise, settings from latentalign.json, exact costs, early errors
+
+
+def _ddim_eta(pipe):
+    """The tiny SD pipeline with DDIM at eta 1: every step draws noise from the rows' generators."""
+    from diffusers import DDIMScheduler
+
+    pipe = copy.deepcopy(pipe)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+FOUR = ["a red ball on grass", "a painting of a blue ball", "a blue ball on grass", "a red ball"]
+
+
+def test_max_batch_changes_nothing_with_a_shared_generator_and_step_noise(tiny_sd_pipeline):
+    pipe = _ddim_eta(tiny_sd_pipeline)
+    kw = {**KW, "eta": 1.0, "seed": 3}
+    # plain, one row at a time: the same step noise (batched kernels move latents by float rounding only)
+    one_by_one, together = generate(pipe, FOUR, max_batch=1, **kw).latents, generate(pipe, FOUR, **kw).latents
+    torch.testing.assert_close(one_by_one, together, rtol=1e-4, atol=1e-4)
+    best = BestOfN(n=2, scorer=scorers(pipe)["latent"])
+    small = generate(pipe, FOUR, method=BestOfN(n=2, scorer=best.scorer, max_batch=2), **kw)
+    big = generate(pipe, FOUR, method=best, **kw)
+    torch.testing.assert_close(small.latents, big.latents, rtol=1e-4, atol=1e-4)
+    assert small.chosen == big.chosen
+
+
+def test_identity_stages_compose_under_a_shared_generator_with_step_noise(tiny_sd_pipeline):
+    pipe = _ddim_eta(tiny_sd_pipeline)
+    reno = NoiseOptimization(iterations=1, rewards=[Reward(scorers(pipe)["latent"])])
+    kw = {**KW, "eta": 1.0, "seed": 3}
+    alone = generate(pipe, FOUR[:2], method=reno, **kw)
+    steps = AttentionRefinement(words=("ball",), step_size=0.0, max_refine_iterations=0)
+    composed = generate(pipe, FOUR[:2], method=[reno, steps], **kw)
+    observed = generate(pipe, FOUR[:2], method=reno, callback=lambda info: None, **kw)
+    torch.testing.assert_close(composed.latents, alone.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(observed.latents, alone.latents, rtol=1e-4, atol=1e-4)
+
+
+def test_a_reused_generator_gives_new_candidates_and_candidate_zero_is_plain(tiny_sd_pipeline):
+    pipe = tiny_sd_pipeline
+    g = torch.Generator().manual_seed(5)
+    method = BestOfN(n=3, scorer=scorers(pipe)["latent"])
+    first = generate(pipe, PROMPTS[0], method=method, generator=g, **KW)
+    second = generate(pipe, PROMPTS[0], method=method, generator=g, **KW)
+    assert first.candidate_seeds[0][1:] != second.candidate_seeds[0][1:]
+    assert first.seeds == [None] and first.candidate_seeds[0][0] is None  # a generator's state, not a seed
+    plain = generate(pipe, PROMPTS[0], generator=torch.Generator().manual_seed(5), output_type="latent", **KW)
+    one = generate(
+        pipe, PROMPTS[0], method=BestOfN(n=1, scorer=method.scorer), generator=torch.Generator().manual_seed(5), **KW
+    )
+    assert torch.equal(one.latents, plain.latents)
+    winner = first.chosen[0]
+    if winner > 0:  # the winner is its candidate seed's plain image
+        again = generate(pipe, PROMPTS[0], seed=first.candidate_seeds[0][winner], **KW)
+        torch.testing.assert_close(again.latents, first.latents, rtol=1e-4, atol=1e-4)
+
+
+def test_latentalign_json_fills_the_options_not_given(tiny_shapes_path, tmp_path):
+    import json
+    import shutil
+
+    from latentalign import load_pipeline
+
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_shapes_path, folder)
+    defaults = json.loads((folder / "latentalign.json").read_text())
+    defaults["best-of-n"] = {"n": 3, "num_inference_steps": 2}
+    (folder / "latentalign.json").write_text(json.dumps(defaults))
+    pipe = load_pipeline(str(folder))
+    latent = scorers(pipe)["latent"]
+    r = generate(pipe, "a red circle", method=BestOfN(scorer=latent))
+    assert r.settings["n"] == 3 and r.settings["num_inference_steps"] == 2 and len(r.scores[0]) == 3
+    r = generate(pipe, "a red circle", method=BestOfN(n=4, scorer=latent), num_inference_steps=3)  # given wins
+    assert r.settings["n"] == 4 and r.settings["num_inference_steps"] == 3
+    defaults["best-of-n"] = {"m": 3}
+    (folder / "latentalign.json").write_text(json.dumps(defaults))
+    with pytest.raises(ValueError, match="'best-of-n' has no option 'm'"):
+        generate(load_pipeline(str(folder)), "a red circle", method=BestOfN(scorer=latent))
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("best-of-n", {"denoiser_evals": 2 * 2 * 3, "scorer_calls": 2}),  # n x guided x steps; the final pick
+        ("early-exit", {"denoiser_evals": 2 * (3 * 1 + 2 * 2), "scorer_calls": 3 + 2}),
+        ("noise-optimization", {"denoiser_evals": 2 * 2 * 3, "scorer_calls": 2}),  # 2 iterates x guided x steps
+        ("noise-projection", {"denoiser_evals": 2 * 3, "projector_calls": 1}),
+    ],
+)
+def test_cost_is_counted_exactly(tiny_sd_pipeline, name, expected):
+    r = generate(tiny_sd_pipeline, PROMPTS[0], method=stage(name, tiny_sd_pipeline), seed=0, **KW)
+    assert {k: getattr(r.cost, k) for k in expected} == expected and r.cost.seconds > 0
+
+
+@pytest.mark.parametrize(
+    "method, kwargs, match",
+    [
+        (lambda p: EarlyExit(n=2, scorer=scorers(p)["noisy"], prune_steps=(3,), keep=(1,)), {}, "prune steps"),
+        (lambda p: AttentionRefinement(words=("dragon",)), {}, "not a word"),
+        (lambda p: NoiseProjection(projector=NoiseProjector(NoiseProjectorConfig(text_dim=7, width=16))), {}, "7-wide"),
+        (lambda p: BestOfN(n=2, scorer=scorers(p)["latent"]), {"height": 32, "width": 32}, "8x8 latents"),
+        (lambda p: NoiseOptimization(rewards=[Reward(scorers(p)["latent"])]), {"height": 32, "width": 32}, "8x8"),
+        (lambda p: AttentionRefinement(words=("ball",)), {"cross_attention_kwargs": {}}, "cannot honour"),
+    ],
+)
+def test_stage_errors_come_before_any_work(tiny_sd_pipeline, monkeypatch, method, kwargs, match):
+    pipe = tiny_sd_pipeline
+    built = method(pipe)
+    for module in (pipe.unet, pipe.text_encoder, pipe.vae):
+        monkeypatch.setattr(module, "forward", lambda *a, **k: (_ for _ in ()).throw(AssertionError("work began")))
+    with pytest.raises((ValueError, TypeError), match=match):
+        generate(pipe, PROMPTS[0], method=built, seed=0, **{**KW, **kwargs})
+
+
+def test_compiled_sd3_transformer_is_accepted(tiny_sd3_pipeline):
+    pipe = copy.deepcopy(tiny_sd3_pipeline)
+    method = stage("attention-refinement", pipe)
+    reference = generate(pipe, PROMPTS, method=method, seed=[0, 1], **KW)
+    pipe.transformer = torch.compile(pipe.transformer, backend="eager")
+    compiled = generate(pipe, PROMPTS, method=method, seed=[0, 1], **KW)
+    torch.testing.assert_close(compiled.latents, reference.latents, rtol=1e-4, atol=1e-4)
+
+
+def test_callback_on_step_end_sees_every_row_once_per_step(tiny_sd_pipeline):
+    seen = []
+
+    def callback(pipe, step, t, tensors):
+        seen.append((step, tensors["latents"].shape[0]))
+        return {}
+
+    method = EarlyExit(n=3, scorer=scorers(tiny_sd_pipeline)["noisy"], prune_steps=(1,), keep=(1,), max_batch=2)
+    generate(tiny_sd_pipeline, PROMPTS, method=method, seed=[0, 1], callback_on_step_end=callback, **KW)
+    assert seen == [(0, 6), (1, 2), (2, 2)]  # 2 images x 3 candidates, then the 2 survivors; chunks of 2 merged

@@ -111,14 +111,16 @@ def decode_latents(
 ) -> torch.Tensor:
     """Latents as a pipeline produces them (scaled, and shifted for SD3) -> images in [0, 1], NCHW, in the
     latents' dtype; differentiable. A float16 VAE whose config asks for it (`force_upcast`, as SDXL's does: it
-    overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after.
+    overflows in half precision) decodes in float32, as the stock SDXL pipeline does, and is cast back after; its
+    images stay float32, as the stock pipeline's.
     When gradients flow (noise optimisation), the VAE is not cast in place (autograd would find half weights in
     the backward pass): `upcast_vae`, a float32 copy, decodes instead (`Denoiser` keeps one per run)."""
     scale = float(vae.config.scaling_factor) if scaling_factor is None else float(scaling_factor)
     if upcast is None:  # `Denoiser` decides per family: the stock SDXL pipeline upcasts, SD 1.x / SD3 do not
         upcast = bool(getattr(vae.config, "force_upcast", False))
     upcast = upcast and vae.dtype == torch.float16
-    z = latents / scale + vae_shift(vae)
+    # an upcast decode reads float32 latents before scaling them, as the stock SDXL pipeline does
+    z = (latents.float() if upcast else latents) / scale + vae_shift(vae)
     if upcast and torch.is_grad_enabled() and latents.requires_grad:
         decoder = upcast_vae if upcast_vae is not None else copy.deepcopy(vae).to(torch.float32)
         images = decoder.decode(z.float()).sample
@@ -130,7 +132,8 @@ def decode_latents(
             vae.to(torch.float16)
     else:
         images = vae.decode(z.to(vae.dtype)).sample
-    return (images / 2 + 0.5).clamp(0, 1).to(latents.dtype)
+    images = (images / 2 + 0.5).clamp(0, 1)
+    return images if upcast else images.to(latents.dtype)  # an upcast decode stays float32, as the stock SDXL's
 
 
 @dataclass(frozen=True)
