@@ -197,3 +197,42 @@ def test_check_exit_codes(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     assert main(["check", str(tmp_path / "broken.png"), "a red circle"]) == 2
     assert "not a readable image" in capsys.readouterr().err
+
+
+def test_weights_load_from_safetensors_only(tmp_path):
+    from latentalign import load_pipeline
+    from latentalign.pipeline import assemble, build_shapes_components
+
+    assemble(build_shapes_components(0)).save_pretrained(tmp_path, safe_serialization=False)  # pickle .bin only
+    with pytest.raises(FileNotFoundError, match="safetensors weights only"):
+        load_pipeline(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "dtype, device, match", [("float64x", None, "not a torch floating-point dtype"), (None, "cuda", "no CUDA device")]
+)
+def test_load_pipeline_refuses_bad_dtype_and_device(dtype, device, match):
+    from latentalign import load_pipeline
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=match):
+        load_pipeline("shapes", dtype=dtype, device=device)
+
+
+def test_corrupt_saved_files_are_named(tmp_path, latent_scorer):
+    from latentalign.scorers import load_scorer, save_scorer
+
+    save_scorer(latent_scorer, tmp_path / "s")
+    weights = next((tmp_path / "s").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    with pytest.raises((ValueError, OSError), match=str(weights.name)):
+        load_scorer(tmp_path / "s")
+
+
+def test_render_takes_whole_seeds():
+    from latentalign.world import render
+
+    for bad in (-1, 1.5, "abc", None, True):
+        with pytest.raises(ValueError, match="integer >= 0"):
+            render("a red circle", bad)

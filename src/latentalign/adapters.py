@@ -333,6 +333,7 @@ class Denoiser:
         else:
             self._init_unet(pipe)
         self.vae = pipe.vae
+        self._device, self._dtype = None, None
         self.model_kwargs = dict(model_kwargs or {})  # cross_attention_kwargs / joint_attention_kwargs
         self._upcast_vae = None
         self.latent_size = self._latent_size(height, width)
@@ -397,11 +398,15 @@ class Denoiser:
 
     @property
     def device(self) -> torch.device:
-        return self.core.device
+        if self._device is None:  # read once: diffusers finds a model's device by walking its parameters
+            self._device = self.core.device
+        return self._device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.core.dtype
+        if self._dtype is None:
+            self._dtype = self.core.dtype
+        return self._dtype
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -448,7 +448,9 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
     if selection is not None:
         run.settings.update(n=run.n, prune_steps=list(schedule.steps), keep=list(schedule.keep))
     tracked = [m for s in composition.stages for m in modules_in(s)]
-    with cost.timed(), pipeline_left_alone(run.pipe, tracked) if composition.stages else _nothing():
+    # stages that change the pipeline's modules while they run get them restored; the others never touch them
+    restore = any(s.changes_the_pipeline for s in composition.stages)
+    with cost.timed(), pipeline_left_alone(run.pipe, tracked) if restore else _nothing():
         noise, generators, cand_seeds = draw_rows(run)
         rows = list(range(noise.shape[0]))
         finished = None

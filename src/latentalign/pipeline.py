@@ -147,7 +147,12 @@ def load_pipeline(
             raise ValueError(f"device {str(device)!r}: no CUDA device is available")
     # weights load from safetensors only (a folder holding only pickle .bin files is refused by diffusers)
     kwargs = {"dtype": dtype} if dtype is not None else {}
-    pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **kwargs, **components)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(str(path), use_safetensors=True, **kwargs, **components)
+    except OSError as e:
+        if "safetensors" not in str(e):
+            raise
+        raise FileNotFoundError(f"{e} (latentalign loads safetensors weights only, never pickle .bin files)") from None
     if device is not None:
         pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

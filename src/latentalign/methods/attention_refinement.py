@@ -75,6 +75,7 @@ class AttentionRefinement(StepStage):
 
     name: ClassVar[str] = "attention-refinement"
     needs_prompt_text: ClassVar[bool] = True
+    changes_the_pipeline: ClassVar[bool] = True  # storing attention processors while it reads the maps
     # the storing processors that read the maps replace the model's own (and ignore processor arguments)
     refuses: ClassVar[tuple[str, ...]] = ("cross_attention_kwargs", "joint_attention_kwargs")
 

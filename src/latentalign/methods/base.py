@@ -89,6 +89,8 @@ class Stage:
     # stock call arguments the method cannot honour (refused with a message naming both)
     refuses: ClassVar[tuple[str, ...]] = ()
     needs_prompt_text: ClassVar[bool] = False  # it reads the prompt's words (a scorer, token positions)
+    # it changes the pipeline's modules while it runs (requires_grad, attention processors): the run restores them
+    changes_the_pipeline: ClassVar[bool] = False
 
     def with_pipeline_defaults(self, pipe) -> Stage:
         """This stage with its None fields filled from the pipeline's latentalign.json key for this method."""

@@ -126,6 +126,7 @@ class NoiseOptimization(NoiseStage):
     pipeline the run defaults to a 4-step schedule, back-propagated through."""
 
     name: ClassVar[str] = "noise-optimization"
+    changes_the_pipeline: ClassVar[bool] = True  # gradients off on the denoiser, VAE and rewards while it runs
     run_defaults: ClassVar[dict] = {"num_inference_steps": 4}
     shapes_scorer: ClassVar[str] = "shapes-latent"
 

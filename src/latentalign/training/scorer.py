@@ -109,6 +109,8 @@ class ScorerTrainConfig:
             raise ValueError("scorers never train on the held-out split")
         if self.steps < 1 or self.batch < 2 or self.hard_negatives < 0:
             raise ValueError("steps must be >= 1, batch >= 2 and hard_negatives >= 0")
+        if self.eval_per_suite < 1:  # the closing report needs renders: 0 would fail after the whole training
+            raise ValueError(f"eval_per_suite must be >= 1, got {self.eval_per_suite}")
         if self.noisy_reads not in ("latents", "preview"):
             raise ValueError(f"noisy_reads must be 'latents' or 'preview', got {self.noisy_reads!r}")
         if not (math.isfinite(self.verdict_weight) and self.verdict_weight >= 0):

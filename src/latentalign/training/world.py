@@ -53,8 +53,8 @@ class WorldTrainConfig:
 
     def __post_init__(self):
         total = shapes_scheduler_config()["num_train_timesteps"]
-        if self.vae_steps < 0 or self.unet_steps < 0:
-            raise ValueError(f"training steps must be >= 0, got vae {self.vae_steps}, unet {self.unet_steps}")
+        if self.vae_steps < 1 or self.unet_steps < 1:  # a pipeline needs both trained: 0 fails late, at saving
+            raise ValueError(f"training steps must be >= 1, got vae {self.vae_steps}, unet {self.unet_steps}")
         if not 0.0 <= self.high_noise_share <= 1.0:
             raise ValueError(f"high_noise_share must lie in [0, 1], got {self.high_noise_share}")
         if not 0 <= self.high_noise_start < total:

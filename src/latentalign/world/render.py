@@ -121,7 +121,9 @@ def render_scene(scene: Scene, seed: int) -> tuple[Image.Image, list[Placed]]:
 
 
 def render(prompt: str, seed: int = 0) -> Image.Image:
-    """Render one valid 32x32 image of a Shapes prompt; the seed picks sizes and placement."""
+    """Render one valid 32x32 image of a Shapes prompt; the seed (an integer >= 0) picks sizes and placement."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"render takes a seed that is an integer >= 0, got {seed!r}")
     return render_scene(parse(prompt), seed)[0]
 
 
