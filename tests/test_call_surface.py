@@ -247,3 +247,40 @@ def test_unsupported_stock_arguments_and_missing_pooled_embeddings_are_named(tin
     embeds = torch.zeros(2, 77, 64)
     with pytest.raises(ValueError, match="need pooled_prompt_embeds"):
         generate(tiny_sdxl_pipeline, None, prompt_embeds=embeds, **KW)
+
+
+def _identity_stages(pipe):
+    """A stage at every place that changes nothing: untrained projector, zero-step refinement, Best-of-1."""
+    from conftest import TINY_WORDS  # noqa: F401  (the prompts' words are the tiny tokenizer's)
+
+    from latentalign.adapters import Denoiser
+    from latentalign.methods import AttentionRefinement, BestOfN, NoiseProjection, NoiseProjector, NoiseProjectorConfig
+    from latentalign.scorers import build_shapes_scorer
+
+    den = Denoiser(pipe)
+    projector = NoiseProjector(NoiseProjectorConfig(latent_channels=4, text_dim=den.text_dim, width=16)).eval()
+    return [
+        NoiseProjection(projector=projector),
+        AttentionRefinement(words=("a",), step_size=0.0, max_refine_iterations=0),
+        BestOfN(n=1, scorer=build_shapes_scorer("latent", pipe.vae.config.scaling_factor)),
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "arguments",
+    [{}, {"num_images_per_prompt": 2}, {"negative_prompt": ["a dog", "a cat"]}, {"height": 32, "width": 24}],
+    ids=["one-generator", "images-per-prompt", "negative-prompt", "size"],
+)
+def test_methods_take_the_stock_arguments_too(request, family, arguments):
+    """Every place of the run honours the stock arguments: identity stages at all three places give the stock
+    pipeline's latents for them."""
+    pipe = pipe_of(request, family)
+    kwargs = {**KW, **arguments}
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    stages = _identity_stages(pipe)
+    if "height" in arguments:  # the tiny latent scorer reads 8x8 latents only, and says so before any work
+        stages = stages[:2]
+    mine = generate(pipe, PROMPTS, method=stages, generator=g(), output_type="latent", **kwargs)
+    stock = pipe(PROMPTS, generator=g(), output_type="latent", **kwargs).images
+    torch.testing.assert_close(mine.latents, stock, rtol=1e-5, atol=1e-5)

@@ -245,8 +245,11 @@ def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, 
     assert all((out / r["image"]).exists() for r in again)
     assert main(bench_argv(pipe_dir, out, "--split", "train")) == 2
     assert "heldout-split rows" in capsys.readouterr().err
-    # a later run on another suite: the summary covers every row of the folder
-    assert main([*bench_argv(pipe_dir, out)[:2], "counting", *bench_argv(pipe_dir, out)[3:]]) == 0
+    # a later run must plan the folder's suites (it may add some): the summary covers every row of the folder
+    argv = bench_argv(pipe_dir, out)
+    assert main([*argv[:2], "counting", *argv[3:]]) == 2
+    assert "suite(s) ['single_object']" in capsys.readouterr().err
+    assert main([*argv[:3], "--suite", "counting", *argv[3:]]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert {c["suite"] for c in summary["categories"]} == {"single_object", "counting", "all"}
     assert summary["categories"][-1]["n"] == len(read_rows(out)) == 12

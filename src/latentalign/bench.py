@@ -308,6 +308,10 @@ def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, gu
             )
         if row.get("split", split) != split:
             raise ValueError(f"{results} holds {row['split']}-split rows; this run is {split}: use another --out")
+    planned = {name for name, _, _ in jobs}
+    others = sorted({r["suite"] for r in existing} - planned)
+    if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
+        raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
     lost = [r for r in existing if not _readable(out / r["image"])]
     if lost:  # an image deleted or truncated: its row is made again
         existing = [r for r in existing if r not in lost]
@@ -364,5 +368,5 @@ def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, gu
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(format_table(summary["categories"]) + "\n")
-    _grid(out, jobs, done).save(out / "grid.png")
+    _grid(out, [(r["suite"], r["prompt"], r["seed"]) for r in rows], done).save(out / "grid.png")
     return summary
