@@ -24,8 +24,8 @@ class StoreCrossAttention:
     """diffusers' plain `AttnProcessor` computation, keeping the attention probabilities (which SDPA never
     materialises) of the layers whose query grid is `size` x `size`, averaged over heads: (batch, size^2, tokens)."""
 
-    def __init__(self, store: list[torch.Tensor], size: int):
-        self.store, self.size = store, size
+    def __init__(self, store: list[torch.Tensor], size: int | tuple[int, int]):
+        self.store, self.cells = store, _cells(size)
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         residual = hidden_states
@@ -45,7 +45,7 @@ class StoreCrossAttention:
             context = attn.norm_encoder_hidden_states(context)
         key, value = attn.head_to_batch_dim(attn.to_k(context)), attn.head_to_batch_dim(attn.to_v(context))
         probs = attn.get_attention_scores(query, key, attention_mask)
-        if encoder_hidden_states is not None and probs.shape[1] == self.size**2:
+        if encoder_hidden_states is not None and probs.shape[1] == self.cells:
             self.store.append(probs.view(batch, attn.heads, probs.shape[1], probs.shape[2]).mean(1))
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -62,12 +62,12 @@ class StoreJointAttention:
     the text keys, i.e. the softmax of the image-to-text logits alone, so it is computed on its own (image x text,
     small) and the block's output still comes from SDPA."""
 
-    def __init__(self, store: list[torch.Tensor], size: int):
-        self.store, self.size = store, size
+    def __init__(self, store: list[torch.Tensor], size: int | tuple[int, int]):
+        self.store, self.cells = store, _cells(size)
         self.inner = JointAttnProcessor2_0()
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        if encoder_hidden_states is not None and hidden_states.shape[1] == self.size**2:
+        if encoder_hidden_states is not None and hidden_states.shape[1] == self.cells:
             batch = hidden_states.shape[0]
 
             def heads(x: torch.Tensor) -> torch.Tensor:
@@ -83,8 +83,15 @@ class StoreJointAttention:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
 
 
+def _cells(size: int | tuple[int, int]) -> int:
+    """Query tokens of an attention grid: `size` x `size`, or height x width."""
+    return size * size if isinstance(size, int) else size[0] * size[1]
+
+
 @contextmanager
-def capture_cross_attention(model: UNet2DConditionModel | SD3Transformer2DModel, size: int) -> Iterator[list]:
+def capture_cross_attention(
+    model: UNet2DConditionModel | SD3Transformer2DModel, size: int | tuple[int, int]
+) -> Iterator[list]:
     """Within the block, the model's text attention stores its maps at `size` x `size` in the yielded list: a
     UNet's cross-attention layers (`attn2`), or an SD3 transformer's joint attention (`attn`; SD3.5's extra
     image-only `attn2` is left alone). The original processors come back afterwards, whatever happens."""
@@ -585,16 +592,24 @@ class Denoiser:
         out = {s for b, s in placed if b is not None and getattr(b, "has_cross_attention", False)}
         return sorted(out, reverse=True)
 
+    def attention_grid(self, size: int) -> tuple[int, int]:
+        """The (height, width) of the attention grid whose height is `size` (one of
+        `cross_attention_resolutions`), for this run's latent aspect ratio."""
+        height, width = self.latent_size
+        return size, max(1, size * width // height)
+
     def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
         """The prompt branch's attention from the image to the text at `size` x `size`, averaged over heads and
         layers: (batch, size^2, text tokens), each row a distribution over the text tokens (SD3: CLIP's 77 tokens
         first, then T5's). Differentiable in `latents` (already the scaled model input)."""
-        with capture_cross_attention(self.core, size) as store:
+        grid = self.attention_grid(size)
+        with capture_cross_attention(self.core, grid) as store:
             self._call(latents, t, cond.prompt_embeds, cond.added)
         self.cost.denoiser_evals += latents.shape[0]
         if not store:
             raise ValueError(
-                f"no cross-attention layer works at {size}x{size}; the model has {self.cross_attention_resolutions()}"
+                f"no cross-attention layer works at {grid[0]}x{grid[1]}; the model has "
+                f"{self.cross_attention_resolutions()}"
             )
         return torch.stack(store).mean(0)
 

@@ -55,12 +55,15 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
     return F.conv2d(padded, kernel[None, None])[:, 0]
 
 
-def attend_and_excite_loss(maps: torch.Tensor, tokens: list[int], last: int, smooth: bool = True) -> torch.Tensor:
+def attend_and_excite_loss(
+    maps: torch.Tensor, tokens: list[int], last: int, smooth: bool = True, grid: tuple[int, int] | None = None
+) -> torch.Tensor:
     """max over subject tokens of 1 - max_p A_token[p] for one prompt's maps (size^2, tokens); `last` is the end
     token's position (tokens from 1 to last - 1 compete in the softmax)."""
     side = int(math.isqrt(maps.shape[0]))
+    height, width = grid if grid is not None else (side, side)
     text = (maps[:, 1:last] * 100).softmax(-1)
-    per_token = text[:, [i - 1 for i in tokens]].T.reshape(len(tokens), side, side)
+    per_token = text[:, [i - 1 for i in tokens]].T.reshape(len(tokens), height, width)
     if smooth:
         per_token = gaussian_smooth(per_token)
     return (1 - per_token.flatten(1).max(-1).values).max()
@@ -140,6 +143,7 @@ class AttentionRefinement(StepStage):
     def hook(self, run):
         plan, den = self._plan(run), run.den
         size, refine, update_steps, alphas = plan["size"], plan["refine"], plan["update_steps"], plan["alphas"]
+        grid = den.attention_grid(size)  # (height, width): non-square images have non-square maps
         rows_total = run.images * run.n  # per row: the loss at each step where it was computed, extra updates
         losses: list[dict[int, float]] = [{} for _ in range(rows_total)]
         iterations = [0] * rows_total
@@ -165,6 +169,7 @@ class AttentionRefinement(StepStage):
                             plan["tokens"][run.prompt_of(r)],
                             plan["lasts"][run.prompt_of(r)],
                             self.smooth,
+                            grid,
                         )
                         for j, r in enumerate(rows)
                     ]
