@@ -153,6 +153,22 @@ def test_no_nan_or_infinity_reaches_a_result(tiny_shapes_pipeline, latent_scorer
             generate(tiny_shapes_pipeline, PROMPT, method=method)
 
 
+def test_a_candidate_gone_non_finite_is_never_chosen(tiny_shapes_pipeline, latent_scorer, monkeypatch):
+    """One NaN candidate among finite ones: scored None, never kept; the result is finite."""
+    import latentalign.engine as engine
+
+    real = engine.draw_rows
+
+    def one_nan(run):
+        noise, gens, seeds = real(run)
+        noise[1] = math.nan  # candidate 1 of the image
+        return noise, gens, seeds
+
+    monkeypatch.setattr(engine, "draw_rows", one_nan)
+    r = generate(tiny_shapes_pipeline, PROMPT, method=BestOfN(n=3, scorer=latent_scorer), seed=0)
+    assert r.scores[0][1]["final"] is None and r.chosen[0] != 1 and torch.isfinite(r.latents).all()
+
+
 def test_noise_optimisation_reports_a_non_finite_reward_as_none(tiny_shapes_pipeline, latent_scorer):
     class NaNScorer(type(latent_scorer)):
         def score(self, x, prompts, t=None):
@@ -220,14 +236,34 @@ def test_load_pipeline_refuses_bad_dtype_and_device(dtype, device, match):
         load_pipeline("shapes", dtype=dtype, device=device)
 
 
-def test_corrupt_saved_files_are_named(tmp_path, latent_scorer):
-    from latentalign.scorers import load_scorer, save_scorer
+def test_corrupt_saved_files_are_named(tmp_path, latent_scorer, tiny_shapes_path):
+    import shutil
+
+    from latentalign import load_pipeline
+    from latentalign.checkpoint import load_checkpoint
+    from latentalign.scorers import build_shapes_scorer, load_scorer, save_scorer
 
     save_scorer(latent_scorer, tmp_path / "s")
-    weights = next((tmp_path / "s").glob("*.safetensors"))
+    weights = tmp_path / "s" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
-    with pytest.raises((ValueError, OSError), match=str(weights.name)):
+    with pytest.raises(ValueError, match="model.safetensors"):
         load_scorer(tmp_path / "s")
+    noisy = build_shapes_scorer("noisy", 0.18215)  # a scorer with a module outside its CLIP
+    save_scorer(noisy, tmp_path / "d")
+    extra = tmp_path / "d" / "timestep_embedding.safetensors"
+    extra.write_bytes(extra.read_bytes()[:50])
+    with pytest.raises(ValueError, match="timestep_embedding.safetensors"):
+        load_scorer(tmp_path / "d")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "meta.json").write_text('{"step": 3,')  # cut off mid-write
+    with pytest.raises(ValueError, match="meta.json"):
+        load_checkpoint(tmp_path / "ckpt", {}, None)
+    folder = tmp_path / "pipe"
+    shutil.copytree(tiny_shapes_path, folder)
+    (folder / "latentalign.json").write_text('{"world": "shapes",,}')
+    with pytest.raises(ValueError, match="latentalign.json"):
+        generate(load_pipeline(str(folder)), "a red circle")
+    assert main(["generate", "a red circle", "--model", str(folder), "--out", str(tmp_path / "g")]) == 2
 
 
 def test_render_takes_whole_seeds():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -219,16 +220,30 @@ def bench_argv(pipe_dir, out, *extra):
 
 
 def test_bench_folder_is_owned_by_one_run(pipe_dir, tmp_path, capsys):
-    import os
+    from latentalign.bench import FolderLock
 
     out = tmp_path / "b"
-    out.mkdir()
-    (out / ".lock").write_text(str(os.getppid()))  # a live process holds it
-    assert main(bench_argv(pipe_dir, out)) == 2
-    assert "in use by another run" in capsys.readouterr().err and not (out / RESULTS).exists()
-    (out / ".lock").write_text("999999999")  # its process is gone: stale, taken over
-    assert main(bench_argv(pipe_dir, out)) == 0 and not (out / ".lock").exists()
-    assert len(read_rows(out)) == 6
+    with FolderLock(out):  # another run holds the folder
+        assert main(bench_argv(pipe_dir, out)) == 2
+        err = capsys.readouterr().err
+        assert "in use by another run" in err and f"pid {os.getpid()}" in err and not (out / RESULTS).exists()
+    (out / ".lock").write_text(str(os.getpid()))  # a pid left in the file, no lock held: not an owner
+    assert main(bench_argv(pipe_dir, out)) == 0 and len(read_rows(out)) == 6
+
+
+def test_two_bench_runs_on_one_folder_leave_every_row_once(pipe_dir, tmp_path):
+    """Two processes started together on one --out: one runs, the other is refused (exit 2); rows once each."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "together"
+    argv = [sys.executable, "-m", "latentalign.cli", *bench_argv(pipe_dir, out)]
+    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(p.wait(timeout=300) for p in procs)
+    errors = [p.stderr.read() for p in procs]
+    keys = [(r["prompt"], r["seed"]) for r in read_rows(out)]
+    assert len(keys) == len(set(keys)) == 6
+    assert codes == [0, 2] and any("in use by another run" in e for e in errors)
 
 
 def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, capsys):
@@ -236,7 +251,11 @@ def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, 
     assert main(bench_argv(pipe_dir, out)) == 0
     rows = read_rows(out)
     (out / rows[0]["image"]).unlink()  # deleted
-    (out / rows[1]["image"]).write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated
+    data = (out / rows[1]["image"]).read_bytes()
+    (out / rows[1]["image"]).write_bytes(data[: len(data) // 2])  # truncated
+    damaged = bytearray((out / rows[2]["image"]).read_bytes())
+    damaged[36] ^= 0xFF  # a flipped byte in the header chunk: Pillow raises SyntaxError (bad CRC)
+    (out / rows[2]["image"]).write_bytes(bytes(damaged))
     assert main(bench_argv(pipe_dir, out, "--rejudge")) == 0
     again = read_rows(out)
     assert len(again) == 6 and sorted((r["prompt"], r["seed"]) for r in again) == sorted(
@@ -244,6 +263,13 @@ def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, 
     )
     assert all((out / r["image"]).exists() for r in again)
     assert main(bench_argv(pipe_dir, out, "--split", "train")) == 2
+    assert "heldout-split rows" in capsys.readouterr().err
+    legacy = tmp_path / "legacy"  # rows written before they carried their split: read from their prompts
+    legacy.mkdir()
+    (legacy / RESULTS).write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "split"}) + "\n" for r in again)
+    )
+    assert main(bench_argv(pipe_dir, legacy, "--split", "train")) == 2
     assert "heldout-split rows" in capsys.readouterr().err
     # a later run must plan the folder's suites (it may add some): the summary covers every row of the folder
     argv = bench_argv(pipe_dir, out)
@@ -273,6 +299,7 @@ def test_bench_killed_mid_run_resumes_with_every_row_once(pipe_dir, tmp_path):
         time.sleep(0.05)
     proc.wait()
     killed_early = proc.returncode == -signal.SIGKILL
+    assert (out / ".lock").read_text() == str(proc.pid)  # the killed run's pid is left; its flock died with it
     assert main(bench_argv(pipe_dir, out)) == 0  # the stale lock of the killed run is taken over
     keys = [(r["prompt"], r["seed"]) for r in read_rows(out)]
     assert len(keys) == len(set(keys)) == 6

@@ -5,10 +5,16 @@ from . import _quiet
 _quiet.install()  # before transformers is imported: it would print a torchvision notice on import
 
 __version__ = "0.1.0"
-__all__ = ["Cost", "GenerationResult", "generate", "load_pipeline"]
+__all__ = ["Cost", "GenerationResult", "NonFiniteError", "generate", "load_pipeline"]
 
 # loaded on first use, so `latentalign --help` and commands that need no model do not import torch
-_LAZY = {"Cost": "cost", "GenerationResult": "core", "generate": "generation", "load_pipeline": "pipeline"}
+_LAZY = {
+    "Cost": "cost",
+    "GenerationResult": "core",
+    "NonFiniteError": "engine",
+    "generate": "generation",
+    "load_pipeline": "pipeline",
+}
 
 
 def __getattr__(name: str):

@@ -80,43 +80,35 @@ def file_stem(prompt: str, seed: int) -> str:
 
 
 class FolderLock:
-    """One run at a time owns a result folder: `out/.lock` holds the owner's pid; a lock whose process is gone is
-    stale and taken over."""
+    """One run at a time owns a result folder: it holds an exclusive `flock` on `out/.lock` for the whole run (the
+    kernel releases it when the process ends, however it ends), and writes its pid there for the message a second
+    run gets. The file itself stays: deleting it would let a third run lock a new file beside a holder."""
 
     def __init__(self, out: Path):
         self.path = Path(out) / ".lock"
+        self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
+        import fcntl
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _alive(pid):
-                    raise ValueError(f"{self.path.parent} is in use by another run (pid {pid})") from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return self
-        raise ValueError(f"could not take {self.path}")
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ValueError(f"{self.path.parent} is in use by another run (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self.fd = fd
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
 
 
 def _readable(path: Path) -> bool:
@@ -124,8 +116,15 @@ def _readable(path: Path) -> bool:
         with Image.open(path) as im:
             im.load()
         return True
-    except (OSError, ValueError):
+    except (OSError, ValueError, SyntaxError):  # Pillow raises SyntaxError for a damaged PNG chunk
         return False
+
+
+def _row_split(row: dict) -> str:
+    """A row's split: recorded since rows carry it; for older rows, where its prompt lies."""
+    if "split" in row:
+        return row["split"]
+    return "train" if row["prompt"] in set(suite(row["suite"], "train")) else "heldout"
 
 
 def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts: int | None = None) -> list[tuple]:
@@ -294,10 +293,10 @@ def run_bench(
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is not a folder")
     with FolderLock(out):
-        return _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, guidance, batch, rejudge)
+        return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge)
 
 
-def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, guidance, batch, rejudge) -> dict:
+def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge) -> dict:
     results = out / RESULTS
     existing = read_rows(results)
     for row in existing:
@@ -306,15 +305,21 @@ def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, gu
                 f"{results} holds results made with {row['settings']}, not {settings}; "
                 "use another --out or the same settings"
             )
-        if row.get("split", split) != split:
-            raise ValueError(f"{results} holds {row['split']}-split rows; this run is {split}: use another --out")
+        if _row_split(row) != split:
+            raise ValueError(f"{results} holds {_row_split(row)}-split rows; this run is {split}: use another --out")
     planned = {name for name, _, _ in jobs}
     others = sorted({r["suite"] for r in existing} - planned)
     if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
         raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
-    lost = [r for r in existing if not _readable(out / r["image"])]
-    if lost:  # an image deleted or truncated: its row is made again
-        existing = [r for r in existing if r not in lost]
+    images = out / "images"
+    has_images = images.is_dir() and any(images.iterdir())
+    # an image deleted or damaged: its row is made again; a folder without any image (committed results, whose
+    # images are not in git) keeps its rows
+    lost = {(r["prompt"], r["seed"]) for r in existing if has_images and not _readable(out / r["image"])}
+    if rejudge and existing and not has_images:
+        raise ValueError(f"{images} holds no images to re-judge")
+    if lost:
+        existing = [r for r in existing if (r["prompt"], r["seed"]) not in lost]
         tmp = out / (RESULTS + ".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in existing))
         tmp.replace(results)
@@ -361,8 +366,8 @@ def _run_bench(pipe, jobs, out, settings, split, seeds, limit_prompts, steps, gu
     summary = {
         "settings": settings,
         "split": split,
-        "seeds": seeds,
-        "limit_prompts": limit_prompts,
+        "seeds": sorted({r["seed"] for r in rows}),  # of every row in the folder, this run's and earlier ones'
+        "prompts_per_suite": {n: len({r["prompt"] for r in rows if r["suite"] == n}) for n in names},
         "categories": summarise(rows, names),
         "cost_per_image": {k: sum(r["cost"][k] for r in rows) / len(rows) for k in rows[0]["cost"]},
     }

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .files import read_json, read_safetensors
 
@@ -108,4 +108,4 @@ def load_prompted_tensors(path: str | Path) -> dict:
     """What `save_prompted_tensors` wrote: the tensors, and the prompts under "prompts"."""
     with safe_open(str(path), "pt") as f:
         prompts = json.loads(f.metadata()["prompts"])
-    return {**load_file(str(path)), "prompts": prompts}
+    return {**read_safetensors(path), "prompts": prompts}

@@ -199,9 +199,16 @@ def _user_errors(command):
 
 def _world_of(model: str) -> str | None:
     """The world a model draws, from its folder's latentalign.json, without importing torch or loading it."""
+    from .files import read_json
+
     folder = embedded_folder(model) or Path(model).expanduser()
     defaults = folder / "latentalign.json"
-    return json.loads(defaults.read_text()).get("world") if defaults.is_file() else None
+    if not defaults.is_file():
+        return None
+    data = read_json(defaults)
+    if not isinstance(data, dict):
+        raise ValueError(f"{defaults} must hold a JSON object")
+    return data.get("world")
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -386,7 +393,7 @@ def _check(args: argparse.Namespace) -> int:
     try:
         image = Image.open(args.image)
         image.load()
-    except (UnidentifiedImageError, OSError):
+    except (UnidentifiedImageError, OSError, SyntaxError):  # SyntaxError: Pillow's damaged-PNG error
         raise ValueError(f"{args.image} is not a readable image") from None
     verdict = check(image, args.prompt)
     if args.json:

@@ -512,22 +512,13 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
                 best = max(mine, key=lambda j: (final_values.get(j, 0.0), -j))  # the first of equal scores
                 chosen_rows.append(best)
             final = latents[chosen_rows]
-            if not torch.isfinite(final).all():  # no NaN or infinity ever reaches a result
-                bad = sorted(
-                    {
-                        run.image_of(r)
-                        for r, ok in zip(alive, torch.isfinite(latents).flatten(1).all(1), strict=True)
-                        if not ok
-                    }
-                )
-                raise NonFiniteError(
-                    f"the denoiser produced non-finite latents for image(s) {bad} (settings {run.settings}): "
-                    "a guidance scale or step size too large for the model's precision?"
-                )
+            _refuse_non_finite(run, final, chosen_rows, alive, "latents")
             if run.output_type == "latent":
                 images = final
             else:
-                images = as_output(den.decode(final), run.output_type)
+                decoded = den.decode(final)
+                _refuse_non_finite(run, decoded, chosen_rows, alive, "images (the VAE overflowed)")
+                images = as_output(decoded, run.output_type)
     outputs = dict(run.outputs)
     if selection is not None:
         outputs.update(
@@ -542,7 +533,18 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
 
 
 class NonFiniteError(ValueError):
-    """A run whose latents became NaN or infinite: refused rather than returned."""
+    """A run whose latents or images became NaN or infinite: refused rather than returned."""
+
+
+def _refuse_non_finite(run: Run, values: torch.Tensor, chosen_rows: list[int], alive: list[int], what: str) -> None:
+    """No NaN or infinity ever reaches a result: name the images whose chosen row went non-finite."""
+    finite = torch.isfinite(values).flatten(1).all(1).tolist()
+    bad = [run.image_of(alive[j]) for j, ok in zip(chosen_rows, finite, strict=True) if not ok]
+    if bad:
+        raise NonFiniteError(
+            f"the run produced non-finite {what} for image(s) {bad} (settings {run.settings}): "
+            "a guidance scale or step size too large for the model's precision?"
+        )
 
 
 @contextmanager

@@ -131,9 +131,8 @@ class Scorer(nn.Module):
 
         `t` (an int, or one timestep per input) is read by noisy-latent scorers only; the others ignore it.
         """
-        self.check_input(x, t)
-        prompts = as_prompts(prompts, x.shape[0])
-        return (self.embed_images(x, t) * self.embed_text(prompts)).sum(-1).float()
+        prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
+        return (self.embed_images(x, t) * self.embed_text(prompts)).sum(-1).float()  # embed_images checks x
 
     def classify(self, x: torch.Tensor, labels: list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
         """Zero-shot label probabilities, softmax(logit_scale.exp() * img @ txt.T), shape (batch, len(labels))."""

@@ -132,7 +132,9 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     try:
         clip = CLIPModel.from_pretrained(folder, use_safetensors=True)
     except Exception as e:  # a truncated or corrupt weights file: name it, not a parser's traceback
-        raise ValueError(f"{folder / 'model.safetensors'} could not be loaded ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"{folder}: its CLIP weights (model.safetensors) or config could not be loaded ({type(e).__name__}: {e})"
+        ) from None
     extra = {"vae": vae} if kind == "pixel" else {}
     scorer = KINDS[kind](clip, CLIPTokenizer.from_pretrained(folder), **settings, **extra)
     for name, module in scorer.extra_modules().items():

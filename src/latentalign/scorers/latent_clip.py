@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
+from ..files import read_safetensors
 from .base import Scorer
 
 # open_clip block -> transformers CLIPEncoderLayer; in_proj is split into q/k/v separately.
@@ -101,7 +101,7 @@ class LatentCLIPScorer(Scorer):
         cls, path: str | Path, tokenizer, vae_scaling_factor: float, *, hidden_act: str = "gelu"
     ) -> LatentCLIPScorer:
         """Load a published Latent-CLIP checkpoint (an open_clip state dict saved as safetensors)."""
-        config, state = convert_open_clip_state_dict(load_file(str(path)), hidden_act=hidden_act)
+        config, state = convert_open_clip_state_dict(read_safetensors(path), hidden_act=hidden_act)
         if len(tokenizer) > config.text_config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens, the checkpoint {config.text_config.vocab_size}")
         for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
