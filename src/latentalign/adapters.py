@@ -464,6 +464,9 @@ class Denoiser:
         return randn_tensor((rows, *self.latent_shape), generator=generator, device=self.device, dtype=self.dtype)
 
     def _draw(self, seeds: list[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        from .core import check_seeds
+
+        check_seeds([int(s) for s in seeds])  # a seed of 2**32 or more would silently repeat a smaller one
         generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
         return self.draw(generators, len(seeds)), generators
 

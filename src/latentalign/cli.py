@@ -367,6 +367,24 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 @_user_errors
+def _demo(args: argparse.Namespace) -> int:
+    if not 0 < args.port < 65536:
+        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise ValueError("the demo needs Gradio: pip install 'latentalign[demo]'") from None
+    import torch
+
+    from .demo import launch
+
+    torch.set_num_threads(args.threads)
+    options = {k: v for k, v in (("scorer", args.scorer), ("projector", args.projector)) if v is not None}
+    launch(args.model, port=args.port, host=args.host, options=options)
+    return 0
+
+
+@_user_errors
 def _methods(args: argparse.Namespace) -> int:
     from .methods.base import method_names, registered
 
@@ -688,6 +706,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     met = sub.add_parser("methods", help="list the registered methods and where each acts")
     met.set_defaults(func=_methods)
+
+    demo = sub.add_parser("demo", help="a web demo: plain beside each method on the same seeds (needs [demo])")
+    demo.add_argument("--model", default="shapes", help="'shapes' (embedded), a pipeline folder or a Hub id")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    demo.add_argument("--scorer", default=None, help="the methods' scorer outside the Shapes world")
+    demo.add_argument("--projector", default=None, help="noise projection's projector outside shapes-one-step")
+    demo.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
+    demo.set_defaults(func=_demo)
 
     chk = sub.add_parser("check", help="judge a Shapes image against a prompt; exit 0 if it follows it, 1 if not")
     chk.add_argument("image")
