@@ -182,3 +182,23 @@ def test_best_of_n_and_early_exit_on_sdxl_and_sd3(request, family):
         assert r.scores[0][j]["step 1"] == pytest.approx(float(expected), abs=1e-5)
         if j == r.chosen[0]:
             assert torch.allclose(winner.latents, r.latents, atol=1e-4)
+
+
+def test_keep_candidates_returns_every_candidates_last_latents(tiny_shapes_pipeline, scorers):
+    stage = EarlyExit(n=4, scorer=scorers["noisy"], final_scorer=scorers["latent"], prune_steps=(1,), keep=(2,))
+    kept = generate(tiny_shapes_pipeline, ["a red circle", "two blue squares"], seed=[0, 1], method=stage)
+    assert "candidate_latents" not in kept.outputs  # off by default
+    from dataclasses import replace
+
+    r = generate(
+        tiny_shapes_pipeline,
+        ["a red circle", "two blue squares"],
+        seed=[0, 1],
+        method=replace(stage, keep_candidates=True),
+    )
+    assert torch.equal(r.latents, kept.latents) and r.chosen == kept.chosen  # keeping them changes nothing
+    for b in range(2):
+        stack = r.candidate_latents[b]
+        assert stack.shape == (4, 4, 8, 8) and torch.isfinite(stack).all()
+        assert torch.equal(stack[r.chosen[b]], r.latents[b])
+        assert sum(p is None for p in r.pruned_at[b]) == 2

@@ -102,6 +102,9 @@ def test_two_methods_side_by_side_with_verdicts_and_costs(app, browser, tmp_path
     assert all(float(r[5]) > 0 for r in rows)  # seconds
     assert "chosen" in rows[2][6]  # Best-of-N lists its candidates
     assert len(browser.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 6
+    shown = browser.find_element(By.CSS_SELECTOR, "#candidates").text
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#candidates img")) >= 8  # 4 candidates x 2 seeds
+    assert shown.count("chosen") == 2, shown  # one pick per seed, named in its caption
     shot = Path(os.environ.get("LATENTALIGN_DEMO_SCREENSHOT", tmp_path / "demo.png"))
     shot.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(shot))

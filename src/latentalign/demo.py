@@ -8,6 +8,7 @@ a run shows its progress and the Stop button cancels it between methods.
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from .core import sampling_defaults
@@ -49,8 +50,23 @@ def describe_candidates(result, image: int) -> str:
     return "; ".join(parts)
 
 
+def candidate_images(pipe, result, image: int) -> list[tuple[Image.Image, str]]:
+    """Best-of-N's candidates of one image, decoded, captioned with where each was pruned or that it was chosen."""
+    from .adapters import Denoiser
+    from .core import to_pil
+
+    with torch.no_grad():
+        pictures = to_pil(Denoiser(pipe).decode(result.candidate_latents[image]))
+    out = []
+    for i, (picture, pruned) in enumerate(zip(pictures, result.pruned_at[image], strict=True)):
+        mark = "chosen" if i == result.chosen[image] else (f"pruned at step {pruned}" if pruned is not None else "kept")
+        out.append((picture, f"#{i} {mark}"))
+    return out
+
+
 def run_methods(pipe, prompt: str, seeds: list[int], methods: list[str], options: dict | None = None, progress=None):
-    """Yield (method, seed, image, verdict, cost, candidates) for every method on every seed, method by method."""
+    """Yield (method, seed, image, verdict, cost, candidates, candidate images) for every method on every seed,
+    method by method."""
     from .generation import generate
 
     shapes = sampling_defaults(pipe).world == "shapes"
@@ -59,7 +75,7 @@ def run_methods(pipe, prompt: str, seeds: list[int], methods: list[str], options
             progress(k / len(methods), desc=f"{method} ({k + 1} of {len(methods)})")
         accepted = {}
         if method != "plain":
-            for key, value in (options or {}).items():
+            for key, value in {**(options or {}), "keep_candidates": True}.items():
                 try:
                     compose(method, {key: value})
                     accepted[key] = value
@@ -74,7 +90,8 @@ def run_methods(pipe, prompt: str, seeds: list[int], methods: list[str], options
                 from .world import check
 
                 verdict = check(image, prompt)
-            yield method, seed, image, verdict, per_image, describe_candidates(result, b)
+            pictures = candidate_images(pipe, result, b) if "candidate_latents" in result.outputs else []
+            yield method, seed, image, verdict, per_image, describe_candidates(result, b), pictures
 
 
 def build_demo(pipe, *, options: dict | None = None):
@@ -108,12 +125,12 @@ def build_demo(pipe, *, options: dict | None = None):
             seeds = parse_seeds(seeds_text)
             methods = chosen_methods(checked or [], composition or "")
         except (ValueError, TypeError) as e:
-            yield [], "", f"**Error:** {e}"
+            yield [], [], "", f"**Error:** {e}"
             return
-        gallery, rows = [], []
+        gallery, rows, candidates = [], [], []
         header = "| method | seed | verdict | failed | denoiser evals | seconds | candidates |\n" + "|---" * 7 + "|"
         try:
-            for method, seed, image, verdict, cost, candidates in run_methods(
+            for method, seed, image, verdict, cost, listed, pictures in run_methods(
                 pipe, prompt, seeds, methods, options, progress
             ):
                 shown = image.resize((image.width * SCALE, image.height * SCALE), Image.Resampling.NEAREST)
@@ -124,10 +141,13 @@ def build_demo(pipe, *, options: dict | None = None):
                 )
                 gallery.append((shown, caption))
                 evals, seconds = f"{cost['denoiser_evals']:g}", f"{cost['seconds']:.3f}"
-                rows.append(f"| {method} | {seed} | {word} | {failed} | {evals} | {seconds} | {candidates} |")
-                yield gallery, header + "\n" + "\n".join(rows), ""
+                rows.append(f"| {method} | {seed} | {word} | {failed} | {evals} | {seconds} | {listed} |")
+                for picture, mark in pictures:
+                    big = picture.resize((picture.width * SCALE, picture.height * SCALE), Image.Resampling.NEAREST)
+                    candidates.append((big, f"{mark} | {method} | seed {seed}"))
+                yield gallery, candidates, header + "\n" + "\n".join(rows), ""
         except ValueError as e:
-            yield gallery, header + "\n" + "\n".join(rows), f"**Error:** {e}"
+            yield gallery, candidates, header + "\n" + "\n".join(rows), f"**Error:** {e}"
 
     choices = [m for m in method_names() if m != "plain"]
     with gr.Blocks(title="latentalign") as demo:
@@ -145,7 +165,12 @@ def build_demo(pipe, *, options: dict | None = None):
         error = gr.Markdown(elem_id="error")
         gallery = gr.Gallery(label="Images", columns=4, elem_id="gallery")
         table = gr.Markdown(elem_id="table")
-        event = start.click(run, [prompt, seeds, methods, composition], [gallery, table, error])
+        pool = gr.Gallery(
+            label="Best-of-N candidates (a pruned one as its x0 prediction when dropped)",
+            columns=8,
+            elem_id="candidates",
+        )
+        event = start.click(run, [prompt, seeds, methods, composition], [gallery, pool, table, error])
         stop.click(None, None, None, cancels=[event])
     demo.queue(default_concurrency_limit=1)  # one run at a time: the pipeline is shared
     return demo

@@ -468,6 +468,8 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
             pruned: list[list[int | None]] = [[None] * run.n for _ in range(run.images)]
             alive = rows
             start = 0
+            keep_candidates = bool(getattr(selection, "keep_candidates", False))
+            candidates: list[list[torch.Tensor | None]] = [[None] * run.n for _ in range(run.images)]
             if not reuse:
                 for stop, keep in zip(schedule.steps, schedule.keep, strict=True):
                     latents, x0, schedulers = _advance(run, latents, alive, schedulers, start, stop, hook)
@@ -490,6 +492,8 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
                         kept += sorted(order)
                         for j in set(mine) - set(order):
                             pruned[b][alive[j] % run.n] = stop
+                            if keep_candidates:  # what it would have become, as the model saw it then
+                                candidates[b][alive[j] % run.n] = x0[j].clone()
                     alive = [alive[j] for j in kept]
                     latents, schedulers, start = latents[kept], schedulers.select(kept), stop
                 latents, _, schedulers = _advance(run, latents, alive, schedulers, start, None, hook)
@@ -511,6 +515,9 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
                 mine = [j for j, r in enumerate(alive) if run.image_of(r) == b]
                 best = max(mine, key=lambda j: (final_values.get(j, 0.0), -j))  # the first of equal scores
                 chosen_rows.append(best)
+            if keep_candidates:
+                for j, r in enumerate(alive):
+                    candidates[run.image_of(r)][r % run.n] = latents[j].clone()
             final = latents[chosen_rows]
             _refuse_non_finite(run, final, chosen_rows, alive, "latents")
             if run.output_type == "latent":
@@ -527,6 +534,8 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
             chosen=[alive[j] % run.n for j in chosen_rows],
             candidate_seeds=cand_seeds,
         )
+        if keep_candidates:
+            outputs["candidate_latents"] = [torch.stack(c) for c in candidates]
     stages = [{"name": s.name, "place": s.place, "settings": s.record()} for s in composition.stages]
     settings = {**run.settings, "method": composition.label}
     return GenerationResult(images, final, run.prompts, list(run.seeds), cost, settings, stages, outputs)

@@ -92,6 +92,8 @@ class BestOfN(SelectionStage):
     scorer: Scorer | str | None = None  # a Scorer, a saved folder or shipped name; None: the pipeline's default
     final_scorer: Scorer | str | None = None  # the final pick's scorer (None: `scorer`, at t = 0 if noisy)
     max_batch: int = 64  # candidate rows denoised at once (memory limit; the images do not depend on it)
+    # keep every candidate's last latents in `result.candidate_latents` (a pruned one's x0 prediction at its step)
+    keep_candidates: bool = False
 
     def __post_init__(self):
         check_positive_int("n", self.n)
