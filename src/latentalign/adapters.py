@@ -305,6 +305,13 @@ class RowSchedulers:
         return SimpleNamespace(prev_sample=torch.cat(rows))
 
 
+def clone_generator(generator: torch.Generator) -> torch.Generator:
+    """A generator in the same state that draws independently of the original (replaying its stream)."""
+    copy_ = torch.Generator(device=generator.device)
+    copy_.set_state(generator.get_state())
+    return copy_
+
+
 def row_schedulers(template, generators: list[torch.Generator], eta: float = 0.0) -> BatchedScheduler | RowSchedulers:
     """The scheduler set for rows starting from `template` (a fresh scheduler with its timesteps set): one batched
     scheduler where its state is sample-free, else one copy per row."""

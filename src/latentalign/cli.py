@@ -218,16 +218,8 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise ValueError(f"--guidance must be >= 0, got {args.guidance}")
 
 
-# --flag -> the stage option it sets (the stages that take the option are found in the registry)
-GENERATE_OPTIONS = {
-    "n": "n",
-    "scorer": "scorer",
-    "max_batch": "max_batch",
-    "avoid": "avoid",
-    "iterations": "iterations",
-    "words": "words",
-    "projector": "projector",
-}
+# the generate flags that set a stage option of the same name (the stages that take it are found in the registry)
+GENERATE_OPTIONS = ("n", "scorer", "max_batch", "avoid", "iterations", "words", "projector")
 
 
 def default_threads() -> int:
@@ -244,14 +236,14 @@ def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
 
     registry = registered()
     options = {}
-    for flag, option in GENERATE_OPTIONS.items():
-        value = getattr(args, flag)
+    for option in GENERATE_OPTIONS:
+        value = getattr(args, option)
         if value is None:
             continue
         takers = [n for n in names if option in {f.name for f in fields(registry[n])}]
         if not takers:
             able = [n for n, cls in registry.items() if option in {f.name for f in fields(cls)}]
-            raise ValueError(f"--{flag.replace('_', '-')} needs --method {' or '.join(able)}")
+            raise ValueError(f"--{option.replace('_', '-')} needs --method {' or '.join(able)}")
         if option == "words":
             value = tuple(w.strip() for w in value.split(","))
         options[option] = value

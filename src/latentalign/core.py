@@ -5,7 +5,6 @@ generation, and the checks on prompts and seeds. A leaf module: it imports nothi
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from PIL import Image
 
 from .cost import Cost
+from .files import file_stamp, read_json
 
 DEFAULTS_FILE = "latentalign.json"  # shipped beside model_index.json: recommended settings and the world
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -44,11 +44,9 @@ def read_defaults(folder: str | Path) -> SamplingDefaults:
     """Parse `<folder>/latentalign.json`: run settings at the top, one key per method (by registered name); read
     once per version of the file (generate reads it several times a call)."""
     path = Path(folder) / DEFAULTS_FILE
-    try:
-        stat = path.stat()
-    except OSError:
+    if not path.exists():
         return SamplingDefaults()
-    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    key = (str(path), *file_stamp(path))
     if key not in _READ:
         _READ[key] = _parse_defaults(path)
     return _READ[key]
@@ -57,10 +55,7 @@ def read_defaults(folder: str | Path) -> SamplingDefaults:
 def _parse_defaults(path: Path) -> SamplingDefaults:
     if not path.is_file():
         return SamplingDefaults()
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    data = read_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a JSON object")
     top = {f.name for f in fields(SamplingDefaults)} - {"methods", "source"}
@@ -170,6 +165,18 @@ def check_seeds(seeds: list) -> list[int]:
     return seeds
 
 
+def check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_finite(name: str, value, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+
+
 def check_steps(steps) -> int:
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"num_inference_steps must be a positive integer, got {steps!r}")
@@ -177,8 +184,7 @@ def check_steps(steps) -> int:
 
 
 def check_guidance(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {scale!r}")
+    check_finite("guidance_scale", scale, minimum=0)
     return float(scale)
 
 

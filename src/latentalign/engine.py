@@ -7,27 +7,29 @@ stock pipeline does, lets the composition's stages act at their places, and deno
 Rows: with `n` candidates per image (1 without a selection stage), row r is candidate r % n of image r // n.
 Candidate 0 of every image draws the noise plain generation would (from the call's generator, or `latents`), so
 Best-of-N with N=1 is plain generation; candidate i > 0 of image b draws from its own generator seeded
-`base_b + i * SEED_STRIDE`, where base_b is image b's seed (`seed=[...]`; with one `seed=s` for several images,
-s + b; with generators, their initial seeds).
+`base_b + i * SEED_STRIDE`, where base_b is image b's seed where it has one (`seed=[...]`, or a single `seed=s` for
+one image), else drawn from a copy of its generator (`candidate_bases`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .adapters import Conditioning, Denoiser, row_schedulers
+from .adapters import Conditioning, Denoiser, clone_generator, row_schedulers
 from .core import (
     OUTPUT_TYPES,
     GenerationResult,
     as_output,
     call_arguments,
+    check_finite,
     check_guidance,
+    check_positive_int,
     check_prompts,
     check_seeds,
     check_steps,
@@ -38,7 +40,6 @@ from .cost import Cost
 from .methods.base import SEED_STRIDE, Composition, PruneSchedule
 from .sampling import sample
 
-MODEL_KWARGS = ("cross_attention_kwargs", "joint_attention_kwargs")
 CALLBACK_TENSORS = ("latents",)  # what latentalign hands to callback_on_step_end
 
 
@@ -76,7 +77,7 @@ class Run:
         """Encode the prompts with the pipeline's text encoders (the first work of a run); timed in `cost`."""
         timer = Cost()
         with torch.no_grad(), timer.timed():
-            self.cond = self.den.encode(self.encoding.pop("prompts"), **self.encoding)
+            self.cond = self.den.encode(**self.encoding)
         self.cost.seconds += timer.seconds
 
     def image_of(self, row: int) -> int:
@@ -91,12 +92,6 @@ class Run:
     def schedulers(self, generators: list[torch.Generator]):
         """A fresh scheduler set for rows drawing their step noise from `generators`."""
         return row_schedulers(self.template, generators, self.eta)
-
-
-def _clone(generator: torch.Generator) -> torch.Generator:
-    copy = torch.Generator(device=generator.device)
-    copy.set_state(generator.get_state())
-    return copy
 
 
 def _check_generators(generator, images: int) -> list[torch.Generator]:
@@ -160,12 +155,7 @@ def resolve_run(
         raise ValueError("pass seed= or generator=, not both")
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {', '.join(OUTPUT_TYPES)}, got {output_type!r}")
-    if (
-        not isinstance(num_images_per_prompt, int)
-        or isinstance(num_images_per_prompt, bool)
-        or num_images_per_prompt < 1
-    ):
-        raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+    check_positive_int("num_images_per_prompt", num_images_per_prompt)
     for name, value in (("prompt_embeds", prompt_embeds), ("negative_prompt_embeds", negative_prompt_embeds)):
         _is_tensor(name, value, 3)
     for name, value in (("pooled_prompt_embeds", pooled_prompt_embeds), ("latents", latents)):
@@ -208,11 +198,10 @@ def resolve_run(
         steps = check_steps(default_steps(pipe) if steps is None else steps)
     scale = guidance_scale if guidance_scale is not None else run_defaults.get("guidance_scale")
     scale = check_guidance(default_guidance(pipe) if scale is None else scale)
-    for name, value in (("eta", eta), ("guidance_rescale", guidance_rescale)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    if clip_skip is not None and (not isinstance(clip_skip, int) or isinstance(clip_skip, bool) or clip_skip < 0):
-        raise ValueError(f"clip_skip must be a non-negative integer, got {clip_skip!r}")
+    check_finite("eta", eta, minimum=0)
+    check_finite("guidance_rescale", guidance_rescale, minimum=0)
+    if clip_skip is not None:
+        check_positive_int("clip_skip", clip_skip, minimum=0)
     if callback is not None and not callable(callback):
         raise ValueError("callback must be callable")
     if callback_on_step_end is not None:
@@ -229,8 +218,7 @@ def resolve_run(
                 f"callback_on_step_end_tensor_inputs: latentalign passes {list(CALLBACK_TENSORS)}, not {refused}"
             )
     if max_batch is not None:
-        if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch!r}")
+        check_positive_int("max_batch", max_batch)
 
     if generator is not None:
         generators = _check_generators(generator, images)
@@ -275,11 +263,8 @@ def resolve_run(
         settings["eta"] = eta
     if "guidance_rescale" in accepted:
         settings["guidance_rescale"] = guidance_rescale
-    for name in ("timesteps", "sigmas", "clip_skip"):
-        if locals()[name] is not None:
-            settings[name] = list(locals()[name]) if name != "clip_skip" else clip_skip
-    if negative_prompt is not None:
-        settings["negative_prompt"] = negative_prompt
+    given_too = {"timesteps": timesteps, "sigmas": sigmas, "clip_skip": clip_skip, "negative_prompt": negative_prompt}
+    settings.update({k: list(v) if k in ("timesteps", "sigmas") else v for k, v in given_too.items() if v is not None})
     encoding = dict(
         prompts=None if prompt is None else list(prompts),
         guidance_scale=scale,
@@ -352,7 +337,9 @@ def candidate_bases(run: Run) -> list[int]:
             continue
         if id(g) not in drawn:  # a generator shared by several images draws all their bases at once
             users = sum(other is g for other in run.generators)
-            drawn[id(g)] = iter(torch.randint(0, high, (users,), generator=_clone(g), device=g.device).tolist())
+            drawn[id(g)] = iter(
+                torch.randint(0, high, (users,), generator=clone_generator(g), device=g.device).tolist()
+            )
         bases.append(next(drawn[id(g)]))
     return bases
 
@@ -443,14 +430,13 @@ def execute(run: Run, composition: Composition) -> GenerationResult:
     run.n = selection.candidates if selection is not None else 1
     if selection is not None and run.max_batch is None:
         run.max_batch = selection.max_batch
-    schedule = selection.schedule(run.steps) if selection is not None else PruneSchedule()
-    schedule.validate(run.n, run.steps)
+    schedule = selection.schedule(run.steps) if selection is not None else PruneSchedule()  # checked in prepare
     if selection is not None:
         run.settings.update(n=run.n, prune_steps=list(schedule.steps), keep=list(schedule.keep))
     tracked = [m for s in composition.stages for m in modules_in(s)]
     # stages that change the pipeline's modules while they run get them restored; the others never touch them
     restore = any(s.changes_the_pipeline for s in composition.stages)
-    with cost.timed(), pipeline_left_alone(run.pipe, tracked) if restore else _nothing():
+    with cost.timed(), pipeline_left_alone(run.pipe, tracked) if restore else nullcontext():
         noise, generators, cand_seeds = draw_rows(run)
         rows = list(range(noise.shape[0]))
         finished = None
@@ -554,8 +540,3 @@ def _refuse_non_finite(run: Run, values: torch.Tensor, chosen_rows: list[int], a
             f"the run produced non-finite {what} for image(s) {bad} (settings {run.settings}): "
             "a guidance scale or step size too large for the model's precision?"
         )
-
-
-@contextmanager
-def _nothing():
-    yield

@@ -9,6 +9,14 @@ from pathlib import Path
 import torch
 
 
+def file_stamp(path: str | Path) -> tuple:
+    """What tells one version of a file, or of a folder's files, from another: (name, mtime, size) of each. The
+    load-once caches (pipeline defaults, scorers, projectors) key on it, so an edited file is read again."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 

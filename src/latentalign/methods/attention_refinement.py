@@ -19,8 +19,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..core import sampling_defaults
-from .base import StepStage, check_positive_int, register
+from ..core import check_positive_int, sampling_defaults
+from .base import StepStage, register
 
 
 def subject_tokens(pipe, prompt: str, words: list[str] | None) -> list[int]:

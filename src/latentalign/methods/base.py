@@ -14,14 +14,13 @@ filled from the pipeline folder's `latentalign.json` key of the method's name, t
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from ..core import sampling_defaults
+from ..core import SEED_LIMIT, sampling_defaults
 
 if TYPE_CHECKING:
     from ..engine import Run
@@ -64,18 +63,6 @@ def method_names() -> tuple[str, ...]:
     """What `generate(method=...)` and `--method` take: "plain", then every registered stage."""
     stages = sorted(registered().values(), key=lambda cls: PLACES.index(cls.place))  # stable: registration order
     return ("plain", *(cls.name for cls in stages))
-
-
-def check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_finite(name: str, value, minimum: float | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -212,12 +199,25 @@ class SelectionStage(Stage):
     place: ClassVar[str] = "selection"
     needs_prompt_text: ClassVar[bool] = True
 
+    prunes: ClassVar[bool] = False  # it drops candidates mid-denoising (so it needs two steps or more)
+
     @property
     def candidates(self) -> int:
         raise NotImplementedError
 
     def schedule(self, num_inference_steps: int) -> PruneSchedule:
         raise NotImplementedError
+
+    def prepare(self, run: Run) -> Stage:
+        """The schedule fits the run's steps, and every candidate's seed stays below 2**32."""
+        n = self.candidates
+        if self.prunes and n > 1 and run.steps < 2:
+            raise ValueError(f"{self.name} prunes mid-denoising: it needs num_inference_steps >= 2, got {run.steps}")
+        self.schedule(run.steps).validate(n, run.steps)
+        last = max((s for s in run.seeds if s is not None), default=0) + (n - 1) * SEED_STRIDE
+        if last >= SEED_LIMIT:
+            raise ValueError(f"with n={n}, the last candidate seed would be {last}: from 2**32 on seeds repeat")
+        return self
 
     def score(self, run: Run, rows: list[int], view: dict, final: bool) -> torch.Tensor:
         """Scores of the rows (higher is better). `view` holds their "latents" (z_t), "model_input" (z_t as the

@@ -14,13 +14,12 @@ from typing import ClassVar
 
 import torch
 
-from ..core import SEED_LIMIT
+from ..core import check_positive_int
 from ..scorers import Scorer
 from .base import (
     SEED_STRIDE,
     PruneSchedule,
     SelectionStage,
-    check_positive_int,
     check_scorer_reads,
     register,
     resolve_scorer,
@@ -111,12 +110,7 @@ class BestOfN(SelectionStage):
         return PruneSchedule()
 
     def prepare(self, run) -> BestOfN:
-        if type(self) is not BestOfN and self.n > 1 and run.steps < 2:
-            raise ValueError(f"{self.name} prunes mid-denoising: it needs num_inference_steps >= 2, got {run.steps}")
-        self.schedule(run.steps).validate(self.n, run.steps)
-        last = max((s for s in run.seeds if s is not None), default=0) + (self.n - 1) * SEED_STRIDE
-        if last >= SEED_LIMIT:
-            raise ValueError(f"with n={self.n}, the last candidate seed would be {last}: from 2**32 on seeds repeat")
+        super().prepare(run)
         scorer = resolve_scorer(self.scorer, run.pipe, self.name, self.shapes_scorer)
         final = None if self.final_scorer is None else resolve_scorer(self.final_scorer, run.pipe, self.name)
         for s in (scorer, final):
@@ -137,6 +131,7 @@ class EarlyExit(BestOfN):
 
     name: ClassVar[str] = "early-exit"
     shapes_scorer: ClassVar[str] = "shapes-noisy"
+    prunes: ClassVar[bool] = True
 
     prune_steps: tuple[int, ...] | None = None  # explicit schedule: keep keep[j] candidates after prune_steps[j]
     keep: tuple[int, ...] | None = None
@@ -156,6 +151,9 @@ class EarlyExit(BestOfN):
     def schedule(self, num_inference_steps: int) -> PruneSchedule:
         if self.prune_steps is not None:
             return PruneSchedule(self.prune_steps, self.keep)
+        return self.default_schedule(num_inference_steps)
+
+    def default_schedule(self, num_inference_steps: int) -> PruneSchedule:
         return early_exit_schedule(self.n, num_inference_steps, at=self.at, keep=self.keep_share)
 
 
@@ -166,7 +164,5 @@ class SuccessiveHalving(EarlyExit):
 
     name: ClassVar[str] = "successive-halving"
 
-    def schedule(self, num_inference_steps: int) -> PruneSchedule:
-        if self.prune_steps is not None:
-            return PruneSchedule(self.prune_steps, self.keep)
+    def default_schedule(self, num_inference_steps: int) -> PruneSchedule:
         return successive_halving_schedule(self.n, num_inference_steps)

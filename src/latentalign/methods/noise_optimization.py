@@ -11,11 +11,11 @@ from typing import ClassVar
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..adapters import Denoiser
-from ..core import sampling_defaults
+from ..adapters import Denoiser, clone_generator
+from ..core import check_finite, check_positive_int, sampling_defaults
 from ..cost import Cost
 from ..scorers import Scorer
-from .base import NoiseStage, check_finite, check_positive_int, check_scorer_reads, register, resolve_scorer
+from .base import NoiseStage, check_scorer_reads, register, resolve_scorer
 
 NOISE_OPTIMIZATION_ITERATIONS = 50  # ReNO's default, where a pipeline's latentalign.json recommends none
 
@@ -95,12 +95,6 @@ def differentiable_sample(
             out = den.denoise(model_in, t, cond)[0]
         latents = schedulers.step(out, t, latents).prev_sample
     return latents
-
-
-def _clone(generator: torch.Generator) -> torch.Generator:
-    copy = torch.Generator(device=generator.device)
-    copy.set_state(generator.get_state())
-    return copy
 
 
 def concept_texts(pipe, concept: str) -> list[str]:
@@ -190,7 +184,7 @@ class NoiseOptimization(NoiseStage):
             for it in range(self.iterations + 1):  # iterate 0 scores the initial noise
                 last = it == self.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
-                    schedulers = run.schedulers([_clone(generators[r])])  # the same function at every iterate
+                    schedulers = run.schedulers([clone_generator(generators[r])])  # the same function at every iterate
                     latents = differentiable_sample(den, z.to(den.dtype), cond, schedulers, self.gradient_checkpointing)
                     reward = _reward(list(self.rewards), den, latents, prompt, cost)
                     loss = -reward.sum() + chi_regulariser(z, self.reg_weight).sum()

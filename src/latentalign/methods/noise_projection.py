@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..files import read_json, read_safetensors
+from ..files import file_stamp, read_json, read_safetensors
 from .base import NoiseStage, register
 
 CONFIG_FILE, WEIGHTS_FILE = "projector.json", "projector.safetensors"
@@ -166,9 +166,7 @@ _LOADED: dict[tuple, NoiseProjector] = {}
 def shared_projector(source: str | Path) -> NoiseProjector:
     """`load_projector`, once per process while the folder's files are unchanged (`generate` in a loop reuses it)."""
     folder = SHIPPED_PROJECTORS.get(str(source), Path(source))
-    files = [folder / CONFIG_FILE, folder / WEIGHTS_FILE]
-    stamp = tuple((f.stat().st_mtime_ns, f.stat().st_size) if f.is_file() else None for f in files)
-    key = (str(folder.resolve()), stamp)
+    key = (str(folder.resolve()), file_stamp(folder))
     if key not in _LOADED:
         _LOADED[key] = load_projector(source)
     return _LOADED[key]

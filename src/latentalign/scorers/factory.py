@@ -12,7 +12,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from .. import embedded
 from ..embedded import config
-from ..files import read_json, read_safetensors
+from ..files import file_stamp, read_json, read_safetensors
 from ..tokenizer import build_clip_tokenizer
 from ..world import words
 from .base import Scorer
@@ -155,9 +155,7 @@ def shared_scorer(source: str | Path, *, vae=None) -> Scorer:
     folder = Path(source)
     if str(source) in SHIPPED:
         folder = embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
-    files = sorted(folder.glob("*")) if folder.is_dir() else []
-    stamp = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file())
-    key = (str(folder.resolve()), stamp, id(vae))
+    key = (str(folder.resolve()), file_stamp(folder), id(vae))
     hit = _LOADED.get(key)
     if hit is not None and hit[1] is vae:
         return hit[0]
