@@ -3,6 +3,8 @@
 python benchmarks/guidance_sweep.py            # writes benchmarks/results/guidance_sweep/{table.md,plot.png}
 python benchmarks/guidance_sweep.py --rejudge  # after a checker change: judge the saved images again
 python benchmarks/guidance_sweep.py --model runs/world/pipeline --out runs/sweep  # a pipeline not shipped yet
+python benchmarks/guidance_sweep.py --model runs/flow/pipeline --steps 10 20 --shifts 1 3 --scales 1.5 3 5 \
+    --limit-prompts 12 --seeds 2 --out benchmarks/results/flow_sweep  # flow matching: steps x shift x guidance
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -29,34 +32,57 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/guidance_sweep")
     ap.add_argument("--rejudge", action="store_true", help="check saved images again (after a checker change)")
     ap.add_argument("--model", default="shapes", help="'shapes' (the shipped pipeline) or a pipeline folder")
+    ap.add_argument("--steps", type=int, nargs="+", default=None, help="step counts to sweep (default: the pipeline's)")
+    ap.add_argument("--shifts", type=float, nargs="+", default=None, help="flow-matching schedule shifts to sweep")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
+    original = pipe.scheduler
     out = Path(args.out)
-    table = {}
-    for scale in args.scales:
-        summary = run_bench(
-            pipe,
-            ["all"],
-            args.seeds,
-            split="train",
-            limit_prompts=args.limit_prompts,
-            out=out / f"g{scale}",
-            guidance=scale,
-            rejudge=args.rejudge,
-        )
-        table[scale] = {c["suite"]: c for c in summary["categories"]}
-    lines = ["| guidance | " + " | ".join([*SUITE_NAMES, "all"]) + " |", "|---:|" + "---:|" * (len(SUITE_NAMES) + 1)]
-    for scale, cats in table.items():
+    table = {}  # (steps, shift, scale) -> per-suite summary
+    for steps in args.steps or [None]:
+        for shift in args.shifts or [None]:
+            if shift is not None:  # FlowMatchEulerDiscreteScheduler's `shift`; the folder's own otherwise
+                pipe.scheduler = type(original).from_config({**original.config, "shift": shift})
+            for scale in args.scales:
+                name = "".join([f"s{steps}_" if steps else "", f"sh{shift}_" if shift else "", f"g{scale}"])
+                summary = run_bench(
+                    pipe,
+                    ["all"],
+                    args.seeds,
+                    split="train",
+                    limit_prompts=args.limit_prompts,
+                    out=out / name,
+                    steps=steps,
+                    guidance=scale,
+                    rejudge=args.rejudge,
+                )
+                table[(steps, shift, scale)] = {c["suite"]: c for c in summary["categories"]}
+    pipe.scheduler = original
+    keys = ["steps"] * bool(args.steps) + ["shift"] * bool(args.shifts) + ["guidance"]
+    lines = ["| " + " | ".join(keys + [*SUITE_NAMES, "all"]) + " |", "|---:" * len(keys) + "|" + "---:|" * 5]
+    for (steps, shift, scale), cats in table.items():
+        head = [str(steps)] * bool(args.steps) + [str(shift)] * bool(args.shifts) + [str(scale)]
         cells = [f"{cats[s]['accuracy']:.3f} (n={cats[s]['n']})" for s in [*SUITE_NAMES, "all"]]
-        lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+        lines.append("| " + " | ".join(head + cells) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
-    (out / "table.json").write_text(json.dumps({str(k): v for k, v in table.items()}, indent=1) + "\n")
+    flat = {"_".join(str(x) for x in k if x is not None): v for k, v in table.items()}
+    (out / "table.json").write_text(json.dumps(flat, indent=1) + "\n")
     fig, ax = plt.subplots(figsize=(6, 4))
-    for s in [*SUITE_NAMES, "all"]:
-        acc = [table[g][s]["accuracy"] for g in args.scales]
-        lo = [max(0.0, table[g][s]["accuracy"] - table[g][s]["ci95"][0]) for g in args.scales]
-        hi = [max(0.0, table[g][s]["ci95"][1] - table[g][s]["accuracy"]) for g in args.scales]  # float noise at 0 or 1
-        ax.errorbar(args.scales, acc, yerr=[lo, hi], marker="o", capsize=3, label=s, lw=2 if s == "all" else 1)
+    curves = (
+        [(s, None, None) for s in [*SUITE_NAMES, "all"]]
+        if len({k[:2] for k in table}) == 1
+        else [("all", steps, shift) for steps, shift in dict.fromkeys(k[:2] for k in table)]
+    )
+    for s, steps, shift in curves:
+        pick = [(k[2], v[s]) for k, v in table.items() if steps is None or k[:2] == (steps, shift)]
+        scales, cats = [x for x, _ in pick], [c for _, c in pick]
+        acc = [c["accuracy"] for c in cats]
+        lo = [max(0.0, c["accuracy"] - c["ci95"][0]) for c in cats]
+        hi = [max(0.0, c["ci95"][1] - c["accuracy"]) for c in cats]  # float noise at 0 or 1
+        label = s if steps is None and shift is None else f"all, {steps} steps, shift {shift}"
+        ax.errorbar(scales, acc, yerr=[lo, hi], marker="o", capsize=3, label=label, lw=2 if s == "all" else 1)
     ax.set_xlabel("classifier-free guidance scale")
     ax.set_ylabel("checker accuracy (train-split prompts)")
     ax.set_ylim(0, 1)

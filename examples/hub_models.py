@@ -1,14 +1,18 @@
 """Plain generation, Best-of-N and noise optimisation (ReNO) on a diffusers model of yours, judged by a CLIP.
 
-The model is a Hub id or a local folder (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo, SD3); the reward and judge is
-a transformers `CLIPModel` reading the decoded image (`PixelCLIPScorer`), so no latent scorer is needed. Every
-result prints its CLIP score and what it cost; images go to --out.
+The model is a Hub id or a local folder (SD 1.x/2.x, SD-Turbo, SDXL, SDXL-Turbo, SD3, Flux, PixArt); the reward
+and judge is a transformers `CLIPModel` reading the decoded image (`PixelCLIPScorer`), so no latent scorer is
+needed. Every result prints its CLIP score and what it cost; images go to --out.
 
 python examples/hub_models.py "a red cube on top of a blue sphere" --model stabilityai/sd-turbo --steps 1 --guidance 0
 python examples/hub_models.py "two cats and a dog" --model stabilityai/stable-diffusion-xl-base-1.0 --steps 30 \
     --dtype float16 --device cuda --iterations 0
 python examples/hub_models.py "a green apple left of a red book" \
     --model stabilityai/stable-diffusion-3-medium-diffusers --no-t5 --steps 28 --guidance 7 \
+    --dtype float16 --device cuda
+python examples/hub_models.py "three red apples on a table" --model black-forest-labs/FLUX.1-schnell --steps 4 \
+    --guidance 0 --max-sequence-length 256 --dtype bfloat16 --offload model
+python examples/hub_models.py "a blue bird on a yellow chair" --model PixArt-alpha/PixArt-XL-2-512x512 --steps 20 \
     --dtype float16 --device cuda
 """
 
@@ -35,7 +39,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-t5", action="store_true", help="SD3: load without the T5 text encoder (as diffusers can)")
     ap.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default="float32")
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default cpu; not with --offload)")
+    ap.add_argument("--offload", choices=("model", "sequential"), default=None, help="CPU offloading (needs CUDA)")
+    ap.add_argument("--height", type=int, default=None, help="image height (default: the pipeline's)")
+    ap.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
+    ap.add_argument("--max-sequence-length", type=int, default=None, help="T5 tokens (SD3, Flux, PixArt)")
+    ap.add_argument("--no-binning", action="store_true", help="PixArt: no resolution binning (use_resolution_binning)")
     ap.add_argument("--out", default="out/hub_models")
     args = ap.parse_args()
     if args.n < 0 or args.iterations < 0:
@@ -43,9 +52,15 @@ def main() -> None:
 
     extra = {"text_encoder_3": None, "tokenizer_3": None} if args.no_t5 else {}
     dtype = getattr(torch, args.dtype)
-    pipe = latentalign.load_pipeline(args.model, device=args.device, dtype=dtype, **extra)
-    clip = PixelCLIPScorer.from_pretrained(args.clip, vae=pipe.vae).to(args.device, dtype)
+    pipe = latentalign.load_pipeline(args.model, device=args.device, dtype=dtype, offload=args.offload, **extra)
+    device = "cuda" if args.offload else (args.device or "cpu")
+    clip = PixelCLIPScorer.from_pretrained(args.clip, vae=pipe.vae).to(device, dtype)
     common = {"seed": args.seed, "num_inference_steps": args.steps, "guidance_scale": args.guidance}
+    common.update(height=args.height, width=args.width)
+    if args.max_sequence_length is not None:
+        common["max_sequence_length"] = args.max_sequence_length
+    if args.no_binning:
+        common["use_resolution_binning"] = False
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -203,3 +203,136 @@ def tiny_shapes_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_shapes_pipeline(tiny_shapes_path):
     return load_pipeline(str(tiny_shapes_path))
+
+
+def _tiny_t5(tokenizer, d_model: int = 32, seed: int = 0):
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    return T5EncoderModel(config).eval()
+
+
+def tiny_flux_components(guidance_embeds: bool = False) -> dict:
+    """A Flux-style pipeline's parts with random weights (as diffusers' Flux tests build them, tokenizers made
+    locally): a double- and a single-stream block over packed 2x2 patches (16 channels from the VAE's 4), CLIP
+    pooled + T5 sequence conditioning, the guidance embedding of FLUX.1-dev when `guidance_embeds` (schnell has
+    none), Flux's dynamically shifted flow-matching scheduler; 8x8 latents (16 px) by default."""
+    from diffusers import FluxTransformer2DModel
+
+    from latentalign.tokenizer import build_t5_tokenizer
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=guidance_embeds,
+        axes_dims_rope=[4, 4, 8],
+    )
+    tokenizer = build_clip_tokenizer(TINY_WORDS, model_max_length=77)
+    torch.manual_seed(0)
+    text_encoder = CLIPTextModel(_tiny_text_config(tokenizer, projection_dim=32)).eval()
+    tokenizer_2 = build_t5_tokenizer(TINY_WORDS, model_max_length=512)
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64, base_shift=0.5, max_shift=1.15
+    )
+    return {
+        "transformer": transformer,
+        "scheduler": scheduler,
+        "vae": _tiny_vae(scaling_factor=0.3611, shift_factor=0.1159),
+        "text_encoder": text_encoder,
+        "text_encoder_2": _tiny_t5(tokenizer_2),
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+    }
+
+
+def tiny_flux(guidance_embeds: bool = False):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline(**tiny_flux_components(guidance_embeds))
+    pipe.default_sample_size = 8  # the stock default (128 latent cells) is for 1024 px; both loops read this
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_pipeline():
+    return tiny_flux(guidance_embeds=False)  # FLUX.1-schnell-style
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dev_pipeline():
+    return tiny_flux(guidance_embeds=True)  # FLUX.1-dev-style: guidance-distilled
+
+
+def tiny_pixart_components(scheduler=None, sample_size: int = 8) -> dict:
+    """A PixArt-style pipeline's parts with random weights (as diffusers' PixArt tests build them, the T5
+    tokenizer made locally): an `ada_norm_single` transformer over 2x2 patches with a learned-sigma output (8
+    channels for 4), T5 conditioning with its mask; DPM-Solver++ as the released PixArt checkpoints ship."""
+    from diffusers import DPMSolverMultistepScheduler, PixArtTransformer2DModel
+
+    from latentalign.tokenizer import build_t5_tokenizer
+
+    torch.manual_seed(0)
+    transformer = PixArtTransformer2DModel(
+        sample_size=sample_size,
+        num_layers=2,
+        patch_size=2,
+        attention_head_dim=8,
+        num_attention_heads=3,
+        caption_channels=32,
+        in_channels=4,
+        cross_attention_dim=24,
+        out_channels=8,
+        attention_bias=True,
+        activation_fn="gelu-approximate",
+        num_embeds_ada_norm=1000,
+        norm_type="ada_norm_single",
+        norm_elementwise_affine=False,
+        norm_eps=1e-6,
+    )
+    tokenizer = build_t5_tokenizer(TINY_WORDS, model_max_length=512)
+    return {
+        "transformer": transformer.eval(),
+        "vae": _tiny_vae(),
+        "scheduler": scheduler if scheduler is not None else DPMSolverMultistepScheduler(),
+        "text_encoder": _tiny_t5(tokenizer),
+        "tokenizer": tokenizer,
+    }
+
+
+def tiny_pixart(kind: str = "alpha", scheduler=None):
+    from diffusers import PixArtAlphaPipeline, PixArtSigmaPipeline
+
+    cls = PixArtAlphaPipeline if kind == "alpha" else PixArtSigmaPipeline
+    pipe = cls(**tiny_pixart_components(scheduler))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_pipeline():
+    return tiny_pixart("alpha")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixart_sigma_pipeline():
+    return tiny_pixart("sigma")

@@ -1,4 +1,5 @@
-"""The Hub-model example runs end to end on tiny random-weight SDXL and SD3 folders and a tiny CLIP folder."""
+"""The Hub-model example runs end to end on tiny random-weight SDXL, SD3, Flux and PixArt folders and a tiny CLIP
+folder."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from latentalign.tokenizer import build_clip_tokenizer
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
-@pytest.mark.parametrize("family", ["sdxl", "sd3"])
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux", "pixart"])
 def test_hub_models_example_runs_every_method(request, family, tmp_path, monkeypatch, capsys):
     pipe = request.getfixturevalue(f"tiny_{family}_pipeline")
     pipe.save_pretrained(tmp_path / "model", safe_serialization=True)
@@ -24,7 +25,9 @@ def test_hub_models_example_runs_every_method(request, family, tmp_path, monkeyp
     tokenizer.save_pretrained(tmp_path / "clip")
     argv = ["hub_models.py", "a red ball", "--model", str(tmp_path / "model"), "--clip", str(tmp_path / "clip")]
     argv += ["--steps", "2", "--guidance", "2", "--n", "2", "--iterations", "1", "--out", str(tmp_path / "out")]
-    argv += ["--no-t5"] if family == "sd3" else []
+    argv += {"sd3": ["--no-t5"], "flux": ["--height", "16", "--width", "16"], "pixart": ["--no-binning"]}.get(
+        family, []
+    )
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(EXAMPLES / "hub_models.py"), run_name="__main__")
     lines = capsys.readouterr().out.splitlines()

@@ -1,6 +1,7 @@
 """One contract for every registered stage (as diffusers' PipelineTesterMixin is for pipelines), on the tiny SD,
-SDXL and SD3 pipelines: seeded determinism, batched == single, errors before any work, the user's pipeline left
-as it was, cost counted, bfloat16 and float16 runs, compiled denoisers, and composition with identity stages."""
+SDXL, SD3, Flux and PixArt pipelines: seeded determinism, batched == single, errors before any work, the user's
+pipeline left as it was, cost counted, bfloat16 and float16 runs, compiled denoisers, and composition with identity
+stages."""
 
 from __future__ import annotations
 
@@ -26,13 +27,18 @@ from latentalign.methods import (
 )
 from latentalign.scorers import build_shapes_scorer, fit_preview_map
 
-FAMILIES = ["sd", "sdxl", "sd3"]
+FAMILIES = ["sd", "sdxl", "sd3", "flux", "pixart"]
 PROMPTS = ["a red ball on grass", "a painting of a blue ball"]
 KW = {"num_inference_steps": 3, "guidance_scale": 2.0}
 
 
+def kw(pipe) -> dict:
+    """KW, plus what a family's stock call needs on tiny components (PixArt has no resolution bins for them)."""
+    return {**KW, "use_resolution_binning": False} if type(pipe).__name__.startswith("PixArt") else KW
+
+
 def projector(pipe, zero: bool = False) -> NoiseProjector:
-    den = Denoiser(pipe)
+    den = Denoiser(pipe, options={k: v for k, v in kw(pipe).items() if k not in KW})
     torch.manual_seed(0)
     p = NoiseProjector(NoiseProjectorConfig(latent_channels=den.latent_shape[0], text_dim=den.text_dim, width=16))
     if not zero:
@@ -99,17 +105,17 @@ def test_seeded_batched_equals_single_and_leaves_the_pipeline_alone(pipe, name):
     pipe.unet.train() if hasattr(pipe, "unet") and pipe.unet is not None else None  # an unusual state, kept
     before = state(pipe)
     try:
-        batched = generate(pipe, PROMPTS, method=method, seed=[0, 1], **KW)
+        batched = generate(pipe, PROMPTS, method=method, seed=[0, 1], **kw(pipe))
         assert state(pipe) == before
-        again = generate(pipe, PROMPTS, method=method, seed=[0, 1], **KW)
+        again = generate(pipe, PROMPTS, method=method, seed=[0, 1], **kw(pipe))
     finally:
         if hasattr(pipe, "unet") and pipe.unet is not None:
             pipe.unet.eval()
     assert torch.equal(batched.latents, again.latents)
     for i, (p, s) in enumerate(zip(PROMPTS, [0, 1], strict=True)):
-        single = generate(pipe, p, method=method, seed=s, **KW)
+        single = generate(pipe, p, method=method, seed=s, **kw(pipe))
         torch.testing.assert_close(single.latents[0], batched.latents[i], rtol=1e-3, atol=1e-3)
-    plain = generate(pipe, PROMPTS, seed=[0, 1], **KW)
+    plain = generate(pipe, PROMPTS, seed=[0, 1], **kw(pipe))
     assert batched.cost.denoiser_evals >= plain.cost.denoiser_evals and batched.cost.seconds > 0
     assert batched.stages[0]["name"] == name and batched.settings["method"] == name
     assert torch.isfinite(batched.latents).all()
@@ -117,19 +123,19 @@ def test_seeded_batched_equals_single_and_leaves_the_pipeline_alone(pipe, name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_errors_come_before_any_work(pipe, name, monkeypatch):
-    model = Denoiser(pipe).model
+    model = getattr(pipe, "unet", None) or pipe.transformer
 
     def boom(*args, **kwargs):
         raise AssertionError("the denoiser ran before the input was checked")
 
     monkeypatch.setattr(model, "forward", boom)
     with pytest.raises(ValueError, match="num_inference_steps"):
-        generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0, 1], num_inference_steps=0)
+        generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0, 1], **{**kw(pipe), "num_inference_steps": 0})
     with pytest.raises(ValueError, match="seeds"):
-        generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0], **KW)
+        generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0], **kw(pipe))
     # by name, outside the Shapes world, every method needs something it has no default for
     with pytest.raises(ValueError, match="scorer=|projector=|words="):
-        generate(pipe, PROMPTS, method=name, **KW)
+        generate(pipe, PROMPTS, method=name, **kw(pipe))
 
 
 @pytest.fixture(scope="module", params=[(f, d) for f in FAMILIES for d in ("bfloat16", "float16")])
@@ -144,7 +150,7 @@ def test_low_precision(low_precision, name):
     """bfloat16 and float16 pipelines (the CPU has both kernels for these models); SDXL's VAE asks for float32
     decoding (force_upcast), so noise optimisation back-propagates through a float32 copy of it."""
     pipe = low_precision
-    r = generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0, 1], **KW)
+    r = generate(pipe, PROMPTS, method=stage(name, pipe), seed=[0, 1], **kw(pipe))
     assert r.latents.dtype == pipe.dtype and torch.isfinite(r.latents).all()
     assert pipe.vae.dtype == pipe.dtype  # an upcast VAE is cast back
 
@@ -174,9 +180,9 @@ def identity(place: str, pipe):
 @pytest.mark.parametrize("name", NAMES)
 def test_identity_stages_compose_to_the_method_alone(pipe, name):
     method = stage(name, pipe)
-    alone = generate(pipe, PROMPTS, method=method, seed=[0, 1], **KW)
+    alone = generate(pipe, PROMPTS, method=method, seed=[0, 1], **kw(pipe))
     others = [identity(p, pipe) for p in ("noise", "steps", "selection") if p != method.place]
-    composed = generate(pipe, PROMPTS, method=[method, *others], seed=[0, 1], **KW)
+    composed = generate(pipe, PROMPTS, method=[method, *others], seed=[0, 1], **kw(pipe))
     torch.testing.assert_close(composed.latents, alone.latents, rtol=1e-4, atol=1e-4)
     assert [s["place"] for s in composed.stages] == [p for p in ("noise", "steps", "selection")]
     assert composed.settings["method"] == "+".join(s["name"] for s in composed.stages)

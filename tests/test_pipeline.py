@@ -17,6 +17,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
     PNDMScheduler,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     UNet2DConditionModel,
     UniPCMultistepScheduler,
@@ -380,9 +381,26 @@ def test_sd3_rejects_schedulers_it_cannot_read(tiny_sd3_pipeline):
     fake = SimpleNamespace(transformer=tiny_sd3_pipeline.transformer, vae=tiny_sd3_pipeline.vae, scheduler=None)
     with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler"):
         Denoiser(fake)
-    fake.scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True)
-    with pytest.raises(ValueError, match="dynamic"):
+    fake.scheduler = FlowMatchEulerDiscreteScheduler(stochastic_sampling=True)
+    with pytest.raises(ValueError, match="stochastic"):
         Denoiser(fake)
+
+
+def test_sd3_dynamic_shifting_schedule_equals_the_stock_pipelines(tiny_sd3_pipeline):
+    """SD3.5-style dynamic shifting: `mu` from the image's token count, as the stock pipeline computes it."""
+    pipe = StableDiffusion3Pipeline(
+        **{
+            **tiny_sd3_pipeline.components,
+            "scheduler": FlowMatchEulerDiscreteScheduler(
+                use_dynamic_shifting=True, base_image_seq_len=4, max_image_seq_len=64
+            ),
+        }
+    )
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(3))
+    kw = {"num_inference_steps": STEPS, "guidance_scale": 1.0}
+    stock = pipe("a cat", latents=latents, output_type="latent", **kw).images
+    assert torch.allclose(run(pipe, "a cat", seed=3, guidance_scale=1.0).latents, stock)
 
 
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])

@@ -1,17 +1,19 @@
-"""One adapter over diffusers pipelines: `denoise(latents, t, cond) -> (model_output, x0_pred)`.
+"""One adapter layer over diffusers pipelines: `denoise(latents, t, cond) -> (model_output, x0_pred)`.
 
-Every method talks to pipelines only through `Denoiser`; version-specific access to diffusers internals
-lives here and nowhere else.
+Every method talks to pipelines only through `Denoiser`, one class per pipeline family chosen from the
+pipeline's component types; version-specific access to diffusers internals lives here and nowhere else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import torch
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, UNet2DConditionModel
@@ -89,23 +91,28 @@ def _cells(size: int | tuple[int, int]) -> int:
 
 
 @contextmanager
-def capture_cross_attention(
-    model: UNet2DConditionModel | SD3Transformer2DModel, size: int | tuple[int, int]
-) -> Iterator[list]:
-    """Within the block, the model's text attention stores its maps at `size` x `size` in the yielded list: a
-    UNet's cross-attention layers (`attn2`), or an SD3 transformer's joint attention (`attn`; SD3.5's extra
-    image-only `attn2` is left alone). The original processors come back afterwards, whatever happens."""
+def storing_attention(model, storing: Callable[[dict, list], dict]) -> Iterator[list]:
+    """Within the block, the processors `storing(original, store)` returns (by name) replace the model's and put
+    their maps in the yielded list; the original processors come back afterwards, whatever happens."""
     original = model.attn_processors
     store: list[torch.Tensor] = []
-    if isinstance(model, SD3Transformer2DModel):
-        storing = {n: StoreJointAttention(store, size) for n in original if n.endswith(".attn.processor")}
-    else:
-        storing = {n: StoreCrossAttention(store, size) for n in original if ".attn2." in n}
-    model.set_attn_processor({**original, **storing})
+    model.set_attn_processor({**original, **storing(original, store)})
     try:
         yield store
     finally:
         model.set_attn_processor(original)
+
+
+def capture_cross_attention(
+    model: UNet2DConditionModel | SD3Transformer2DModel, size: int | tuple[int, int]
+) -> contextlib.AbstractContextManager[list]:
+    """`storing_attention` of a UNet's cross-attention layers (`attn2`), or an SD3 transformer's joint attention
+    (`attn`; SD3.5's extra image-only `attn2` is left alone), at `size` x `size`."""
+    if isinstance(model, SD3Transformer2DModel):
+        return storing_attention(
+            model, lambda o, s: {n: StoreJointAttention(s, size) for n in o if n.endswith(".attn.processor")}
+        )
+    return storing_attention(model, lambda o, s: {n: StoreCrossAttention(s, size) for n in o if ".attn2." in n})
 
 
 def vae_shift(vae) -> float:
@@ -326,9 +333,26 @@ def unwrap(model):
 
 
 class Denoiser:
-    """A diffusers pipeline seen as a denoiser: UNet epsilon / v / sample prediction (SD 1.x, 2.x, XL) or MMDiT
-    flow-matching velocity (SD3). A `torch.compile`d model (the module replaced, or compiled in place) is called
-    as it is; its configuration and attention processors are read from the module under it."""
+    """A diffusers pipeline seen as a denoiser, `denoise(latents, t, cond) -> (model_output, x0_pred)`.
+
+    `Denoiser(pipe)` returns the adapter of the pipeline's family, chosen from its component types (k-diffusion's
+    `external.py`: one small wrapper per foreign model): `UNetDenoiser` (SD 1.x/2.x), `SDXLDenoiser`,
+    `SD3Denoiser`, `FluxDenoiser`, `PixArtDenoiser`. Methods see only this interface; latents are always the
+    spatial (batch, channels, height, width) grid, also for Flux, whose packed 2x2 patches stay inside its adapter.
+    A `torch.compile`d model (the module replaced, or compiled in place) is called as it is; its configuration and
+    attention processors are read from the module under it. `options` are the family's own call arguments
+    (`max_sequence_length`, PixArt's `use_resolution_binning`, ...; `call_options`)."""
+
+    model_attribute: ClassVar[str] = "unet"
+    prediction_type: str = "epsilon"
+    needs_pooled_embeds: ClassVar[bool] = False  # prompt_embeds= must come with pooled_prompt_embeds= (check_inputs)
+    # the family's own `__call__` arguments that generate passes on, with the stock defaults
+    call_options: ClassVar[dict[str, Any]] = {}
+
+    def __new__(cls, pipe, *args, **kwargs):
+        if cls is Denoiser:
+            cls = adapter_class(pipe)
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -338,72 +362,56 @@ class Denoiser:
         height: int | None = None,
         width: int | None = None,
         model_kwargs: dict | None = None,
+        options: dict | None = None,
     ):
         self.pipe = pipe
         self.cost = cost if cost is not None else Cost()
-        transformer = getattr(pipe, "transformer", None)
-        if isinstance(unwrap(transformer), SD3Transformer2DModel):
-            self._init_sd3(pipe, transformer)
-        else:
-            self._init_unet(pipe)
+        self.model = getattr(pipe, self.model_attribute)
+        self.core = unwrap(self.model)
+        self.check_pipeline(pipe)
         self.vae = pipe.vae
         self._device, self._dtype = None, None
         self.model_kwargs = dict(model_kwargs or {})  # cross_attention_kwargs / joint_attention_kwargs
+        unknown = set(options or {}) - set(self.call_options)
+        if unknown:
+            raise TypeError(f"{type(pipe).__name__} takes no {sorted(unknown)[0]!r} here")
+        from .core import call_default
+
+        stock = {k: call_default(pipe, k, v) for k, v in self.call_options.items()}  # PixArt-Sigma: 300 tokens
+        if stock.get("clean_caption"):  # the stock pipeline turns it off (with a warning) without bs4 and ftfy
+            from diffusers.utils import is_bs4_available, is_ftfy_available
+
+            stock["clean_caption"] = is_bs4_available() and is_ftfy_available()
+        self.options = {**stock, **(options or {})}
         self._upcast_vae = None
         self.latent_size = self._latent_size(height, width)
 
-    def _init_unet(self, pipe: DiffusionPipeline) -> None:
-        unet = getattr(pipe, "unet", None)
-        core = unwrap(unet)
-        if not isinstance(core, UNet2DConditionModel):
-            raise ValueError(
-                f"{type(pipe).__name__} has no UNet2DConditionModel or SD3Transformer2DModel; "
-                "latentalign supports Stable Diffusion 1.x/2.x/XL/3 pipelines"
-            )
-        added = core.config.addition_embed_type
-        if added not in (None, "text_time"):
-            raise ValueError(f"{type(pipe).__name__}'s UNet needs added conditioning {added!r}; SDXL's is 'text_time'")
-        if added == "text_time" and not hasattr(pipe, "_get_add_time_ids"):
-            raise ValueError(
-                f"{type(pipe).__name__} has an SDXL-style UNet ('text_time' added conditioning) but no "
-                "_get_add_time_ids: load it as a StableDiffusionXLPipeline"
-            )
-        if core.config.time_cond_proj_dim is not None:
-            raise ValueError(
-                f"{type(pipe).__name__}'s UNet takes a guidance embedding (time_cond_proj_dim, LCM-style), "
-                "which is not supported"
-            )
-        if not hasattr(pipe.scheduler, "alphas_cumprod"):
-            raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
-        self.family = "sdxl" if added == "text_time" else "sd"
-        self.model, self.core = unet, core
-        self.prediction_type = pipe.scheduler.config.prediction_type
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        raise NotImplementedError
 
-    def _init_sd3(self, pipe: DiffusionPipeline, transformer) -> None:
-        scheduler = pipe.scheduler
-        if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-            raise ValueError(
-                f"an SD3 transformer needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}"
-            )
-        if scheduler.config.use_dynamic_shifting or scheduler.config.stochastic_sampling:
-            raise ValueError(
-                "FlowMatchEulerDiscreteScheduler with use_dynamic_shifting or stochastic_sampling is not supported"
-            )
-        self.family = "sd3"
-        self.model, self.core = transformer, unwrap(transformer)
-        self.prediction_type = "flow"  # the transformer predicts the velocity noise - x0
+    def check_pipeline(self, pipe) -> None:
+        """Refuse, with a short error, a pipeline of this family that the adapter cannot drive."""
+
+    # ---- sizes ------------------------------------------------------------------------------------------------
+    @property
+    def patch(self) -> int:
+        """Latent cells per model token along a side (the stock check_inputs' extra multiple)."""
+        return 1
+
+    @property
+    def default_latent_side(self) -> int:
+        return int(self.core.config.sample_size)
 
     def _latent_size(self, height: int | None, width: int | None) -> tuple[int, int]:
-        """The latent grid for an image of `height` x `width` pixels (None: the model's sample size, as the stock
-        pipelines default); refused unless the VAE (and SD3's patches) divide it."""
-        side = self.core.config.sample_size
+        """The latent grid for an image of `height` x `width` pixels (None: the stock default); refused unless the
+        VAE (and the model's patches) divide it."""
         factor = int(self.pipe.vae_scale_factor)
-        # the stock pipelines' check_inputs: the VAE factor (SD 1.x/2.x/XL), times the patch size for SD3
-        multiple = factor * (self.core.config.patch_size if self.family == "sd3" else 1)
+        multiple = factor * self.patch
         sizes = []
         for name, value in (("height", height), ("width", width)):
             if value is None:
-                sizes.append(int(side))
+                sizes.append(self.default_latent_side)
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < multiple or value % multiple:
                 raise ValueError(f"{name} must be a positive multiple of {multiple} for this pipeline, got {value!r}")
@@ -413,7 +421,9 @@ class Denoiser:
     @property
     def device(self) -> torch.device:
         if self._device is None:  # read once: diffusers finds a model's device by walking its parameters
-            self._device = self.core.device
+            # the stock pipelines run on `_execution_device` (the accelerator of a CPU-offloaded pipeline)
+            execution = getattr(self.pipe, "_execution_device", None)
+            self._device = execution if isinstance(execution, torch.device) else self.core.device
         return self._device
 
     @property
@@ -423,41 +433,50 @@ class Denoiser:
         return self._dtype
 
     @property
+    def latent_channels(self) -> int:
+        return int(self.core.config.in_channels)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
-        return (self.core.config.in_channels, *self.latent_size)
+        return (self.latent_channels, *self.latent_size)
 
     @property
     def image_size(self) -> tuple[int, int]:
+        """(height, width) of the images the run returns."""
         factor = int(self.pipe.vae_scale_factor)
         return self.latent_size[0] * factor, self.latent_size[1] * factor
 
     @property
     def text_dim(self) -> int:
-        """The width of the prompt embeddings the model reads (a UNet's cross_attention_dim, SD3's
-        joint_attention_dim)."""
-        key = "joint_attention_dim" if self.family == "sd3" else "cross_attention_dim"
-        dim = self.core.config[key]
+        """The width of the prompt embeddings the model reads."""
+        dim = self.core.config["cross_attention_dim"]
         return int(dim[0] if isinstance(dim, (list, tuple)) else dim)
 
     @property
     def vae_scaling_factor(self) -> float:
         return float(self.vae.config.scaling_factor)
 
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    # ---- schedules and noise ----------------------------------------------------------------------------------
     def new_scheduler(self, num_inference_steps: int | None, *, timesteps=None, sigmas=None, **overrides):
         """A fresh copy of the pipeline's scheduler with its timesteps set as the stock pipelines set them
         (`retrieve_timesteps`: a step count, or custom `timesteps` / `sigmas`), so runs never share (or mutate)
         scheduler state; `overrides` change config keys of the copy (e.g. `prediction_type`)."""
-        # from_config resets every key listed in `_use_default_values` to the class default, which undoes fixes a
-        # pipeline made to its scheduler's config at init (StableDiffusionPipeline sets steps_offset=1): pass all.
-        config = {k: v for k, v in self.pipe.scheduler.config.items() if k != "_use_default_values"}
-        scheduler = type(self.pipe.scheduler).from_config({**config, **overrides})
+        scheduler = self._fresh_scheduler(overrides)
         if timesteps is None and sigmas is None:
             scheduler.set_timesteps(num_inference_steps, device=self.device)
         else:
-            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
-
             retrieve_timesteps(scheduler, None, self.device, timesteps, sigmas)
         return scheduler
+
+    def _fresh_scheduler(self, overrides: dict):
+        # from_config resets every key listed in `_use_default_values` to the class default, which undoes fixes a
+        # pipeline made to its scheduler's config at init (StableDiffusionPipeline sets steps_offset=1): pass all.
+        config = {k: v for k, v in self.pipe.scheduler.config.items() if k != "_use_default_values"}
+        return type(self.pipe.scheduler).from_config({**config, **overrides})
 
     def initial_noise(self, seeds: list[int]) -> torch.Tensor:
         """One standard Gaussian latent per seed, drawn on the CPU so a seed means the same noise on any device."""
@@ -489,6 +508,7 @@ class Denoiser:
         rows = RowSchedulers([copy.deepcopy(template) for _ in seeds], generators)
         return noise * rows.init_noise_sigma, rows
 
+    # ---- text -------------------------------------------------------------------------------------------------
     def encode(
         self,
         prompts: list[str] | None,
@@ -502,48 +522,37 @@ class Denoiser:
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         clip_skip: int | None = None,
         guidance_rescale: float = 0.0,
+        **options,
     ) -> Conditioning:
         """The pipeline's own `encode_prompt`, called as its `__call__` calls it: one row per image (prompts x
-        `num_images_per_prompt`), negative rows when guided (guidance > 1)."""
+        `num_images_per_prompt`), negative rows when guided (guidance > 1). `options`: the family's call options."""
         guided = guidance_scale > 1.0
-        lora_scale = self.model_kwargs.get("scale")
-        common = dict(
+        pos, neg = self.pipe.encode_prompt(
+            prompts,
+            **self._common(
+                guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
+            ),
+        )
+        return Conditioning(pos, neg if guided else None, float(guidance_scale), guidance_rescale=guidance_rescale)
+
+    def _common(self, guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip):
+        return dict(
             device=self.device,
             num_images_per_prompt=num_images_per_prompt,
             do_classifier_free_guidance=guided,
             negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=lora_scale,
+            lora_scale=self.model_kwargs.get("scale"),
             clip_skip=clip_skip,
         )
-        if self.family == "sd":
-            pos, neg = self.pipe.encode_prompt(prompts, **common)
-            return Conditioning(pos, neg if guided else None, float(guidance_scale), guidance_rescale=guidance_rescale)
-        pooled_kwargs = dict(
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds
-        )
-        if self.family == "sd3":  # CLIP-L, CLIP-G (and T5 when loaded); pooled CLIP embeddings
-            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
-                prompt=prompts, prompt_2=None, prompt_3=None, **common, **pooled_kwargs
-            )
-            added, negative_added = {"pooled_projections": pooled}, {"pooled_projections": neg_pooled}
-        else:  # SDXL
-            pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt=prompts, **common, **pooled_kwargs)
-            # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop
-            size = self.image_size
-            te2 = getattr(self.pipe, "text_encoder_2", None)
-            projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
-            time_ids = self.pipe._get_add_time_ids(
-                size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
-            )
-            time_ids = time_ids.to(self.device).repeat(pos.shape[0], 1)
-            added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
-            negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids} if guided else None
-        if not guided:
-            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
-        return Conditioning(pos, neg, float(guidance_scale), added, negative_added, guidance_rescale)
 
+    @property
+    def attention_tokenizer(self):
+        """The tokenizer whose token positions index the text axis of `cross_attention`'s maps."""
+        return self.pipe.tokenizer
+
+    # ---- the model --------------------------------------------------------------------------------------------
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The denoised prediction (Tweedie's x0) from a model output, for the scheduler's parameterisation."""
         if self.prediction_type == "flow":  # z_t = (1 - sigma) x0 + sigma noise, v = noise - x0, t = 1000 sigma
@@ -562,45 +571,32 @@ class Denoiser:
         self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One guided denoiser evaluation: `(model_output, x0_pred)`."""
-        embeds, added = cond.model_inputs()
-        x = torch.cat([latents, latents]) if cond.guided else latents
-        out = self._call(x, t, embeds, added)
-        if cond.guided:
-            uncond, text = out.chunk(2)
-            out = uncond + cond.guidance_scale * (text - uncond)
-            if cond.guidance_rescale > 0:
-                from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+        out, text, rows = self._guided(latents, t, cond)
+        if text is not None and cond.guidance_rescale > 0:
+            from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-                out = rescale_noise_cfg(out, text, guidance_rescale=cond.guidance_rescale)
-        self.cost.denoiser_evals += x.shape[0]
+            out = rescale_noise_cfg(out, text, guidance_rescale=cond.guidance_rescale)
+        self.cost.denoiser_evals += rows
         return out, self.x0_from(out, latents, t)
+
+    def _guided(self, latents, t, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """Classifier-free guidance as the UNet, SD3 and PixArt pipelines do it: negative and prompt rows in one
+        batch. Returns the guided output, the prompt branch's (None unguided) and the rows evaluated."""
+        embeds, added = cond.model_inputs()
+        if not cond.guided:
+            return self._call(latents, t, embeds, added), None, latents.shape[0]
+        uncond, text = self._call(torch.cat([latents, latents]), t, embeds, added).chunk(2)
+        return uncond + cond.guidance_scale * (text - uncond), text, 2 * latents.shape[0]
 
     def _call(self, x: torch.Tensor, t, embeds: torch.Tensor, added: dict | None) -> torch.Tensor:
         """One plain model call on a batch (no guidance arithmetic, no cost counted)."""
-        if self.family == "sd3":
-            timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
-            kwargs = {"joint_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
-            return self.model(
-                hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added, **kwargs
-            )[0]
         kwargs = {"cross_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
         return self.model(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added, return_dict=False, **kwargs)[0]
 
-    @property
-    def num_train_timesteps(self) -> int:
-        return int(self.pipe.scheduler.config.num_train_timesteps)
-
+    # ---- attention --------------------------------------------------------------------------------------------
     def cross_attention_resolutions(self) -> list[int]:
-        """The query grid sizes at which the model attends to the text, largest first: a UNet's cross-attention
-        layers at its latent size; SD3's joint attention at one grid, the latent size over the patch size."""
-        size, model = self.latent_shape[1], self.core
-        if self.family == "sd3":
-            return [size // model.config.patch_size]
-        n = len(model.down_blocks)  # down block i works at size / 2^i, the mid block at the lowest, up blocks back up
-        placed = [(b, size >> i) for i, b in enumerate(model.down_blocks)] + [(model.mid_block, size >> (n - 1))]
-        placed += [(b, size >> (n - 1 - i)) for i, b in enumerate(model.up_blocks)]
-        out = {s for b, s in placed if b is not None and getattr(b, "has_cross_attention", False)}
-        return sorted(out, reverse=True)
+        """The query grid heights at which the model attends to the text, largest first."""
+        return [self.latent_shape[1] // self.patch]
 
     def attention_grid(self, size: int) -> tuple[int, int]:
         """The (height, width) of the attention grid whose height is `size` (one of
@@ -608,12 +604,17 @@ class Denoiser:
         height, width = self.latent_size
         return size, max(1, size * width // height)
 
+    def storing_processors(self, original: dict, store: list, grid: tuple[int, int], text_tokens: int) -> dict:
+        """Processors that store the image-to-text attention at `grid` (by processor name)."""
+        return {n: StoreCrossAttention(store, grid) for n in original if ".attn2." in n}
+
     def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
         """The prompt branch's attention from the image to the text at `size` x `size`, averaged over heads and
-        layers: (batch, size^2, text tokens), each row a distribution over the text tokens (SD3: CLIP's 77 tokens
-        first, then T5's). Differentiable in `latents` (already the scaled model input)."""
+        layers: (batch, size^2, text tokens), each row a distribution over the text tokens (positions of
+        `attention_tokenizer`'s encoding). Differentiable in `latents` (already the scaled model input)."""
         grid = self.attention_grid(size)
-        with capture_cross_attention(self.core, grid) as store:
+        tokens = cond.prompt_embeds.shape[1]
+        with storing_attention(self.core, lambda o, s: self.storing_processors(o, s, grid, tokens)) as store:
             self._call(latents, t, cond.prompt_embeds, cond.added)
         self.cost.denoiser_evals += latents.shape[0]
         if not store:
@@ -623,23 +624,565 @@ class Denoiser:
             )
         return torch.stack(store).mean(0)
 
+    # ---- the VAE ----------------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents as the pipeline produces them -> images in [0, 1], NCHW (differentiable)."""
+        """Latents as the pipeline produces them -> images in [0, 1], NCHW (differentiable), decoded in the VAE's
+        own dtype as the SD 1.x / SD3 / Flux / PixArt pipelines do."""
         self.cost.vae_decodes += latents.shape[0]
-        vae = self.vae
-        # as the stock pipelines decode: SDXL's upcasts a float16 VAE that asks for it (force_upcast), SD 1.x's and
-        # SD3's decode in the VAE's own dtype
-        upcast = (
-            self.family == "sdxl" and vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
-        )
-        if upcast and latents.requires_grad:
-            if self._upcast_vae is None:  # one float32 copy per run, never the user's VAE cast in place
-                self._upcast_vae = copy.deepcopy(vae).to(torch.float32).requires_grad_(False)
-            return decode_latents(vae, latents, upcast_vae=self._upcast_vae, upcast=True)
-        return decode_latents(vae, latents, upcast=upcast)
+        return decode_latents(self.vae, latents, upcast=False)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1], NCHW -> latents as the pipeline makes them (the posterior mean, shifted and scaled)."""
         self.cost.vae_encodes += images.shape[0]
         dist = self.vae.encode(images.to(self.device, self.dtype) * 2 - 1).latent_dist
         return (dist.mean - vae_shift(self.vae)) * self.vae_scaling_factor
+
+
+def retrieve_timesteps(scheduler, num_inference_steps, device, timesteps=None, sigmas=None, **kwargs):
+    """diffusers' `retrieve_timesteps`, the one every stock pipeline calls."""
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps as retrieve
+
+    return retrieve(scheduler, num_inference_steps, device, timesteps, sigmas, **kwargs)
+
+
+def flow_shift(scheduler, image_seq_len: int, max_shift: float) -> float:
+    """`mu` of a dynamically shifted flow-matching schedule for `image_seq_len` image tokens (`calculate_shift`
+    with the scheduler's config, as the SD3 and Flux pipelines compute it)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    c = scheduler.config
+    return calculate_shift(
+        image_seq_len,
+        c.get("base_image_seq_len", 256),
+        c.get("max_image_seq_len", 4096),
+        c.get("base_shift", 0.5),
+        c.get("max_shift", max_shift),
+    )
+
+
+class UNetDenoiser(Denoiser):
+    """SD 1.x / 2.x: a `UNet2DConditionModel` with epsilon, v or sample prediction."""
+
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        return isinstance(unwrap(getattr(pipe, "unet", None)), UNet2DConditionModel)
+
+    def check_pipeline(self, pipe) -> None:
+        added = self.core.config.addition_embed_type
+        if added not in (None, "text_time"):
+            raise ValueError(f"{type(pipe).__name__}'s UNet needs added conditioning {added!r}; SDXL's is 'text_time'")
+        if added == "text_time" and not hasattr(pipe, "_get_add_time_ids"):
+            raise ValueError(
+                f"{type(pipe).__name__} has an SDXL-style UNet ('text_time' added conditioning) but no "
+                "_get_add_time_ids: load it as a StableDiffusionXLPipeline"
+            )
+        if self.core.config.time_cond_proj_dim is not None:
+            raise ValueError(
+                f"{type(pipe).__name__}'s UNet takes a guidance embedding (time_cond_proj_dim, LCM-style), "
+                "which is not supported"
+            )
+        if not hasattr(pipe.scheduler, "alphas_cumprod"):
+            raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
+        self.prediction_type = pipe.scheduler.config.prediction_type
+
+    def cross_attention_resolutions(self) -> list[int]:
+        """A UNet's cross-attention layers work at its latent size over 2^i: down block i, the mid block at the
+        lowest, the up blocks back up."""
+        size, model = self.latent_shape[1], self.core
+        n = len(model.down_blocks)
+        placed = [(b, size >> i) for i, b in enumerate(model.down_blocks)] + [(model.mid_block, size >> (n - 1))]
+        placed += [(b, size >> (n - 1 - i)) for i, b in enumerate(model.up_blocks)]
+        out = {s for b, s in placed if b is not None and getattr(b, "has_cross_attention", False)}
+        return sorted(out, reverse=True)
+
+
+class SDXLDenoiser(UNetDenoiser):
+    """SDXL: the UNet's 'text_time' added conditioning (pooled text embeddings and size/crop time ids)."""
+
+    needs_pooled_embeds: ClassVar[bool] = True
+
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        unet = unwrap(getattr(pipe, "unet", None))
+        return isinstance(unet, UNet2DConditionModel) and unet.config.addition_embed_type == "text_time"
+
+    def encode(
+        self,
+        prompts,
+        guidance_scale,
+        negative_prompt=None,
+        *,
+        num_images_per_prompt=1,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        clip_skip=None,
+        guidance_rescale=0.0,
+        **options,
+    ) -> Conditioning:
+        guided = guidance_scale > 1.0
+        common = self._common(
+            guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
+        )
+        pooled_kwargs = dict(
+            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds
+        )
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt=prompts, **common, **pooled_kwargs)
+        # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop
+        size = self.image_size
+        te2 = getattr(self.pipe, "text_encoder_2", None)
+        projection_dim = int(pooled.shape[-1]) if te2 is None else te2.config.projection_dim
+        time_ids = self.pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=pos.dtype, text_encoder_projection_dim=projection_dim
+        )
+        time_ids = time_ids.to(self.device).repeat(pos.shape[0], 1)
+        added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
+        if not guided:
+            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
+        negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids}
+        return Conditioning(pos, neg, float(guidance_scale), added, negative_added, guidance_rescale)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """As the stock SDXL pipeline decodes: a float16 VAE that asks for it (force_upcast) decodes in float32."""
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+        if not upcast:
+            return super().decode(latents)
+        self.cost.vae_decodes += latents.shape[0]
+        if latents.requires_grad:
+            if self._upcast_vae is None:  # one float32 copy per run, never the user's VAE cast in place
+                self._upcast_vae = copy.deepcopy(vae).to(torch.float32).requires_grad_(False)
+            return decode_latents(vae, latents, upcast_vae=self._upcast_vae, upcast=True)
+        return decode_latents(vae, latents, upcast=True)
+
+
+class SD3Denoiser(Denoiser):
+    """SD3 / SD3.5: an MMDiT (`SD3Transformer2DModel`) predicting the flow-matching velocity noise - x0; CLIP-L,
+    CLIP-G and T5 (zeros when `text_encoder_3=None`), pooled CLIP projections."""
+
+    model_attribute: ClassVar[str] = "transformer"
+    prediction_type = "flow"
+    needs_pooled_embeds: ClassVar[bool] = True
+    call_options: ClassVar[dict[str, Any]] = {"max_sequence_length": 256}
+
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        return isinstance(unwrap(getattr(pipe, "transformer", None)), SD3Transformer2DModel)
+
+    def check_pipeline(self, pipe) -> None:
+        _check_flow_scheduler(pipe, "an SD3 transformer")
+
+    @property
+    def patch(self) -> int:
+        return int(self.core.config.patch_size)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.core.config.joint_attention_dim)
+
+    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
+        scheduler = self._fresh_scheduler(overrides)
+        kwargs = {}
+        if scheduler.config.get("use_dynamic_shifting", None):
+            h, w = self.latent_size
+            kwargs["mu"] = flow_shift(scheduler, (h // self.patch) * (w // self.patch), 1.16)
+        retrieve_timesteps(scheduler, num_inference_steps, self.device, timesteps, sigmas, **kwargs)
+        return scheduler
+
+    def encode(
+        self,
+        prompts,
+        guidance_scale,
+        negative_prompt=None,
+        *,
+        num_images_per_prompt=1,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        clip_skip=None,
+        guidance_rescale=0.0,
+        **options,
+    ) -> Conditioning:
+        guided = guidance_scale > 1.0
+        common = self._common(
+            guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
+        )
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_3=None,
+            **common,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            max_sequence_length=self.options["max_sequence_length"],
+        )
+        added = {"pooled_projections": pooled}
+        if not guided:
+            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
+        return Conditioning(
+            pos, neg, float(guidance_scale), added, {"pooled_projections": neg_pooled}, guidance_rescale
+        )
+
+    def _call(self, x, t, embeds, added):
+        timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        kwargs = {"joint_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
+        return self.model(
+            hidden_states=x, timestep=timestep, encoder_hidden_states=embeds, return_dict=False, **added, **kwargs
+        )[0]
+
+    def storing_processors(self, original, store, grid, text_tokens):
+        """The joint attention's image-to-text block (`attn`; SD3.5's extra image-only `attn2` is left alone);
+        text positions: CLIP's tokens first, then T5's."""
+        return {n: StoreJointAttention(store, grid) for n in original if n.endswith(".attn.processor")}
+
+
+def _check_flow_scheduler(pipe, what: str) -> None:
+    scheduler = pipe.scheduler
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise ValueError(f"{what} needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
+    if scheduler.config.stochastic_sampling:
+        raise ValueError("FlowMatchEulerDiscreteScheduler with stochastic_sampling is not supported")
+
+
+class FluxDenoiser(Denoiser):
+    """Flux (`FluxTransformer2DModel`): double- and single-stream blocks over packed 2x2 latent patches with their
+    image ids, T5 sequence + CLIP pooled conditioning, the guidance embedding of guidance-distilled models
+    (FLUX.1-dev; `guidance_scale` feeds it, as in the stock pipeline) and none for FLUX.1-schnell, true
+    classifier-free guidance only with `true_cfg_scale` > 1 and a negative prompt, and a flow-matching schedule
+    shifted by `mu` from the image size. Latents stay spatial here; packing happens at each model call."""
+
+    model_attribute: ClassVar[str] = "transformer"
+    prediction_type = "flow"
+    needs_pooled_embeds: ClassVar[bool] = True
+    call_options: ClassVar[dict[str, Any]] = {"max_sequence_length": 512, "true_cfg_scale": 1.0}
+
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        from diffusers import FluxTransformer2DModel
+
+        return isinstance(unwrap(getattr(pipe, "transformer", None)), FluxTransformer2DModel)
+
+    def check_pipeline(self, pipe) -> None:
+        _check_flow_scheduler(pipe, "a Flux transformer")
+
+    @property
+    def patch(self) -> int:
+        return 2
+
+    @property
+    def default_latent_side(self) -> int:
+        return int(self.pipe.default_sample_size)  # the stock default: 128 latent cells (1024 px)
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.core.config.in_channels) // 4
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.core.config.joint_attention_dim)
+
+    @property
+    def attention_tokenizer(self):
+        return self.pipe.tokenizer_2  # the transformer's text tokens are T5's; CLIP gives only the pooled vector
+
+    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
+        """As `FluxPipeline`: sigmas linspace(1, 1/steps) (unless given, or the scheduler uses flow sigmas), `mu`
+        from the packed image sequence length."""
+        import numpy as np
+
+        scheduler = self._fresh_scheduler(overrides)
+        if timesteps is not None:
+            raise ValueError("FluxPipeline takes sigmas=, not timesteps=")
+        if sigmas is None:
+            sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
+        if scheduler.config.get("use_flow_sigmas", False):
+            sigmas = None
+        h, w = self.latent_size
+        mu = flow_shift(scheduler, (h // 2) * (w // 2), 1.15)
+        retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
+        return scheduler
+
+    def encode(
+        self,
+        prompts,
+        guidance_scale,
+        negative_prompt=None,
+        *,
+        num_images_per_prompt=1,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        clip_skip=None,
+        guidance_rescale=0.0,
+        **options,
+    ) -> Conditioning:
+        if clip_skip is not None:
+            raise TypeError("FluxPipeline takes no 'clip_skip'")
+        true_cfg = float(self.options["true_cfg_scale"])
+        guided = true_cfg > 1 and (
+            negative_prompt is not None
+            or (negative_prompt_embeds is not None and negative_pooled_prompt_embeds is not None)
+        )
+        common = dict(
+            device=self.device,
+            num_images_per_prompt=num_images_per_prompt,
+            max_sequence_length=self.options["max_sequence_length"],
+            lora_scale=self.model_kwargs.get("scale"),
+        )
+        pos, pooled, _ = self.pipe.encode_prompt(
+            prompt=prompts,
+            prompt_2=None,
+            prompt_embeds=prompt_embeds,
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            **common,
+        )
+        added = {"pooled_projections": pooled, **self._guidance(guidance_scale, pos.shape[0])}
+        if not guided:
+            return Conditioning(pos, None, true_cfg, added, guidance_rescale=guidance_rescale)
+        if isinstance(negative_prompt, list) and prompts is not None and len(negative_prompt) != len(prompts):
+            raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
+        neg, neg_pooled, _ = self.pipe.encode_prompt(
+            prompt=negative_prompt,
+            prompt_2=None,
+            prompt_embeds=negative_prompt_embeds,
+            pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            **common,
+        )
+        negative_added = {"pooled_projections": neg_pooled, **self._guidance(guidance_scale, neg.shape[0])}
+        return Conditioning(pos, neg, true_cfg, added, negative_added, guidance_rescale)
+
+    def _guidance(self, guidance_scale: float, rows: int) -> dict:
+        """The guidance embedding's input, one value per row (the stock pipeline's float32 `guidance`)."""
+        if not self.core.config.guidance_embeds:
+            return {}
+        return {"guidance": torch.full((rows,), float(guidance_scale), device=self.device, dtype=torch.float32)}
+
+    def _guided(self, latents, t, cond: Conditioning):
+        """True classifier-free guidance as `FluxPipeline` does it: the prompt call, then the negative one."""
+        text = self._call(latents, t, cond.prompt_embeds, cond.added)
+        if not cond.guided:
+            return text, None, latents.shape[0]
+        uncond = self._call(latents, t, cond.negative_embeds, cond.negative_added)
+        return uncond + cond.guidance_scale * (text - uncond), text, 2 * latents.shape[0]
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C, H, W) -> (batch, H/2 * W/2, 4C): `FluxPipeline._pack_latents`."""
+        b, c, h, w = x.shape
+        return self.pipe._pack_latents(x, b, c, h, w)
+
+    def unpack(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.latent_size
+        factor = int(self.pipe.vae_scale_factor)
+        return self.pipe._unpack_latents(x, h * factor, w * factor, factor)
+
+    def _call(self, x, t, embeds, added):
+        h, w = self.latent_size
+        img_ids = self.pipe._prepare_latent_image_ids(x.shape[0], h // 2, w // 2, x.device, x.dtype)
+        txt_ids = torch.zeros(embeds.shape[1], 3, device=x.device, dtype=embeds.dtype)
+        timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0]).to(x.dtype)
+        kwargs = {"joint_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
+        out = self.model(
+            hidden_states=self.pack(x),
+            timestep=timestep / 1000,
+            guidance=(added or {}).get("guidance"),
+            pooled_projections=added["pooled_projections"],
+            encoder_hidden_states=embeds,
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+            **kwargs,
+        )[0]
+        return self.unpack(out)
+
+    def storing_processors(self, original, store, grid, text_tokens):
+        """Every attention of the double-stream (joint) and single-stream blocks: image queries over text keys."""
+        return {n: StoreFluxAttention(store, grid, text_tokens, p) for n, p in original.items()}
+
+
+class StoreFluxAttention:
+    """Flux's attention processor, unchanged, plus the image queries' attention over the text keys (after the
+    q/k norms and the rotary embedding), renormalised over the text keys and averaged over heads: (batch, cells,
+    text tokens). Double-stream blocks get text and image apart; single-stream blocks one sequence, text first."""
+
+    def __init__(self, store: list[torch.Tensor], size, text_tokens: int, inner):
+        self.store, self.cells, self.text, self.inner = store, _cells(size), text_tokens, inner
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        query = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        key = attn.norm_k(attn.to_k(hidden_states).unflatten(-1, (-1, attn.head_dim)))
+        if encoder_hidden_states is not None:
+            text_key = attn.norm_added_k(attn.add_k_proj(encoder_hidden_states).unflatten(-1, (-1, attn.head_dim)))
+            query = torch.cat([torch.zeros_like(text_key), query], dim=1)  # rotary positions: text first
+            key = torch.cat([text_key, key], dim=1)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        image_query, text_key = query[:, self.text :], key[:, : self.text]
+        if image_query.shape[1] == self.cells:
+            logits = torch.einsum("bqhd,bkhd->bhqk", image_query, text_key) * attn.head_dim**-0.5
+            self.store.append(logits.softmax(-1).mean(1))
+        return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+
+# PixArt's resolution bins by transformer sample size (the stock pipelines' ASPECT_RATIO_*_BIN)
+def _pixart_bins(pipe) -> dict:
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_alpha as alpha
+    from diffusers.pipelines.pixart_alpha import pipeline_pixart_sigma as sigma
+
+    bins = {128: alpha.ASPECT_RATIO_1024_BIN, 64: alpha.ASPECT_RATIO_512_BIN, 32: alpha.ASPECT_RATIO_256_BIN}
+    if type(pipe).__name__ == "PixArtSigmaPipeline":
+        bins[256] = sigma.ASPECT_RATIO_2048_BIN
+    return bins
+
+
+class PixArtDenoiser(Denoiser):
+    """PixArt-alpha / Sigma (`PixArtTransformer2DModel`): T5 conditioning with its attention mask, resolution and
+    aspect-ratio conditioning where the model takes it (sample size 128), the learned-sigma half of the output
+    dropped, cross-attention (`attn2`) maps over T5's tokens, and the stock resolution binning (generate at the
+    closest trained aspect ratio, then resize and crop back)."""
+
+    model_attribute: ClassVar[str] = "transformer"
+    call_options: ClassVar[dict[str, Any]] = {
+        "max_sequence_length": 120,
+        "clean_caption": True,
+        "use_resolution_binning": True,
+        "prompt_attention_mask": None,
+        "negative_prompt_attention_mask": None,
+    }
+
+    @classmethod
+    def handles(cls, pipe) -> bool:
+        from diffusers import PixArtTransformer2DModel
+
+        return isinstance(unwrap(getattr(pipe, "transformer", None)), PixArtTransformer2DModel)
+
+    def check_pipeline(self, pipe) -> None:
+        if not hasattr(pipe.scheduler, "alphas_cumprod"):
+            raise ValueError(f"scheduler {type(pipe.scheduler).__name__} is not supported: it has no alphas_cumprod")
+        self.prediction_type = pipe.scheduler.config.prediction_type
+
+    @property
+    def patch(self) -> int:
+        return int(self.core.config.patch_size)
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.core.config.caption_channels)
+
+    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
+        if num_inference_steps == 1:  # the stock pipeline then returns the scheduler's x0 instead of its step
+            raise ValueError("one-step PixArt sampling (DMD) is not supported; use 2 or more steps")
+        return super().new_scheduler(num_inference_steps, timesteps=timesteps, sigmas=sigmas, **overrides)
+
+    def _latent_size(self, height, width):
+        factor = int(self.pipe.vae_scale_factor)
+        side = self.default_latent_side * factor
+        height, width = height or side, width or side
+        self.output_size = None
+        if self.options["use_resolution_binning"]:
+            bins = _pixart_bins(self.pipe).get(int(self.core.config.sample_size))
+            if bins is None:
+                raise ValueError(
+                    f"use_resolution_binning needs a transformer of sample size {sorted(_pixart_bins(self.pipe))} "
+                    f"(this one has {self.core.config.sample_size}): pass use_resolution_binning=False"
+                )
+            self.output_size = (height, width)
+            height, width = self.pipe.image_processor.classify_height_width_bin(height, width, ratios=bins)
+        return super()._latent_size(height, width)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.output_size if self.output_size is not None else super().image_size
+
+    def encode(
+        self,
+        prompts,
+        guidance_scale,
+        negative_prompt=None,
+        *,
+        num_images_per_prompt=1,
+        prompt_embeds=None,
+        negative_prompt_embeds=None,
+        pooled_prompt_embeds=None,
+        negative_pooled_prompt_embeds=None,
+        clip_skip=None,
+        guidance_rescale=0.0,
+        **options,
+    ) -> Conditioning:
+        guided = guidance_scale > 1.0
+        pos, pos_mask, neg, neg_mask = self.pipe.encode_prompt(
+            prompts,
+            guided,
+            negative_prompt="" if negative_prompt is None else negative_prompt,
+            num_images_per_prompt=num_images_per_prompt,
+            device=self.device,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_attention_mask=self.options["prompt_attention_mask"],
+            negative_prompt_attention_mask=self.options["negative_prompt_attention_mask"],
+            clean_caption=self.options["clean_caption"],
+            max_sequence_length=self.options["max_sequence_length"],
+        )
+        added = {"encoder_attention_mask": pos_mask, **self._micro(pos)}
+        if not guided:
+            return Conditioning(pos, None, float(guidance_scale), added)
+        return Conditioning(
+            pos, neg, float(guidance_scale), added, {"encoder_attention_mask": neg_mask, **self._micro(neg)}
+        )
+
+    def _micro(self, embeds: torch.Tensor) -> dict:
+        """Resolution and aspect-ratio conditioning, one row per image, where the model takes it (sample size 128)."""
+        if int(self.core.config.sample_size) != 128:
+            return {}
+        factor = int(self.pipe.vae_scale_factor)
+        height, width = self.latent_size[0] * factor, self.latent_size[1] * factor
+        rows = embeds.shape[0]
+        resolution = torch.tensor([height, width]).repeat(rows, 1).to(dtype=embeds.dtype, device=self.device)
+        aspect = torch.tensor([float(height / width)]).repeat(rows, 1).to(dtype=embeds.dtype, device=self.device)
+        return {"resolution": resolution, "aspect_ratio": aspect}
+
+    def _call(self, x, t, embeds, added):
+        timestep = torch.as_tensor(t, device=x.device)
+        timestep = (timestep[None] if timestep.ndim == 0 else timestep).expand(x.shape[0])
+        micro = {"resolution": added.get("resolution"), "aspect_ratio": added.get("aspect_ratio")}
+        kwargs = {"cross_attention_kwargs": self.model_kwargs} if self.model_kwargs else {}
+        out = self.model(
+            x,
+            encoder_hidden_states=embeds,
+            encoder_attention_mask=added["encoder_attention_mask"],
+            timestep=timestep,
+            added_cond_kwargs=micro,
+            return_dict=False,
+            **kwargs,
+        )[0]
+        if self.core.config.out_channels // 2 == self.latent_channels:  # learned sigma: keep the prediction half
+            out = out.chunk(2, dim=1)[0]
+        return out
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """As the stock pipeline: decode, resize and crop back to the requested size when binned, then to [0, 1]."""
+        if self.output_size is None:
+            return super().decode(latents)
+        self.cost.vae_decodes += latents.shape[0]
+        images = self.vae.decode(latents.to(self.vae.dtype) / self.vae_scaling_factor).sample
+        images = self.pipe.image_processor.resize_and_crop_tensor(images, self.output_size[1], self.output_size[0])
+        return (images / 2 + 0.5).clamp(0, 1).to(latents.dtype)
+
+
+ADAPTERS: tuple[type[Denoiser], ...] = (SDXLDenoiser, UNetDenoiser, SD3Denoiser, FluxDenoiser, PixArtDenoiser)
+
+
+def adapter_class(pipe) -> type[Denoiser]:
+    """The adapter of the pipeline's family, from its component types."""
+    for cls in ADAPTERS:
+        if cls.handles(pipe):
+            return cls
+    raise ValueError(
+        f"{type(pipe).__name__} has no UNet2DConditionModel, SD3Transformer2DModel, FluxTransformer2DModel or "
+        "PixArtTransformer2DModel; latentalign supports Stable Diffusion 1.x/2.x/XL/3, Flux and PixArt pipelines"
+    )

@@ -32,6 +32,25 @@ def _train_world(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_flow(args: argparse.Namespace) -> int:
+    from .training.flow import FlowTrainConfig
+
+    cfg = FlowTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)  # validates before work
+    import torch
+
+    from .pipeline import SHAPES_FLOW_WEIGHTS
+    from .training.flow import train_flow
+
+    torch.set_num_threads(args.threads)
+    final = train_flow(args.out, cfg)
+    if args.ship:
+        if SHAPES_FLOW_WEIGHTS.exists():
+            shutil.rmtree(SHAPES_FLOW_WEIGHTS)
+        shutil.copytree(final, SHAPES_FLOW_WEIGHTS)
+        print(f"shipped to {SHAPES_FLOW_WEIGHTS}")
+    return 0
+
+
 def _train_scorer(args: argparse.Namespace) -> int:
     from .training.scorer import ScorerTrainConfig
 
@@ -482,6 +501,17 @@ def build_parser() -> argparse.ArgumentParser:
     tw.add_argument("--threads", type=int, default=2)
     tw.add_argument("--ship", action="store_true", help="copy the result into the package as the embedded default")
     tw.set_defaults(func=_user_errors(_train_world))
+    tf = train_sub.add_parser(
+        "flow", help="train shapes-flow: SD3's architecture by rectified flow over the Shapes VAE (resumable)"
+    )
+    tf.add_argument("--out", default="runs/flow", help="working folder: checkpoint/ and the final pipeline/")
+    tf.add_argument("--steps", type=int, default=5000)
+    tf.add_argument("--batch", type=int, default=64)
+    tf.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
+    tf.add_argument("--seed", type=int, default=1, help="seeds weights, scenes, batches (1: the shipped run)")
+    tf.add_argument("--threads", type=int, default=2)
+    tf.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-flow'")
+    tf.set_defaults(func=_user_errors(_train_flow))
     ts = train_sub.add_parser(
         "scorer",
         help="train a Shapes scorer: InfoNCE with grammar hard negatives (resumable; runs under accelerate launch)",

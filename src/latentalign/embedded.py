@@ -6,8 +6,13 @@ from pathlib import Path
 
 SHAPES = "shapes"
 SHAPES_ONE_STEP = "shapes-one-step"  # the Shapes pipeline distilled into one step (`latentalign train one-step`)
+SHAPES_FLOW = "shapes-flow"  # SD3's architecture trained by rectified flow on the same world (`latentalign train flow`)
 WEIGHTS = Path(__file__).parent / "weights"
-EMBEDDED_PIPELINES = {SHAPES: WEIGHTS / "shapes", SHAPES_ONE_STEP: WEIGHTS / "shapes_one_step"}
+EMBEDDED_PIPELINES = {
+    SHAPES: WEIGHTS / "shapes",
+    SHAPES_ONE_STEP: WEIGHTS / "shapes_one_step",
+    SHAPES_FLOW: WEIGHTS / "shapes_flow",
+}
 SHAPES_SCORERS = WEIGHTS / "shapes_scorers"  # <kind>/ for pixel, latent, noisy
 
 

@@ -140,6 +140,12 @@ def resolve_run(
     callback_on_step_end=None,
     callback_on_step_end_tensor_inputs=None,
     max_batch=None,
+    max_sequence_length=None,
+    true_cfg_scale=None,
+    clean_caption=None,
+    use_resolution_binning=None,
+    prompt_attention_mask=None,
+    negative_prompt_attention_mask=None,
     given: set[str] = frozenset(),
 ) -> Run:
     """Check every argument against the pipeline and the stages, then encode the prompts: no denoiser call."""
@@ -240,12 +246,27 @@ def resolve_run(
     model_kwargs = cross_attention_kwargs if cross_attention_kwargs is not None else joint_attention_kwargs
     if model_kwargs is not None and not isinstance(model_kwargs, dict):
         raise ValueError("cross_attention_kwargs / joint_attention_kwargs must be a dict")
-    den = Denoiser(pipe, Cost(), height=height, width=width, model_kwargs=model_kwargs)  # its cost is the run's
+    family = {  # the family's own call arguments (checked against the pipeline's __call__ above)
+        "max_sequence_length": max_sequence_length,
+        "true_cfg_scale": true_cfg_scale,
+        "clean_caption": clean_caption,
+        "use_resolution_binning": use_resolution_binning,
+        "prompt_attention_mask": prompt_attention_mask,
+        "negative_prompt_attention_mask": negative_prompt_attention_mask,
+    }
+    family = {k: v for k, v in family.items() if v is not None}
+    if max_sequence_length is not None:
+        check_positive_int("max_sequence_length", max_sequence_length)
+    if true_cfg_scale is not None:
+        check_finite("true_cfg_scale", true_cfg_scale, minimum=0)
+    for name in ("prompt_attention_mask", "negative_prompt_attention_mask"):
+        _is_tensor(name, family.get(name), 2)
+    den = Denoiser(pipe, Cost(), height=height, width=width, model_kwargs=model_kwargs, options=family)
     if latents is not None and tuple(latents.shape) != (images, *den.latent_shape):
         raise ValueError(f"latents must have shape {(images, *den.latent_shape)}, got {tuple(latents.shape)}")
     if prompt_embeds is not None and prompt_embeds.shape[-1] != den.text_dim:
         raise ValueError(f"prompt_embeds must be {den.text_dim} wide for this pipeline, got {prompt_embeds.shape[-1]}")
-    if den.family in ("sdxl", "sd3"):  # as the stock SDXL / SD3 check_inputs ask
+    if den.needs_pooled_embeds:  # as the stock SDXL / SD3 / Flux check_inputs ask
         if prompt_embeds is not None and pooled_prompt_embeds is None:
             raise ValueError(f"{type(pipe).__name__}: prompt_embeds need pooled_prompt_embeds beside them")
         if negative_prompt_embeds is not None and negative_pooled_prompt_embeds is None:
@@ -264,6 +285,7 @@ def resolve_run(
     if "guidance_rescale" in accepted:
         settings["guidance_rescale"] = guidance_rescale
     given_too = {"timesteps": timesteps, "sigmas": sigmas, "clip_skip": clip_skip, "negative_prompt": negative_prompt}
+    given_too.update({k: v for k, v in family.items() if not isinstance(v, torch.Tensor)})
     settings.update({k: list(v) if k in ("timesteps", "sigmas") else v for k, v in given_too.items() if v is not None})
     encoding = dict(
         prompts=None if prompt is None else list(prompts),

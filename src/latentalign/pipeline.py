@@ -7,15 +7,25 @@ import shutil
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    FlowMatchEulerDiscreteScheduler,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from .embedded import EMBEDDED_PIPELINES, SHAPES, SHAPES_ONE_STEP, SHAPES_SCORERS, config, embedded_folder
-from .tokenizer import build_clip_tokenizer
+from .embedded import EMBEDDED_PIPELINES, SHAPES, SHAPES_FLOW, SHAPES_ONE_STEP, SHAPES_SCORERS, config, embedded_folder
+from .tokenizer import build_clip_tokenizer, build_t5_tokenizer
 from .world import words
 
 SHAPES_WEIGHTS = EMBEDDED_PIPELINES[SHAPES]
 SHAPES_ONE_STEP_WEIGHTS = EMBEDDED_PIPELINES[SHAPES_ONE_STEP]
+SHAPES_FLOW_WEIGHTS = EMBEDDED_PIPELINES[SHAPES_FLOW]
 __all__ = ["SHAPES_SCORERS", "config"]  # re-exported: they moved to the leaf module `embedded`
 SHAPES_GUIDANCE = 1.5  # best overall accuracy on train-split prompts (benchmarks/guidance_sweep.py)
 SHAPES_STEPS = 20  # DDIM steps the shipped Shapes pipeline is evaluated at
@@ -66,6 +76,60 @@ def build_shapes_components(seed: int = 0) -> dict:
     }
 
 
+def shapes_flow_scheduler_config(shift: float = 1.0) -> dict:
+    """SD3's scheduler; `shift` > 1 spends more of the steps at high noise (SD3 ships 3.0 for 1024 px)."""
+    return dict(num_train_timesteps=1000, shift=shift)
+
+
+def zero_t5(tokenizer, width: int) -> T5EncoderModel:
+    """A T5 encoder whose output is exactly zero (its final RMS norm's weight is 0): what the stock SD3 pipeline
+    feeds in T5's place when `text_encoder_3=None`, as a component stock `from_pretrained` loads (it refuses a
+    folder saved without T5). shapes-flow reads only its CLIPs; with or without this T5 it makes the same images."""
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=width,
+        d_kv=8,
+        d_ff=16,
+        num_layers=1,
+        num_heads=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )
+    model = T5EncoderModel(config)
+    torch.nn.init.zeros_(model.encoder.final_layer_norm.weight)
+    return model.eval()
+
+
+def build_shapes_flow_components(seed: int = 0, vae: AutoencoderKL | None = None) -> dict:
+    """Random-weight components of the flow-matching Shapes pipeline in SD3's layout: an MMDiT, two CLIP text
+    encoders with projection (their pooled outputs concatenate to the pooled projection, their penultimate
+    states to the joint attention width), a T5 of zeros (`zero_t5`: `text_encoder_3=None` gives the same images),
+    the Shapes VAE (`vae`, the trained one, or a fresh one)."""
+    torch.manual_seed(seed)
+    text = config("shapes_flow_text")
+    tokenizer = build_clip_tokenizer(words(), model_max_length=text["max_position_embeddings"])
+    ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    text_cfg = CLIPTextConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **ids, **text)
+    t5_tokenizer = build_t5_tokenizer(words(), model_max_length=512)
+    return {
+        "transformer": SD3Transformer2DModel(**config("shapes_flow_transformer")),
+        "vae": vae if vae is not None else AutoencoderKL(**config("shapes_vae")),
+        "text_encoder": CLIPTextModelWithProjection(text_cfg),
+        "tokenizer": tokenizer,
+        "text_encoder_2": CLIPTextModelWithProjection(text_cfg),
+        "tokenizer_2": tokenizer,
+        "text_encoder_3": zero_t5(t5_tokenizer, config("shapes_flow_transformer")["joint_attention_dim"]),
+        "tokenizer_3": t5_tokenizer,
+        "scheduler": FlowMatchEulerDiscreteScheduler(**shapes_flow_scheduler_config()),
+    }
+
+
+def assemble_flow(components: dict) -> StableDiffusion3Pipeline:
+    """A stock `StableDiffusion3Pipeline` from components."""
+    return StableDiffusion3Pipeline(**components)
+
+
 def assemble(components: dict) -> StableDiffusionPipeline:
     """A stock `StableDiffusionPipeline` from components (no safety checker: the Shapes world has no people)."""
     return StableDiffusionPipeline(
@@ -111,16 +175,30 @@ def load_pipeline(
     *,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    offload: str | None = None,
     **components,
 ) -> DiffusionPipeline:
     """Load a diffusers pipeline: "shapes" (the embedded default), "shapes-one-step" (it, distilled into one
-    step), a local folder, or a Hub id. `components` go to `DiffusionPipeline.from_pretrained` as they would in
-    diffusers: e.g. `text_encoder_3=None, tokenizer_3=None` loads SD3 without T5, or `scheduler=...` swaps one."""
+    step), "shapes-flow" (SD3's architecture, flow matching), a local folder, or a Hub id (SD 1.x/2.x/XL/3,
+    `black-forest-labs/FLUX.1-schnell`, `PixArt-alpha/PixArt-XL-2-512x512`, ...). `components` go to
+    `DiffusionPipeline.from_pretrained` as they would in diffusers: e.g. `text_encoder_3=None, tokenizer_3=None`
+    loads SD3 without T5, or `scheduler=...` swaps one. `dtype`: Flux is released in bfloat16, PixArt in float16.
+    `offload`: "model" (`enable_model_cpu_offload`: one model on the GPU at a time, what Flux and SD3 users on a
+    24 GB card need) or "sequential" (`enable_sequential_cpu_offload`: layer by layer, slowest, least memory);
+    it needs a CUDA device and replaces `device`."""
+    if offload not in (None, "model", "sequential"):
+        raise ValueError(f"offload must be 'model' or 'sequential', got {offload!r}")
+    if offload is not None and device is not None:
+        raise ValueError("pass device= or offload=, not both: an offloaded pipeline moves its models itself")
+    if offload is not None and not torch.cuda.is_available():
+        raise ValueError(f"offload={offload!r} needs a CUDA device; none is available")
     embedded = embedded_folder(name_or_path)
     if embedded is not None:
         path: str | Path = embedded
         if not (embedded / "model_index.json").exists():
-            how = "train world --ship" if name_or_path == SHAPES else "train one-step --ship"
+            how = {SHAPES: "train world --ship", SHAPES_FLOW: "train flow --ship"}.get(
+                str(name_or_path), "train one-step --ship"
+            )
             raise FileNotFoundError(
                 f"the embedded pipeline {name_or_path!r} is missing from {embedded}; "
                 f"rebuild it with `latentalign {how}`"
@@ -155,5 +233,9 @@ def load_pipeline(
         raise FileNotFoundError(f"{e} (latentalign loads safetensors weights only, never pickle .bin files)") from None
     if device is not None:
         pipe = pipe.to(device)
+    if offload == "model":
+        pipe.enable_model_cpu_offload()
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload()
     pipe.set_progress_bar_config(disable=True)
     return pipe

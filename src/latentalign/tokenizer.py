@@ -74,3 +74,24 @@ def build_clip_tokenizer(words: list[str] | tuple[str, ...], model_max_length: i
         if len(ids) != 1:
             raise RuntimeError(f"tokenizer construction failed: {w!r} -> {tok.convert_ids_to_tokens(ids)}")
     return tok
+
+
+def build_t5_tokenizer(words: list[str] | tuple[str, ...], model_max_length: int = 512):
+    """Build a T5 (SentencePiece Unigram) tokenizer in which every word of `words` is one piece ("▁word").
+
+    Any other text still tokenizes, letter by letter, as T5's falls back on pieces; no model file is downloaded.
+    """
+    from transformers import T5Tokenizer
+
+    words = sorted({w.lower() for w in words})
+    if not words or any(not w.isalpha() for w in words):
+        raise ValueError("build_t5_tokenizer needs a non-empty list of alphabetic words")
+    letters = sorted({c for c in "abcdefghijklmnopqrstuvwxyz" + "".join(words)})
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(f"▁{w}", -1.0) for w in words] + [(c, -5.0) for c in letters]
+    tok = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+    for w in words:
+        ids = tok(w, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise RuntimeError(f"tokenizer construction failed: {w!r} -> {tok.convert_ids_to_tokens(ids)}")
+    return tok

@@ -7,7 +7,8 @@ subject token, a map over the latent grid: start token dropped, x100, softmax ov
 the first `update_until` of the steps, and at the `refine_at` steps it is refined until the loss is at most
 1 - threshold (or `max_refine_iterations` extra steps). On UNet pipelines (SD 1.x/2.x/XL) the maps are the
 cross-attention layers'; on SD3 (flow matching) they are the joint attention's image-to-text block, renormalised
-over the text keys, and the subject tokens are positions among CLIP's 77 tokens (T5's follow them).
+over the text keys, and the subject tokens are positions among CLIP's 77 tokens (T5's follow them); on Flux
+the double- and single-stream blocks' image-to-text attention over T5's tokens; on PixArt its cross-attention.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from ..core import check_positive_int, sampling_defaults
 from .base import StepStage, register
 
 
-def subject_tokens(pipe, prompt: str, words: list[str] | None) -> list[int]:
-    """Token positions of the subject words in the prompt's encoding (each word's first sub-token, every time it
-    occurs). On the Shapes world the default subjects are the prompt's shape nouns."""
+def subject_tokens(pipe, prompt: str, words: list[str] | None, tokenizer=None) -> list[int]:
+    """Token positions of the subject words in the prompt's encoding by `tokenizer` (the pipeline's first by
+    default; Flux's attention reads T5's): each word's first sub-token, every time it occurs. On the Shapes world
+    the default subjects are the prompt's shape nouns."""
+    tokenizer = pipe.tokenizer if tokenizer is None else tokenizer
     if words is None:
         if sampling_defaults(pipe).world != "shapes":
             raise ValueError("attention refinement needs words=[...]: the subject words of the prompt to excite")
@@ -33,10 +36,10 @@ def subject_tokens(pipe, prompt: str, words: list[str] | None) -> list[int]:
 
         shapes = set(vocabulary()["shapes"])
         words = [w for w in prompt.split() if w in shapes or w[:-1] in shapes]  # "circle", "circles"
-    ids = pipe.tokenizer(prompt).input_ids
+    ids = tokenizer(prompt).input_ids
     positions = []
     for word in words:
-        first = pipe.tokenizer(word, add_special_tokens=False).input_ids[:1]
+        first = tokenizer(word, add_special_tokens=False).input_ids[:1]
         found = [i for i, tok in enumerate(ids) if first and tok == first[0]]
         if not found:
             raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}")
@@ -56,14 +59,20 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
 
 
 def attend_and_excite_loss(
-    maps: torch.Tensor, tokens: list[int], last: int, smooth: bool = True, grid: tuple[int, int] | None = None
+    maps: torch.Tensor,
+    tokens: list[int],
+    last: int,
+    smooth: bool = True,
+    grid: tuple[int, int] | None = None,
+    first: int = 1,
 ) -> torch.Tensor:
     """max over subject tokens of 1 - max_p A_token[p] for one prompt's maps (size^2, tokens); `last` is the end
-    token's position (tokens from 1 to last - 1 compete in the softmax)."""
+    token's position, `first` the first word's (1 after CLIP's start token, 0 for T5, which has none): tokens
+    from `first` to last - 1 compete in the softmax."""
     side = int(math.isqrt(maps.shape[0]))
     height, width = grid if grid is not None else (side, side)
-    text = (maps[:, 1:last] * 100).softmax(-1)
-    per_token = text[:, [i - 1 for i in tokens]].T.reshape(len(tokens), height, width)
+    text = (maps[:, first:last] * 100).softmax(-1)
+    per_token = text[:, [i - first for i in tokens]].T.reshape(len(tokens), height, width)
     if smooth:
         per_token = gaussian_smooth(per_token)
     return (1 - per_token.flatten(1).max(-1).values).max()
@@ -117,14 +126,17 @@ class AttentionRefinement(StepStage):
             raise ValueError(f"no cross-attention layer works at {size}x{size}; the model has {available}")
         words = None if self.words is None else list(self.words)
         prompts = sorted(set(run.prompts))
-        tokens = {p: subject_tokens(run.pipe, p, words) for p in prompts}
-        lasts = {p: len(run.pipe.tokenizer(p).input_ids) - 1 for p in prompts}
+        tokenizer = den.attention_tokenizer
+        tokens = {p: subject_tokens(run.pipe, p, words, tokenizer) for p in prompts}
+        lasts = {p: len(tokenizer(p).input_ids) - 1 for p in prompts}
+        first = int(tokenizer.bos_token_id is not None and tokenizer("").input_ids[:1] == [tokenizer.bos_token_id])
         steps = run.steps
         lo, hi = self.scale_range
         return {
             "size": size,
             "tokens": tokens,
             "lasts": lasts,
+            "first": first,
             "refine": {min(steps - 1, round(f * steps)): th for f, th in self.refine_at},
             "update_steps": round(self.update_until * steps),
             "alphas": [self.step_size * math.sqrt(lo + (hi - lo) * i / max(steps - 1, 1)) for i in range(steps)],
@@ -170,6 +182,7 @@ class AttentionRefinement(StepStage):
                             plan["lasts"][run.prompt_of(r)],
                             self.smooth,
                             grid,
+                            plan["first"],
                         )
                         for j, r in enumerate(rows)
                     ]

@@ -125,7 +125,7 @@ def resolve_scorer(scorer, pipe, method: str, shapes_default: str | None = None)
         scorer = shapes_default
     if not isinstance(scorer, str):
         raise ValueError(f"scorer must be a Scorer, a folder or a shipped name, got {type(scorer).__name__}")
-    return shared_scorer(scorer, vae=pipe.vae)
+    return shared_scorer(scorer, vae=pipe.vae).for_pipeline_latents(pipe.vae)
 
 
 def check_scorer_reads(scorer, den) -> None:

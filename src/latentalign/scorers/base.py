@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class Scorer(nn.Module):
     space: str = ""  # one of SPACES: what `score` reads
     kind: str = ""  # the name `save_scorer` records: "pixel", "latent" or "noisy"
     needs_t: bool = False
+    # latent scorers read raw VAE latents: the pipeline's latents / vae_scaling_factor + vae_shift_factor
+    vae_scaling_factor: float | None = None
+    vae_shift_factor: float = 0.0
 
     def __init__(self, clip: CLIPModel, tokenizer):
         super().__init__()
@@ -70,6 +74,25 @@ class Scorer(nn.Module):
     @property
     def in_channels(self) -> int:
         return self.clip.config.vision_config.num_channels
+
+    def raw_latents(self, x: torch.Tensor) -> torch.Tensor:
+        """The pipeline's latents as the VAE's encoder gives them (undoing the pipeline's scaling and shift)."""
+        return x / self.vae_scaling_factor + self.vae_shift_factor
+
+    def for_pipeline_latents(self, vae) -> Scorer:
+        """This scorer reading latents as a pipeline with `vae` makes them (its `scaling_factor`, and SD3's
+        `shift_factor`): a shallow copy sharing the weights when they differ from the saved ones, else itself.
+        One VAE serves pipelines with different latent conventions ("shapes" and "shapes-flow" share theirs)."""
+        from ..adapters import vae_shift
+
+        if self.vae_scaling_factor is None:
+            return self
+        scaling, shift = float(vae.config.scaling_factor), vae_shift(vae)
+        if (scaling, shift) == (self.vae_scaling_factor, self.vae_shift_factor):
+            return self
+        view = copy.copy(self)
+        view.vae_scaling_factor, view.vae_shift_factor = scaling, shift
+        return view
 
     @property
     def latent_size(self) -> int | None:

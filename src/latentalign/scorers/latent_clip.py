@@ -78,8 +78,9 @@ class LatentCLIPScorer(Scorer):
 
     def stem_cells(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """What the vision tower's patch embedding reads: the unscaled latents, through the stem if there is one."""
-        # Latent-CLIP was trained on raw VAE posterior samples; the pipeline's latents carry the scaling factor.
-        x = x / self.vae_scaling_factor
+        # Latent-CLIP was trained on raw VAE posterior samples; the pipeline's latents carry the scaling factor
+        # (and SD3-style pipelines a shift: `Scorer.for_pipeline_latents`)
+        x = x / self.vae_scaling_factor + self.vae_shift_factor
         return x if self.stem is None else self.stem(x)
 
     def tower_features(self, cells: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:

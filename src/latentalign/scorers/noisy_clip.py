@@ -123,9 +123,9 @@ class NoisyCLIPScorer(Scorer):
         else the unscaled latents or the preprocessed preview. `t` has one entry per latent."""
         if self.stem is not None:
             plane = (t.float() / 1000).to(x.dtype)[:, None, None, None].expand(-1, 1, *x.shape[-2:])
-            return self.stem(torch.cat([x / self.vae_scaling_factor, plane], dim=1))
+            return self.stem(torch.cat([self.raw_latents(x), plane], dim=1))
         if self.preview_matrix is None:
-            return x / self.vae_scaling_factor
+            return self.raw_latents(x)
         size = self.clip.config.vision_config.image_size
         return clip_preprocess(self.preview(x), size, self.image_mean, self.image_std)
 
@@ -141,7 +141,7 @@ class NoisyCLIPScorer(Scorer):
         """The pipeline's (scaled) latents -> the fixed linear RGB preview in [0, 1], at latent resolution."""
         if self.preview_matrix is None:
             raise ValueError("this NoisyCLIP reads latents directly: it has no preview map")
-        rgb = torch.einsum("oc,nchw->nohw", self.preview_matrix.to(z.dtype), z / self.vae_scaling_factor)
+        rgb = torch.einsum("oc,nchw->nohw", self.preview_matrix.to(z.dtype), self.raw_latents(z))
         return (rgb + self.preview_bias.to(z.dtype)[:, None, None]).clamp(0, 1)
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:

@@ -1,0 +1,247 @@
+"""Rectified flow (Liu et al., 2022; Esser et al., 2024, SD3): the Shapes world's flow-matching pipeline.
+
+An `SD3Transformer2DModel` and two CLIP text encoders with projection, trained from scratch on rendered
+train-split scenes, over the shipped Shapes VAE's latents (the VAE is shared with "shapes", frozen; only its
+config gains SD3's `shift_factor` and a `scaling_factor` for the shifted latents, both measured on the pool):
+- x_t = (1 - s) x0 + s e, the transformer predicts the velocity e - x0 at timestep 1000 s (SD3's convention,
+  which `FlowMatchEulerDiscreteScheduler` integrates); s is drawn logit-normal (SD3's default sampling, m=0, s=1);
+- captions dropped to "" at `cond_dropout` for classifier-free guidance, an EMA of the weights shipped;
+- the text the transformer reads is exactly what the stock `StableDiffusion3Pipeline` builds without T5: both
+  CLIPs' penultimate states side by side, then `max_sequence_length` (256) zero tokens in T5's place. Those
+  zeros are identical tokens, so they stay identical through every block, and attention over n copies equals
+  attention over one with log(n) added to its logit: training keeps one copy and that bias (`RepeatedLastToken`),
+  5x cheaper than feeding 256 (tests/test_flow.py checks it against the stock pipeline's own embeddings).
+Resumable from atomic checkpoints; held-out prompts are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from tqdm.auto import tqdm
+
+from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
+from ..embedded import SHAPES
+from ..world.dataset import build_dataset
+from .world import _captions, _encode_pool, _gen, _to_tensor, warmup_cosine_lr
+
+T5_ZERO_TOKENS = 256  # the stock SD3 pipeline's default max_sequence_length: its zero T5 block has this many rows
+
+
+@dataclass(frozen=True)
+class FlowTrainConfig:
+    steps: int = 5000  # ~45 min on 2 cores (0.5 s a step)
+    batch: int = 64
+    lr: float = 3e-4
+    warmup: int = 200
+    cond_dropout: float = 0.1  # empty prompt this often, for classifier-free guidance
+    ema_decay: float = 0.999
+    logit_mean: float = 0.0  # SD3's logit-normal timestep sampling
+    logit_std: float = 1.0
+    pool_size: int = 40000  # rendered train scenes, as for "shapes"
+    split: str = "train"
+    category_weights: tuple[float, ...] = (0.1, 0.25, 0.4, 0.25)  # as "shapes": relations are learnt slowest
+    inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
+    checkpoint_every: int = 250
+    seed: int = 1
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch < 1 or self.pool_size < 1:
+            raise ValueError(
+                f"steps, batch and pool_size must be >= 1, got {self.steps}, {self.batch}, {self.pool_size}"
+            )
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1), got {self.cond_dropout}")
+        if self.logit_std <= 0:
+            raise ValueError(f"logit_std must be positive, got {self.logit_std}")
+
+
+class RepeatedLastToken:
+    """SD3's joint attention with the last text token standing for `repeats` identical copies of itself
+    (log(repeats) on its attention logit): equal to feeding the copies, at the cost of one."""
+
+    def __init__(self, repeats: int):
+        from diffusers.models.attention_processor import JointAttnProcessor2_0
+
+        self.bias = math.log(repeats)
+        self.inner = JointAttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        batch = hidden_states.shape[0]
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
+
+        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        if attn.norm_q is not None:
+            q, k = attn.norm_q(q), attn.norm_k(k)
+        cq, ck = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
+        cv = heads(attn.add_v_proj(encoder_hidden_states))
+        if attn.norm_added_q is not None:
+            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
+        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
+        mask = torch.zeros(1, k.shape[2], dtype=q.dtype, device=q.device)
+        mask[0, -1] = self.bias
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * (out.shape[-1]))
+        image, text = out[:, : hidden_states.shape[1]], out[:, hidden_states.shape[1] :]
+        if not attn.context_pre_only:
+            text = attn.to_add_out(text)
+        image = attn.to_out[1](attn.to_out[0](image))
+        return image, text
+
+
+def text_states(text_encoders, ids: torch.Tensor, joint_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What `StableDiffusion3Pipeline.encode_prompt` builds from the CLIPs (before T5's block): penultimate
+    hidden states side by side, zero-padded to `joint_dim`, plus one zero token for the T5 block; pooled
+    projections side by side."""
+    outs = [te(ids, output_hidden_states=True) for te in text_encoders]
+    seq = torch.cat([o.hidden_states[-2] for o in outs], -1)
+    seq = F.pad(seq, (0, joint_dim - seq.shape[-1]))
+    seq = torch.cat([seq, seq.new_zeros(seq.shape[0], 1, joint_dim)], 1)
+    return seq, torch.cat([o.text_embeds for o in outs], -1)
+
+
+def compressed_t5(transformer, repeats: int = T5_ZERO_TOKENS):
+    """Install `RepeatedLastToken` on every joint attention of `transformer`; returns the processors to restore."""
+    original = transformer.attn_processors
+    transformer.set_attn_processor(
+        {n: RepeatedLastToken(repeats) if n.endswith(".attn.processor") else p for n, p in original.items()}
+    )
+    return original
+
+
+def flow_matching_loss(transformer, text_encoders, z0, ids, noise, sigma) -> dict[str, torch.Tensor]:
+    """Rectified flow's velocity regression at noise levels `sigma` (the transformer under `compressed_t5`)."""
+    s = sigma.view(-1, 1, 1, 1)
+    zt = (1 - s) * z0 + s * noise
+    seq, pooled = text_states(text_encoders, ids, transformer.config.joint_attention_dim)
+    pred = transformer(zt, encoder_hidden_states=seq, pooled_projections=pooled, timestep=sigma * 1000).sample
+    return {"flow": F.mse_loss(pred, noise - z0)}
+
+
+def logit_normal(cfg: FlowTrainConfig, n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
+
+
+def _config_json(cfg: FlowTrainConfig) -> dict:
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def shapes_vae() -> AutoencoderKL:
+    """The shipped Shapes VAE, frozen."""
+    from ..pipeline import SHAPES_WEIGHTS
+
+    if not (SHAPES_WEIGHTS / "vae").exists():
+        raise FileNotFoundError(
+            f"the Shapes VAE is missing from {SHAPES_WEIGHTS}; run `latentalign train world --ship`"
+        )
+    return AutoencoderKL.from_pretrained(SHAPES_WEIGHTS / "vae", use_safetensors=True).eval().requires_grad_(False)
+
+
+def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log=print) -> Path:
+    """Train and save the flow-matching Shapes pipeline to `out/pipeline`; resumes from `out/checkpoint`."""
+    from ..pipeline import assemble_flow, build_shapes_flow_components
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    t_start = time.time()
+    vae = shapes_vae()
+    comps = build_shapes_flow_components(cfg.seed, vae)
+    ema = build_shapes_flow_components(cfg.seed, vae)
+    trained = ["transformer", "text_encoder", "text_encoder_2"]
+    modules = {**{n: comps[n] for n in trained}, **{f"ema_{n}": ema[n] for n in trained}}
+    params = [p for n in trained for p in comps[n].parameters()]
+    ema_pairs = [(e, p) for n in trained for e, p in zip(ema[n].parameters(), comps[n].parameters(), strict=True)]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    meta = {"step": 0, "seconds": 0.0, "losses": {}}
+    recover_checkpoint(ckpt)
+    if checkpoint_exists(ckpt, _config_json(cfg)):
+        meta = load_checkpoint(ckpt, modules, opt)
+        log(f"resuming from {ckpt} at step {meta['step']}")
+    else:
+        for n in trained:
+            ema[n].load_state_dict(comps[n].state_dict())
+    t_start -= meta["seconds"]
+
+    images, prompts = build_dataset(cfg.pool_size, seed=cfg.seed, split=cfg.split, weights=list(cfg.category_weights))
+    captions = _captions(prompts, cfg)
+    lat_mean, lat_std = _encode_pool(vae, _to_tensor(images))
+    shift = float(lat_mean.mean())
+    scaling = float(1.0 / (lat_mean - shift).std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scaling)
+    log(f"VAE shift {shift:.4f}, scaling {scaling:.4f} (measured on the pool's posterior means)")
+
+    tok = comps["tokenizer"]
+    ids_all = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+    ids_all = ids_all.input_ids
+    ids_empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids[0]
+    transformer = comps["transformer"]
+    text_encoders = [comps["text_encoder"], comps["text_encoder_2"]]
+    compressed_t5(transformer)
+    for n in trained:
+        comps[n].train()
+    bar = tqdm(range(meta["step"], cfg.steps), desc="train flow", initial=meta["step"], total=cfg.steps)
+    for step in bar:
+        g = _gen(cfg.seed + 1, step)
+        idx = torch.randint(0, len(lat_mean), (cfg.batch,), generator=g)
+        z0 = (lat_mean[idx] + lat_std[idx] * torch.randn(lat_mean[idx].shape, generator=g) - shift) * scaling
+        noise = torch.randn(z0.shape, generator=g)
+        sigma = logit_normal(cfg, cfg.batch, g)
+        ids = ids_all[idx].clone()
+        ids[torch.rand(cfg.batch, generator=g) < cfg.cond_dropout] = ids_empty
+        for group in opt.param_groups:
+            group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
+        loss = flow_matching_loss(transformer, text_encoders, z0, ids, noise, sigma)["flow"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for e, p in ema_pairs:
+                e.lerp_(p, 1 - decay)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            meta.update(step=step + 1, seconds=time.time() - t_start, config=_config_json(cfg))
+            meta["losses"][str(step + 1)] = loss.item()
+            save_checkpoint(ckpt, modules, opt, meta)
+
+    load_checkpoint(ckpt, {f"ema_{n}": ema[n] for n in trained}, None)
+    pipe = assemble_flow({**comps, **{n: ema[n].eval() for n in trained}})
+    final = out / "pipeline"
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".pipeline-"))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    write_flow_defaults(tmp)
+    meta["seconds"] = time.time() - t_start
+    report = {k: v for k, v in meta.items() if k != "param_groups"}
+    report.update(vae_shift_factor=shift, vae_scaling_factor=scaling)
+    (tmp / "training.json").write_text(json.dumps(report, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    log(f"saved {final} after {meta['seconds'] / 60:.1f} min of training")
+    return final
+
+
+# chosen on train prompts by benchmarks/flow_sweep.py (see docs/shapes_flow.md); until then SD3's own defaults
+SHAPES_FLOW_STEPS = 20
+SHAPES_FLOW_GUIDANCE = 3.0
+
+
+def write_flow_defaults(folder: str | Path) -> None:
+    from ..generation import DEFAULTS_FILE
+
+    settings = {"num_inference_steps": SHAPES_FLOW_STEPS, "guidance_scale": SHAPES_FLOW_GUIDANCE, "world": SHAPES}
+    (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
