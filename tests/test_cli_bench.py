@@ -135,6 +135,22 @@ def test_bench_writes_rows_and_resumes(pipe_dir, tmp_path, capsys):
     assert repaired.endswith("\n") and len(read_rows(out)) == 4
 
 
+def test_bench_runs_a_method_and_records_it(pipe_dir, tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench(pipe_dir, out, "--method", "best-of-n", "--n", "2", "--scorer", "shapes-latent") == 0
+    rows = read_rows(out)
+    assert len(rows) == 4
+    assert rows[0]["settings"]["method"] == "best-of-n"
+    assert rows[0]["settings"]["options"] == {"n": 2, "scorer": "shapes-latent"}
+    assert rows[0]["cost"]["denoiser_evals"] == 8  # two candidates of 2 guided steps per image
+    # the first candidate of Best-of-N is the plain image's seed: a plain run is another folder's settings
+    assert bench(pipe_dir, out) == 2 and "settings" in capsys.readouterr().err
+    assert bench(pipe_dir, tmp_path / "x", "--method", "nonsense") == 2
+    assert "unknown method" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert bench(pipe_dir, tmp_path / "y", "--n", "2") == 2  # an option without a method that takes it
+    assert "--n needs --method" in capsys.readouterr().err
+
+
 def test_bench_rejudge_checks_saved_images_again(pipe_dir, tmp_path):
     out = tmp_path / "bench"
     assert bench(pipe_dir, out) == 0

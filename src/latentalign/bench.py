@@ -276,9 +276,13 @@ def run_bench(
     guidance: float | None = None,
     batch: int = 32,
     rejudge: bool = False,
+    method: str = "plain",
+    options: dict | None = None,
 ) -> dict:
     """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary.
 
+    `method` (a registered name or names joined by "+") and its `options` (JSON values: numbers, strings,
+    lists) are recorded in every row's settings, so one folder holds one method's run.
     `rejudge=True` first checks every saved image again with the current checker (after a checker change) and
     rewrites the results file atomically; generation is not repeated."""
     if sampling_defaults(pipe).world != "shapes":
@@ -288,15 +292,21 @@ def run_bench(
     jobs = plan(suites, seeds, split=split, limit_prompts=limit_prompts)
     _, _, steps, guidance = resolve(pipe, jobs[0][1], 0, steps, guidance)
     settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": model_id(pipe)}
+    options = dict(options or {})
+    if method != "plain" or options:  # a plain run's settings stay as they were (committed folders resume)
+        from .methods.base import compose
+
+        compose(method, dict(options))  # unknown methods and options are refused before any work
+        settings.update(method=method, options=json.loads(json.dumps(options)))
 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is not a folder")
     with FolderLock(out):
-        return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge)
+        return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options)
 
 
-def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge) -> dict:
+def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options) -> dict:
     results = out / RESULTS
     existing = read_rows(results)
     for row in existing:
@@ -338,6 +348,8 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
                 seed=[s for _, _, s in chunk],
                 num_inference_steps=steps,
                 guidance_scale=guidance,
+                method=method,
+                **options,
             )
             # Cost is reported per batch; every image in a batch costs the same, so split it evenly.
             cost = {k: round(v / len(chunk), 6) for k, v in result.cost.to_dict().items()}

@@ -247,6 +247,58 @@ def default_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def _method_options(args: argparse.Namespace) -> dict:
+    """--method's stage options from the flags, checked (and the composition built once) before any work."""
+    from .methods.base import compose, method_names
+
+    for flag in ("n", "max_batch"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.iterations is not None and args.iterations < 0:
+        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
+    names = [] if args.method == "plain" else [m.strip() for m in args.method.split("+")]
+    unknown = [m for m in names if m not in method_names() or m == "plain"]
+    if unknown:
+        raise ValueError(f"--method: unknown method {unknown[0]!r}; choose from {', '.join(method_names())}")
+    options = _stage_options(args, names)
+    try:
+        compose(args.method, options)  # refuses nonsense compositions before loading the pipeline
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+    return options
+
+
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--method",
+        default="plain",
+        help="alignment method, or methods joined by '+' acting at different places, e.g. "
+        "noise-projection+early-exit (default: plain sampling; `latentalign methods` lists them)",
+    )
+    p.add_argument(
+        "--projector",
+        default=None,
+        help="noise-projection: a projector folder or shipped name (default: the one the pipeline names)",
+    )
+    p.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
+    p.add_argument(
+        "--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled)"
+    )
+    p.add_argument("--max-batch", type=int, default=None, help="candidates denoised at once (default 64)")
+    p.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
+    p.add_argument(
+        "--words",
+        default=None,
+        help="attention-refinement: comma-separated subject words to excite (Shapes default: the shape nouns)",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="noise-optimization iterations (default: the pipeline's latentalign.json, else 50)",
+    )
+
+
 def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
     """The --flags given, as options of the composition's stages; a flag no stage takes is refused by name."""
     from dataclasses import fields
@@ -305,11 +357,6 @@ def _generate(args: argparse.Namespace) -> int:
         raise ValueError("empty prompt")
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    for flag in ("n", "max_batch"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    if args.iterations is not None and args.iterations < 0:
-        raise ValueError(f"--iterations must be >= 0, got {args.iterations}")
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     _check_settings(args)
@@ -324,18 +371,9 @@ def _generate(args: argparse.Namespace) -> int:
 
     from .bench import file_stem
     from .generation import generate
-    from .methods.base import compose, method_names
     from .pipeline import load_pipeline
 
-    names = [] if args.method == "plain" else [m.strip() for m in args.method.split("+")]
-    unknown = [m for m in names if m not in method_names() or m == "plain"]
-    if unknown:
-        raise ValueError(f"--method: unknown method {unknown[0]!r}; choose from {', '.join(method_names())}")
-    options = _stage_options(args, names)
-    try:
-        compose(args.method, options)  # refuses nonsense compositions before loading the pipeline
-    except TypeError as e:
-        raise ValueError(str(e)) from None
+    options = _method_options(args)
     _check_out(args.out)  # before any work, so a bad --out loses none
     torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
@@ -449,6 +487,7 @@ def _bench(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
     if _world_of(args.model) != "shapes":
         raise ValueError(f"{args.model!r} is not a Shapes-world pipeline: its latentalign.json must say world: shapes")
+    options = _method_options(args)
 
     import torch
 
@@ -469,6 +508,8 @@ def _bench(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         batch=args.batch,
         rejudge=args.rejudge,
+        method=args.method,
+        options=options,
     )
     print(format_table(summary["categories"]))
     print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
@@ -694,35 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("prompt")
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", default="runs/generate", help="folder for <slug>_s<seed>.png, _x8.png and .json")
-    gen.add_argument(
-        "--method",
-        default="plain",
-        help="alignment method, or methods joined by '+' acting at different places, e.g. "
-        "noise-projection+early-exit (default: plain sampling; `latentalign methods` lists them)",
-    )
-    gen.add_argument(
-        "--projector",
-        default=None,
-        help="noise-projection: a projector folder or shipped name (default: the one the pipeline names)",
-    )
-    gen.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
-    gen.add_argument(
-        "--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled)"
-    )
-    gen.add_argument("--max-batch", type=int, default=None, help="candidates denoised at once (default 64)")
     gen.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
-    gen.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")
-    gen.add_argument(
-        "--words",
-        default=None,
-        help="attention-refinement: comma-separated subject words to excite (Shapes default: the shape nouns)",
-    )
-    gen.add_argument(
-        "--iterations",
-        type=int,
-        default=None,
-        help="noise-optimization iterations (default: the pipeline's latentalign.json, else 50)",
-    )
+    _add_method_args(gen)
     _add_sampling_args(gen)
     gen.set_defaults(func=_generate)
 
@@ -755,6 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--rejudge", action="store_true", help="check the saved images of --out again (after a checker change)"
     )
     bench.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
+    _add_method_args(bench)
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
     return parser
