@@ -38,16 +38,12 @@ def _train_flow(args: argparse.Namespace) -> int:
     cfg = FlowTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)  # validates before work
     import torch
 
-    from .pipeline import SHAPES_FLOW_WEIGHTS
-    from .training.flow import train_flow
+    from .training.flow import ship_flow, train_flow
 
     torch.set_num_threads(args.threads)
     final = train_flow(args.out, cfg)
     if args.ship:
-        if SHAPES_FLOW_WEIGHTS.exists():
-            shutil.rmtree(SHAPES_FLOW_WEIGHTS)
-        shutil.copytree(final, SHAPES_FLOW_WEIGHTS)
-        print(f"shipped to {SHAPES_FLOW_WEIGHTS}")
+        print(f"shipped to {ship_flow(final)}")
     return 0
 
 

@@ -235,13 +235,32 @@ def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log
     return final
 
 
-# chosen on train prompts by benchmarks/flow_sweep.py (see docs/shapes_flow.md); until then SD3's own defaults
+# chosen on TRAIN prompts (benchmarks/results/flow_sweep, docs/shapes_flow.md); until a sweep, SD3's own defaults
 SHAPES_FLOW_STEPS = 20
 SHAPES_FLOW_GUIDANCE = 3.0
+SHAPES_FLOW_SHIFT = 1.0
 
 
 def write_flow_defaults(folder: str | Path) -> None:
+    """The recommended steps and guidance beside model_index.json, the schedule's shift in the scheduler's config."""
     from ..generation import DEFAULTS_FILE
 
+    folder = Path(folder)
     settings = {"num_inference_steps": SHAPES_FLOW_STEPS, "guidance_scale": SHAPES_FLOW_GUIDANCE, "world": SHAPES}
-    (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    (folder / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    if scheduler.exists():
+        config = json.loads(scheduler.read_text())
+        scheduler.write_text(json.dumps({**config, "shift": SHAPES_FLOW_SHIFT}, indent=2) + "\n")
+
+
+def ship_flow(folder: str | Path) -> Path:
+    """Copy a trained flow pipeline (`latentalign train flow`) into the package as "shapes-flow", with the
+    defaults chosen for it on train prompts."""
+    from ..pipeline import SHAPES_FLOW_WEIGHTS
+
+    if SHAPES_FLOW_WEIGHTS.exists():
+        shutil.rmtree(SHAPES_FLOW_WEIGHTS)
+    shutil.copytree(folder, SHAPES_FLOW_WEIGHTS)
+    write_flow_defaults(SHAPES_FLOW_WEIGHTS)
+    return SHAPES_FLOW_WEIGHTS
