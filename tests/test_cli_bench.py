@@ -151,6 +151,24 @@ def test_bench_runs_a_method_and_records_it(pipe_dir, tmp_path, capsys):
     assert "--n needs --method" in capsys.readouterr().err
 
 
+def test_report_draws_the_frontier_of_bench_folders(pipe_dir, tmp_path, capsys):
+    plain, best = tmp_path / "plain", tmp_path / "best"
+    assert bench(pipe_dir, plain) == 0
+    assert bench(pipe_dir, best, "--method", "best-of-n", "--n", "2", "--scorer", "shapes-latent") == 0
+    assert main(["report", str(plain), str(best), "--out", str(tmp_path / "report")]) == 0
+    table = json.loads((tmp_path / "report" / "frontier.json").read_text())
+    (runs,) = table.values()  # one model
+    assert [r["label"] for r in runs] == ["plain", "best-of-n n=2 scorer=shapes-latent"]
+    assert [r["denoiser_evals"] for r in runs] == [4, 8] and all(r["images"] == 4 for r in runs)
+    assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
+    other = tmp_path / "other"
+    assert bench(pipe_dir, other, "--limit-prompts", "1") == 0
+    capsys.readouterr()
+    assert main(["report", str(plain), str(other), "--out", str(tmp_path / "r2")]) == 2
+    assert "other prompts or seeds" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "nothing"), "--out", str(tmp_path / "r3")]) == 2
+
+
 def test_bench_rejudge_checks_saved_images_again(pipe_dir, tmp_path):
     out = tmp_path / "bench"
     assert bench(pipe_dir, out) == 0

@@ -522,29 +522,36 @@ class Denoiser:
         negative_pooled_prompt_embeds: torch.Tensor | None = None,
         clip_skip: int | None = None,
         guidance_rescale: float = 0.0,
-        **options,
     ) -> Conditioning:
         """The pipeline's own `encode_prompt`, called as its `__call__` calls it: one row per image (prompts x
-        `num_images_per_prompt`), negative rows when guided (guidance > 1). `options`: the family's call options."""
-        guided = guidance_scale > 1.0
-        pos, neg = self.pipe.encode_prompt(
-            prompts,
-            **self._common(
-                guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
-            ),
-        )
-        return Conditioning(pos, neg if guided else None, float(guidance_scale), guidance_rescale=guidance_rescale)
-
-    def _common(self, guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip):
-        return dict(
-            device=self.device,
+        `num_images_per_prompt`), negative rows when guided (guidance > 1); the family's own call arguments come
+        from `options`."""
+        args = SimpleNamespace(
             num_images_per_prompt=num_images_per_prompt,
-            do_classifier_free_guidance=guided,
-            negative_prompt=negative_prompt,
             prompt_embeds=prompt_embeds,
             negative_prompt_embeds=negative_prompt_embeds,
-            lora_scale=self.model_kwargs.get("scale"),
+            pooled_prompt_embeds=pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
             clip_skip=clip_skip,
+            guidance_rescale=guidance_rescale,
+        )
+        return self._encode(prompts, float(guidance_scale), negative_prompt, args)
+
+    def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
+        guided = guidance_scale > 1.0
+        pos, neg = self.pipe.encode_prompt(prompts, **self._common(guided, negative_prompt, a))
+        return Conditioning(pos, neg if guided else None, guidance_scale, guidance_rescale=a.guidance_rescale)
+
+    def _common(self, guided: bool, negative_prompt, a: SimpleNamespace) -> dict:
+        return dict(
+            device=self.device,
+            num_images_per_prompt=a.num_images_per_prompt,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative_prompt,
+            prompt_embeds=a.prompt_embeds,
+            negative_prompt_embeds=a.negative_prompt_embeds,
+            lora_scale=self.model_kwargs.get("scale"),
+            clip_skip=a.clip_skip,
         )
 
     @property
@@ -706,27 +713,11 @@ class SDXLDenoiser(UNetDenoiser):
         unet = unwrap(getattr(pipe, "unet", None))
         return isinstance(unet, UNet2DConditionModel) and unet.config.addition_embed_type == "text_time"
 
-    def encode(
-        self,
-        prompts,
-        guidance_scale,
-        negative_prompt=None,
-        *,
-        num_images_per_prompt=1,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        pooled_prompt_embeds=None,
-        negative_pooled_prompt_embeds=None,
-        clip_skip=None,
-        guidance_rescale=0.0,
-        **options,
-    ) -> Conditioning:
+    def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
         guided = guidance_scale > 1.0
-        common = self._common(
-            guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
-        )
+        common = self._common(guided, negative_prompt, a)
         pooled_kwargs = dict(
-            pooled_prompt_embeds=pooled_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled_prompt_embeds
+            pooled_prompt_embeds=a.pooled_prompt_embeds, negative_pooled_prompt_embeds=a.negative_pooled_prompt_embeds
         )
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(prompt=prompts, **common, **pooled_kwargs)
         # The stock pipeline's default micro-conditioning: original size = target size = the image size, no crop
@@ -739,9 +730,9 @@ class SDXLDenoiser(UNetDenoiser):
         time_ids = time_ids.to(self.device).repeat(pos.shape[0], 1)
         added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids}
         if not guided:
-            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
+            return Conditioning(pos, None, guidance_scale, added, guidance_rescale=a.guidance_rescale)
         negative_added = {"text_embeds": neg_pooled.to(self.device), "time_ids": time_ids}
-        return Conditioning(pos, neg, float(guidance_scale), added, negative_added, guidance_rescale)
+        return Conditioning(pos, neg, guidance_scale, added, negative_added, a.guidance_rescale)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """As the stock SDXL pipeline decodes: a float16 VAE that asks for it (force_upcast) decodes in float32."""
@@ -790,40 +781,22 @@ class SD3Denoiser(Denoiser):
         retrieve_timesteps(scheduler, num_inference_steps, self.device, timesteps, sigmas, **kwargs)
         return scheduler
 
-    def encode(
-        self,
-        prompts,
-        guidance_scale,
-        negative_prompt=None,
-        *,
-        num_images_per_prompt=1,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        pooled_prompt_embeds=None,
-        negative_pooled_prompt_embeds=None,
-        clip_skip=None,
-        guidance_rescale=0.0,
-        **options,
-    ) -> Conditioning:
+    def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
         guided = guidance_scale > 1.0
-        common = self._common(
-            guided, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, clip_skip
-        )
+        common = self._common(guided, negative_prompt, a)
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             prompt=prompts,
             prompt_2=None,
             prompt_3=None,
             **common,
-            pooled_prompt_embeds=pooled_prompt_embeds,
-            negative_pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            pooled_prompt_embeds=a.pooled_prompt_embeds,
+            negative_pooled_prompt_embeds=a.negative_pooled_prompt_embeds,
             max_sequence_length=self.options["max_sequence_length"],
         )
         added = {"pooled_projections": pooled}
         if not guided:
-            return Conditioning(pos, None, float(guidance_scale), added, guidance_rescale=guidance_rescale)
-        return Conditioning(
-            pos, neg, float(guidance_scale), added, {"pooled_projections": neg_pooled}, guidance_rescale
-        )
+            return Conditioning(pos, None, guidance_scale, added, guidance_rescale=a.guidance_rescale)
+        return Conditioning(pos, neg, guidance_scale, added, {"pooled_projections": neg_pooled}, a.guidance_rescale)
 
     def _call(self, x, t, embeds, added):
         timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
@@ -904,55 +877,41 @@ class FluxDenoiser(Denoiser):
         retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
         return scheduler
 
-    def encode(
-        self,
-        prompts,
-        guidance_scale,
-        negative_prompt=None,
-        *,
-        num_images_per_prompt=1,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        pooled_prompt_embeds=None,
-        negative_pooled_prompt_embeds=None,
-        clip_skip=None,
-        guidance_rescale=0.0,
-        **options,
-    ) -> Conditioning:
-        if clip_skip is not None:
+    def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
+        if a.clip_skip is not None:
             raise TypeError("FluxPipeline takes no 'clip_skip'")
         true_cfg = float(self.options["true_cfg_scale"])
         guided = true_cfg > 1 and (
             negative_prompt is not None
-            or (negative_prompt_embeds is not None and negative_pooled_prompt_embeds is not None)
+            or (a.negative_prompt_embeds is not None and a.negative_pooled_prompt_embeds is not None)
         )
         common = dict(
             device=self.device,
-            num_images_per_prompt=num_images_per_prompt,
+            num_images_per_prompt=a.num_images_per_prompt,
             max_sequence_length=self.options["max_sequence_length"],
             lora_scale=self.model_kwargs.get("scale"),
         )
         pos, pooled, _ = self.pipe.encode_prompt(
             prompt=prompts,
             prompt_2=None,
-            prompt_embeds=prompt_embeds,
-            pooled_prompt_embeds=pooled_prompt_embeds,
+            prompt_embeds=a.prompt_embeds,
+            pooled_prompt_embeds=a.pooled_prompt_embeds,
             **common,
         )
         added = {"pooled_projections": pooled, **self._guidance(guidance_scale, pos.shape[0])}
         if not guided:
-            return Conditioning(pos, None, true_cfg, added, guidance_rescale=guidance_rescale)
+            return Conditioning(pos, None, true_cfg, added, guidance_rescale=a.guidance_rescale)
         if isinstance(negative_prompt, list) and prompts is not None and len(negative_prompt) != len(prompts):
             raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
         neg, neg_pooled, _ = self.pipe.encode_prompt(
             prompt=negative_prompt,
             prompt_2=None,
-            prompt_embeds=negative_prompt_embeds,
-            pooled_prompt_embeds=negative_pooled_prompt_embeds,
+            prompt_embeds=a.negative_prompt_embeds,
+            pooled_prompt_embeds=a.negative_pooled_prompt_embeds,
             **common,
         )
         negative_added = {"pooled_projections": neg_pooled, **self._guidance(guidance_scale, neg.shape[0])}
-        return Conditioning(pos, neg, true_cfg, added, negative_added, guidance_rescale)
+        return Conditioning(pos, neg, true_cfg, added, negative_added, a.guidance_rescale)
 
     def _guidance(self, guidance_scale: float, rows: int) -> dict:
         """The guidance embedding's input, one value per row (the stock pipeline's float32 `guidance`)."""
@@ -1099,30 +1058,16 @@ class PixArtDenoiser(Denoiser):
     def image_size(self) -> tuple[int, int]:
         return self.output_size if self.output_size is not None else super().image_size
 
-    def encode(
-        self,
-        prompts,
-        guidance_scale,
-        negative_prompt=None,
-        *,
-        num_images_per_prompt=1,
-        prompt_embeds=None,
-        negative_prompt_embeds=None,
-        pooled_prompt_embeds=None,
-        negative_pooled_prompt_embeds=None,
-        clip_skip=None,
-        guidance_rescale=0.0,
-        **options,
-    ) -> Conditioning:
+    def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
         guided = guidance_scale > 1.0
         pos, pos_mask, neg, neg_mask = self.pipe.encode_prompt(
             prompts,
             guided,
             negative_prompt="" if negative_prompt is None else negative_prompt,
-            num_images_per_prompt=num_images_per_prompt,
+            num_images_per_prompt=a.num_images_per_prompt,
             device=self.device,
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds,
+            prompt_embeds=a.prompt_embeds,
+            negative_prompt_embeds=a.negative_prompt_embeds,
             prompt_attention_mask=self.options["prompt_attention_mask"],
             negative_prompt_attention_mask=self.options["negative_prompt_attention_mask"],
             clean_caption=self.options["clean_caption"],
@@ -1130,10 +1075,8 @@ class PixArtDenoiser(Denoiser):
         )
         added = {"encoder_attention_mask": pos_mask, **self._micro(pos)}
         if not guided:
-            return Conditioning(pos, None, float(guidance_scale), added)
-        return Conditioning(
-            pos, neg, float(guidance_scale), added, {"encoder_attention_mask": neg_mask, **self._micro(neg)}
-        )
+            return Conditioning(pos, None, guidance_scale, added)
+        return Conditioning(pos, neg, guidance_scale, added, {"encoder_attention_mask": neg_mask, **self._micro(neg)})
 
     def _micro(self, embeds: torch.Tensor) -> dict:
         """Resolution and aspect-ratio conditioning, one row per image, where the model takes it (sample size 128)."""

@@ -387,3 +387,85 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
     (out / "summary.md").write_text(format_table(summary["categories"]) + "\n")
     _grid(out, [(r["suite"], r["prompt"], r["seed"]) for r in rows], done).save(out / "grid.png")
     return summary
+
+
+def frontier(folders: list[str | Path], out: str | Path) -> dict:
+    """Accuracy against compute for every bench folder given (one method's run each): `out/frontier.md` and
+    `.json` (per model: accuracy with its 95% interval, per suite, mean denoiser evaluations and wall seconds per
+    image), and `out/frontier.png`, one row of two panels per model (against denoiser evaluations, against wall
+    seconds). Folders of one model must have been run on the same prompts and seeds: refused otherwise."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not folders:
+        raise ValueError("report needs at least one bench folder")
+    runs = []
+    for folder in map(Path, folders):
+        rows = read_rows(folder / RESULTS) if (folder / RESULTS).exists() else []
+        if not rows:
+            raise FileNotFoundError(f"{folder} holds no {RESULTS}: not a bench folder")
+        settings = rows[0]["settings"]
+        options = settings.get("options", {})
+        label = settings.get("method", "plain") + "".join(f" {k}={v}" for k, v in sorted(options.items()))
+        items = [
+            {"ok": r["ok"], "suite": r["suite"], "evals": r["cost"]["denoiser_evals"], "seconds": r["cost"]["seconds"]}
+            for r in rows
+        ]
+        suites = list(dict.fromkeys(r["suite"] for r in rows))
+        jobs = {(r["prompt"], r["seed"]) for r in rows}
+        runs.append(
+            {
+                "folder": str(folder),
+                "model": settings["model"],
+                "label": label,
+                "jobs": jobs,
+                **method_summary(items, suites),
+            }
+        )
+    table: dict[str, list[dict]] = {}
+    for run in runs:
+        table.setdefault(run["model"], []).append(run)
+    for model, group in table.items():
+        if any(r["jobs"] != group[0]["jobs"] for r in group):
+            odd = next(r["folder"] for r in group if r["jobs"] != group[0]["jobs"])
+            raise ValueError(f"{odd} was run on other prompts or seeds than {group[0]['folder']} ({model})")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for model, group in table.items():
+        suites = list(group[0]["per_suite"])
+        lines += [
+            f"### {model}",
+            "",
+            "| method | " + " | ".join(suites) + " | all (95% CI) | denoiser evals | seconds | images |",
+            "|---|" + "---:|" * (len(suites) + 4),
+        ]
+        for r in sorted(group, key=lambda r: r["denoiser_evals"]):
+            cells = [f"{r['per_suite'][s]:.3f}" for s in suites]
+            lines.append(
+                f"| {r['label']} | " + " | ".join(cells) + f" | {r['accuracy']:.3f} ({r['ci95'][0]:.3f}-"
+                f"{r['ci95'][1]:.3f}) | {r['denoiser_evals']:.0f} | {r['seconds']:.2f} | {r['images']} |"
+            )
+        lines.append("")
+    (out / "frontier.md").write_text("\n".join(lines))
+    clean = {m: [{k: v for k, v in r.items() if k != "jobs"} for r in g] for m, g in table.items()}
+    (out / "frontier.json").write_text(json.dumps(clean, indent=1) + "\n")
+    fig, axes = plt.subplots(len(table), 2, figsize=(11, 4 * len(table)), squeeze=False)
+    for (model, group), (left, right) in zip(table.items(), axes, strict=True):
+        for r in group:
+            err = [[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]]
+            for ax, x in ((left, r["denoiser_evals"]), (right, r["seconds"])):
+                ax.errorbar([x], [r["accuracy"]], yerr=err, marker="o", capsize=3, label=r["label"])
+        for ax, name in ((left, "denoiser evaluations per image"), (right, "wall seconds per image")):
+            ax.set_xscale("log")
+            ax.set_xlabel(name)
+            ax.set_ylabel("checker accuracy")
+            ax.set_title(model)
+            ax.grid(alpha=0.3)
+        left.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=110)
+    plt.close(fig)
+    return clean

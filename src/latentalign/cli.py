@@ -512,6 +512,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .bench import frontier
+
+    frontier(args.folders, args.out)
+    print((Path(args.out) / "frontier.md").read_text())
+    print(f"wrote {Path(args.out) / 'frontier.png'}, frontier.md and frontier.json")
+    return 0
+
+
 def _add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes", help="'shapes' (embedded), a pipeline folder or a Hub id")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
@@ -768,6 +777,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(bench)
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
+    rep = sub.add_parser("report", help="the frontier: accuracy against compute of bench folders, one plot per model")
+    rep.add_argument("folders", nargs="+", help="bench folders (one method each; same prompts and seeds per model)")
+    rep.add_argument("--out", default="runs/report", help="folder for frontier.png, frontier.md, frontier.json")
+    rep.set_defaults(func=_user_errors(_report))
     return parser
 
 

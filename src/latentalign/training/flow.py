@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,15 @@ from tqdm.auto import tqdm
 from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..embedded import SHAPES
 from ..world.dataset import build_dataset
-from .world import _captions, _encode_pool, _gen, _to_tensor, warmup_cosine_lr
+from .world import (
+    _captions,
+    _encode_pool,
+    _gen,
+    _to_tensor,
+    clipped_ema_step,
+    save_pipeline_folder,
+    warmup_cosine_lr,
+)
 
 T5_ZERO_TOKENS = 256  # the stock SD3 pipeline's default max_sequence_length: its zero T5 block has this many rows
 
@@ -204,14 +210,7 @@ def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log
         for group in opt.param_groups:
             group["lr"] = warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup)
         loss = flow_matching_loss(transformer, text_encoders, z0, ids, noise, sigma)["flow"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for e, p in ema_pairs:
-                e.lerp_(p, 1 - decay)
+        clipped_ema_step(opt, loss, params, ema_pairs, step, cfg.ema_decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             meta.update(step=step + 1, seconds=time.time() - t_start, config=_config_json(cfg))
@@ -220,19 +219,8 @@ def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log
 
     load_checkpoint(ckpt, {f"ema_{n}": ema[n] for n in trained}, None)
     pipe = assemble_flow({**comps, **{n: ema[n].eval() for n in trained}})
-    final = out / "pipeline"
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".pipeline-"))
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    write_flow_defaults(tmp)
-    meta["seconds"] = time.time() - t_start
-    report = {k: v for k, v in meta.items() if k != "param_groups"}
-    report.update(vae_shift_factor=shift, vae_scaling_factor=scaling)
-    (tmp / "training.json").write_text(json.dumps(report, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    log(f"saved {final} after {meta['seconds'] / 60:.1f} min of training")
-    return final
+    meta.update(seconds=time.time() - t_start, vae_shift_factor=shift, vae_scaling_factor=scaling)
+    return save_pipeline_folder(pipe, out, meta, write_flow_defaults, log=log)
 
 
 # chosen on TRAIN prompts (benchmarks/results/flow_sweep, docs/shapes_flow.md); until a sweep, SD3's own defaults

@@ -68,6 +68,34 @@ def warmup_cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+def clipped_ema_step(opt, loss: torch.Tensor, params: list, ema_pairs: list, step: int, ema_decay: float) -> None:
+    """Backward, clip the gradient norm at 1, step the optimizer, then move each EMA weight towards its parameter
+    (decay warmed up as (1 + step) / (10 + step), capped at `ema_decay`)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for e, p in ema_pairs:
+            e.lerp_(p, 1 - decay)
+
+
+def save_pipeline_folder(pipe, out: Path, meta: dict, write_settings, *, log=print) -> Path:
+    """`pipe` saved (safetensors) to `out/pipeline` through a fresh folder swapped in with one rename, with its
+    latentalign.json (`write_settings(folder)`) and `meta` as training.json."""
+    final = out / "pipeline"
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".pipeline-"))
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    write_settings(tmp)
+    (tmp / "training.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "param_groups"}, indent=1))
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    log(f"saved {final} after {meta['seconds'] / 60:.1f} min of training")
+    return final
+
+
 def _timesteps(cfg: WorldTrainConfig, total: int, g: torch.Generator) -> torch.Tensor:
     """Uniform timesteps, except a `high_noise_share` of the batch drawn from [high_noise_start, total)."""
     t = torch.randint(0, total, (cfg.unet_batch,), generator=g)
@@ -214,14 +242,7 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
                 group["lr"] = warmup_cosine_lr(step, cfg.unet_steps, cfg.unet_lr, cfg.warmup)
             pred = unet(zt, t, text(ids).last_hidden_state).sample
             loss = F.mse_loss(pred, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for e, p in ema_pairs:
-                    e.lerp_(p, 1 - decay)
+            clipped_ema_step(opt, loss, params, ema_pairs, step, cfg.ema_decay)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
                 meta.update(step=step + 1, seconds=time.time() - t_start, config=_config_json(cfg))
@@ -232,15 +253,5 @@ def train_world(out: str | Path, cfg: WorldTrainConfig = WorldTrainConfig(), *, 
 
     load_checkpoint(ckpt, {"ema_unet": ema_unet, "ema_text_encoder": ema_text}, None)
     pipe = assemble({**comps, "unet": ema_unet.eval(), "text_encoder": ema_text.eval()})
-    final = out / "pipeline"
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".pipeline-"))
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    write_defaults(tmp)
     meta["seconds"] = time.time() - t_start
-    report = {k: v for k, v in meta.items() if k != "param_groups"}
-    (tmp / "training.json").write_text(json.dumps(report, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    log(f"saved {final} after {meta['seconds'] / 60:.1f} min of training")
-    return final
+    return save_pipeline_folder(pipe, out, meta, write_defaults, log=log)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# shapes-flow (issue 26): every command behind docs/shapes_flow.md's numbers, in the order they were run.
+set -euo pipefail
+# 1. train (about 45 min on 2 cores), then finish the folder (the zero T5) by running the same command again
+latentalign train flow --out runs/flow
+# 2. steps x shift x guidance on TRAIN prompts
+python benchmarks/guidance_sweep.py --model runs/flow/pipeline --steps 10 20 --shifts 1 3 --scales 1.5 3 5 \
+    --limit-prompts 12 --seeds 2 --out benchmarks/results/flow_sweep
+# 3. ship with the chosen defaults (SHAPES_FLOW_* in training/flow.py), then the held-out quality band
+latentalign train flow --out runs/flow --ship
+latentalign bench --model shapes-flow --suite all --seeds 4 --limit-prompts 40 --out benchmarks/results/plain_flow
+# 4. the relation probe: direction and axis
+python benchmarks/relation_probe.py --model shapes-flow --out benchmarks/results/relation_probe_flow/right_of.jsonl
+python benchmarks/relation_probe.py --model shapes-flow --twin above \
+    --out benchmarks/results/relation_probe_flow/above.jsonl
+# 5. every method on both pipelines, same held-out prompts and seeds, then the frontier
+for model in shapes shapes-flow; do
+  common=(--model "$model" --suite all --seeds 2 --limit-prompts 16)
+  latentalign bench "${common[@]}" --out "benchmarks/results/methods/$model/plain"
+  latentalign bench "${common[@]}" --method best-of-n --n 4 --out "benchmarks/results/methods/$model/best-of-n"
+  latentalign bench "${common[@]}" --method early-exit --n 4 --out "benchmarks/results/methods/$model/early-exit"
+  latentalign bench "${common[@]}" --method noise-optimization --iterations 8 \
+      --out "benchmarks/results/methods/$model/noise-optimization"
+  latentalign bench "${common[@]}" --method attention-refinement \
+      --out "benchmarks/results/methods/$model/attention-refinement"
+  latentalign report benchmarks/results/methods/"$model"/* --out "benchmarks/results/methods/frontier_$model"
+done
