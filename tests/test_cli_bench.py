@@ -160,6 +160,8 @@ def test_report_draws_the_frontier_of_bench_folders(pipe_dir, tmp_path, capsys):
     (runs,) = table.values()  # one model
     assert [r["label"] for r in runs] == ["plain", "best-of-n n=2 scorer=shapes-latent"]
     assert [r["denoiser_evals"] for r in runs] == [4, 8] and all(r["images"] == 4 for r in runs)
+    # same-seed pairs against the plain run of the same prompts and seeds
+    assert "fixed" not in runs[0] and runs[1]["fixed"] + runs[1]["broken"] <= 4 and 0 <= runs[1]["sign_test_p"] <= 1
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
     other = tmp_path / "other"
     assert bench(pipe_dir, other, "--limit-prompts", "1") == 0

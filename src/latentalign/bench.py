@@ -389,6 +389,12 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
     return summary
 
 
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test of `wins` against `losses` (ties dropped), as in same-seed comparisons."""
+    n, k = wins + losses, min(wins, losses)
+    return 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
+
+
 def frontier(folders: list[str | Path], out: str | Path) -> dict:
     """Accuracy against compute for every bench folder given (one method's run each): `out/frontier.md` and
     `.json` (per model: accuracy with its 95% interval, per suite, mean denoiser evaluations and wall seconds per
@@ -398,6 +404,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if not folders:
         raise ValueError("report needs at least one bench folder")
@@ -414,13 +421,12 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
             for r in rows
         ]
         suites = list(dict.fromkeys(r["suite"] for r in rows))
-        jobs = {(r["prompt"], r["seed"]) for r in rows}
         runs.append(
             {
                 "folder": str(folder),
                 "model": settings["model"],
                 "label": label,
-                "jobs": jobs,
+                "jobs": {(r["prompt"], r["seed"]): r["ok"] for r in rows},
                 **method_summary(items, suites),
             }
         )
@@ -428,9 +434,15 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     for run in runs:
         table.setdefault(run["model"], []).append(run)
     for model, group in table.items():
-        if any(r["jobs"] != group[0]["jobs"] for r in group):
-            odd = next(r["folder"] for r in group if r["jobs"] != group[0]["jobs"])
+        if any(r["jobs"].keys() != group[0]["jobs"].keys() for r in group):
+            odd = next(r["folder"] for r in group if r["jobs"].keys() != group[0]["jobs"].keys())
             raise ValueError(f"{odd} was run on other prompts or seeds than {group[0]['folder']} ({model})")
+        plain = next((r["jobs"] for r in group if r["label"] == "plain"), None)
+        for r in group:  # the same-seed sign test against plain generation, where the folders hold a plain run
+            if plain is not None and r["label"] != "plain":
+                fixed = sum(r["jobs"][k] and not ok for k, ok in plain.items())
+                broken = sum(ok and not r["jobs"][k] for k, ok in plain.items())
+                r.update(fixed=fixed, broken=broken, sign_test_p=round(sign_test(fixed, broken), 4))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -439,14 +451,17 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
         lines += [
             f"### {model}",
             "",
-            "| method | " + " | ".join(suites) + " | all (95% CI) | denoiser evals | seconds | images |",
-            "|---|" + "---:|" * (len(suites) + 4),
+            "| method | "
+            + " | ".join(suites)
+            + " | all (95% CI) | denoiser evals | seconds | images | vs plain: fixed / broken |",
+            "|---|" + "---:|" * (len(suites) + 5),
         ]
         for r in sorted(group, key=lambda r: r["denoiser_evals"]):
             cells = [f"{r['per_suite'][s]:.3f}" for s in suites]
+            versus = f"{r['fixed']} / {r['broken']} (p = {r['sign_test_p']:.3f})" if "fixed" in r else ""
             lines.append(
                 f"| {r['label']} | " + " | ".join(cells) + f" | {r['accuracy']:.3f} ({r['ci95'][0]:.3f}-"
-                f"{r['ci95'][1]:.3f}) | {r['denoiser_evals']:.0f} | {r['seconds']:.2f} | {r['images']} |"
+                f"{r['ci95'][1]:.3f}) | {r['denoiser_evals']:.0f} | {r['seconds']:.2f} | {r['images']} | {versus} |"
             )
         lines.append("")
     (out / "frontier.md").write_text("\n".join(lines))
@@ -460,6 +475,9 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
                 ax.errorbar([x], [r["accuracy"]], yerr=err, marker="o", capsize=3, label=r["label"])
         for ax, name in ((left, "denoiser evaluations per image"), (right, "wall seconds per image")):
             ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel(name)
             ax.set_ylabel("checker accuracy")
             ax.set_title(model)

@@ -512,6 +512,48 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from . import exports
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
+    if args.format == "shapes-metadata":  # no pipeline: the suites as a GenEval metadata file
+        path = exports.write_jsonl(args.out, exports.shapes_geneval_metadata(args.split, args.limit_prompts))
+        print(f"wrote {path}")
+        return 0
+    if args.format == "geneval":
+        if args.metadata is None:
+            raise ValueError("--format geneval needs --metadata FILE (GenEval's evaluation_metadata.jsonl)")
+        entries = exports.read_geneval_metadata(args.metadata)
+    else:
+        if args.prompts is None:
+            raise ValueError("--format t2i-compbench needs --prompts FILE (one prompt a line)")
+        prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"{args.prompts} holds no prompt")
+    options = _method_options(args)
+    import torch
+
+    from .pipeline import load_pipeline
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model)
+    common = dict(samples=args.samples, method=args.method, options=options, batch=args.batch)
+    if args.format == "geneval":
+        out = exports.write_geneval(pipe, entries, args.out, **common)
+    else:
+        out = exports.write_t2i_compbench(pipe, prompts, args.out, **common)
+    print(f"wrote {out}")
+    return 0
+
+
+def _score_geneval(args: argparse.Namespace) -> int:
+    from .exports import score_geneval_folder
+
+    print(json.dumps(score_geneval_folder(args.folder), indent=1))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .bench import frontier
 
@@ -777,6 +819,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(bench)
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
+    exp = sub.add_parser("export", help="images in GenEval's or T2I-CompBench's layout, for their own evaluators")
+    exp.add_argument("--format", required=True, choices=["geneval", "t2i-compbench", "shapes-metadata"])
+    exp.add_argument("--metadata", default=None, help="geneval: GenEval's evaluation_metadata.jsonl")
+    exp.add_argument("--prompts", default=None, help="t2i-compbench: a text file, one prompt a line")
+    exp.add_argument("--split", default="heldout", choices=["train", "heldout"], help="shapes-metadata: the split")
+    exp.add_argument("--limit-prompts", type=int, default=None, help="shapes-metadata: first K prompts per suite")
+    exp.add_argument("--samples", type=int, default=4, help="images per prompt (seeds 0..N-1)")
+    exp.add_argument("--batch", type=int, default=16, help="images per generate call")
+    exp.add_argument("--out", required=True, help="the output folder (shapes-metadata: the .jsonl file)")
+    exp.add_argument("--threads", type=int, default=default_threads(), help="CPU threads for torch")
+    exp.add_argument("--model", default="shapes", help="'shapes' (embedded), a pipeline folder or a Hub id")
+    _add_method_args(exp)
+    exp.set_defaults(func=_user_errors(_export))
+    sg = sub.add_parser("score-geneval", help="judge a GenEval-layout folder of Shapes images with the checker")
+    sg.add_argument("folder")
+    sg.set_defaults(func=_user_errors(_score_geneval))
     rep = sub.add_parser("report", help="the frontier: accuracy against compute of bench folders, one plot per model")
     rep.add_argument("folders", nargs="+", help="bench folders (one method each; same prompts and seeds per model)")
     rep.add_argument("--out", default="runs/report", help="folder for frontier.png, frontier.md, frontier.json")
