@@ -112,6 +112,9 @@ def test_bench_writes_rows_and_resumes(pipe_dir, tmp_path, capsys):
     assert all((out / r["image"]).exists() for r in rows)
     for name in ("summary.json", "summary.md", "grid.png"):
         assert (out / name).exists()
+    record = json.loads((out / "settings.json").read_text())
+    (run,) = record["runs"]
+    assert record["settings"] == rows[0]["settings"] and run["packages"]["torch"] and run["machine"]["cpus"]
     summary = json.loads((out / "summary.json").read_text())
     assert [c["suite"] for c in summary["categories"]] == ["single_object", "all"]
     assert summary["categories"][1]["n"] == 4

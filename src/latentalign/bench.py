@@ -144,6 +144,45 @@ def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts
     return jobs
 
 
+def provenance() -> dict:
+    """What made a result: the command line, the git revision (with whether the tree had changes), the package
+    versions and the machine."""
+    import platform
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    packages = {}
+    for name in ("latentalign", "torch", "diffusers", "transformers", "accelerate"):
+        try:
+            packages[name] = version(name)
+        except PackageNotFoundError:
+            packages[name] = None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "command": " ".join(sys.argv),
+        "git_revision": git("rev-parse", "HEAD"),
+        "git_tree_changed": None if status is None else bool(status),
+        "packages": packages,
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.machine(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
 def claim_run_folder(out: str | Path, settings: dict) -> Path:
     """Create `out` for a resumable benchmark run and record `settings` there; refuse a folder that holds a run
     with other settings (its rows would be mixed with this run's)."""
@@ -321,6 +360,11 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
     others = sorted({r["suite"] for r in existing} - planned)
     if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
         raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
+    record = out / "settings.json"  # the settings, and one provenance entry per run that wrote to the folder
+    runs = json.loads(record.read_text()).get("runs", []) if record.exists() else []
+    tmp = out / "settings.json.tmp"
+    tmp.write_text(json.dumps({"settings": settings, "split": split, "runs": [*runs, provenance()]}, indent=1) + "\n")
+    tmp.replace(record)
     images = out / "images"
     has_images = images.is_dir() and any(images.iterdir())
     # an image deleted or damaged: its row is made again; a folder without any image (committed results, whose
