@@ -343,3 +343,25 @@ def test_bench_killed_mid_run_resumes_with_every_row_once(pipe_dir, tmp_path):
     keys = [(r["prompt"], r["seed"]) for r in read_rows(out)]
     assert len(keys) == len(set(keys)) == 6
     assert killed_early, "the bench finished before it could be killed: the resume path was not exercised"
+
+
+def test_a_sweep_config_runs_every_combination_then_the_frontier(pipe_dir, tmp_path, capsys):
+    config = tmp_path / "sweep.toml"
+    config.write_text(
+        f'model = "{pipe_dir}"\nsuite = ["single_object"]\nseeds = 1\nlimit_prompts = 2\nbatch = 3\n'
+        '[[run]]\nmethod = "plain"\n[[run]]\nmethod = "best-of-n"\nn = [2, 3]\nscorer = "shapes-latent"\n'
+    )
+    out = tmp_path / "sweep"
+    assert main(["bench", "--config", str(config), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "best-of-n_n2_scorershapes-latent",
+        "best-of-n_n3_scorershapes-latent",
+        "plain",
+    ]
+    (runs,) = json.loads((out / "frontier.json").read_text()).values()
+    assert [r["denoiser_evals"] for r in runs] == [4, 8, 12]
+    assert main(["bench", "--config", str(config), "--out", str(out), "--seeds", "2"]) == 2
+    assert "--seeds cannot come with it" in capsys.readouterr().err
+    config.write_text('model = "shapes"\nmodle = 1\n')
+    assert main(["bench", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
+    assert "unknown key 'modle'" in capsys.readouterr().err

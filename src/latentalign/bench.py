@@ -531,3 +531,75 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     fig.savefig(out / "frontier.png", dpi=110)
     plt.close(fig)
     return clean
+
+
+SWEEP_KEYS = {"model", "suite", "seeds", "split", "limit_prompts", "steps", "guidance", "batch", "run"}
+
+
+def sweep_runs(config: dict) -> list[tuple[str, str, dict]]:
+    """(folder name, method, options) for each run of a sweep config: every `[[run]]` table names a `method`
+    ("plain" by default) and its options; an option given as a list is swept (the runs are the product)."""
+    import itertools
+
+    tables = config.get("run", [{"method": "plain"}])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise ValueError("a sweep config's runs are [[run]] tables")
+    runs = []
+    for table in tables:
+        method = table.get("method", "plain")
+        options = {k: v for k, v in table.items() if k != "method"}
+        swept = {k: v if isinstance(v, list) else [v] for k, v in options.items()}
+        for values in itertools.product(*swept.values()):
+            chosen = dict(zip(swept, values, strict=True))
+            name = "_".join([method.replace("+", "-"), *(f"{k}{v}" for k, v in chosen.items())])
+            runs.append((re.sub(r"[^A-Za-z0-9._-]", "-", name), method, chosen))
+    names = [n for n, _, _ in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"a sweep config names the same run twice: {sorted(n for n in names if names.count(n) > 1)[0]}"
+        )
+    return runs
+
+
+def run_sweep(path: str | Path, out: str | Path) -> dict:
+    """Every run of a TOML sweep config (`benchmarks/configs/*.toml`) as a bench folder under `out`, on the same
+    prompts and seeds, then their frontier (`frontier` into `out`). Resumes like `run_bench`, run by run."""
+    import tomllib
+
+    from .methods.base import compose
+    from .pipeline import load_pipeline
+
+    path = Path(path)
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: not a readable TOML file ({e})") from None
+    unknown = set(config) - SWEEP_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(SWEEP_KEYS))})")
+    suites = config.get("suite", ["all"])
+    suites = [suites] if isinstance(suites, str) else list(suites)
+    seeds = config.get("seeds", 2)
+    plan(suites, seeds, split=config.get("split", "heldout"), limit_prompts=config.get("limit_prompts"))
+    runs = sweep_runs(config)
+    for _, method, options in runs:  # every run's method and options refused before any work
+        compose(method, dict(options))
+    pipe = load_pipeline(config.get("model", "shapes"))
+    out = Path(out)
+    folders = []
+    for name, method, options in runs:
+        run_bench(
+            pipe,
+            suites,
+            seeds,
+            split=config.get("split", "heldout"),
+            limit_prompts=config.get("limit_prompts"),
+            out=out / name,
+            steps=config.get("steps"),
+            guidance=config.get("guidance"),
+            batch=config.get("batch", 32),
+            method=method,
+            options=options,
+        )
+        folders.append(out / name)
+    return frontier(folders, out)

@@ -470,8 +470,27 @@ def _check(args: argparse.Namespace) -> int:
 
 @_user_errors
 def _bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, plan, run_bench
+    from .bench import format_table, plan, run_bench, run_sweep
 
+    if args.config is not None:
+        given = [
+            f for f in ("seeds", "suite", "limit_prompts", "steps", "guidance", *GENERATE_OPTIONS) if getattr(args, f)
+        ]
+        given += [
+            f
+            for f, default in (("method", "plain"), ("model", "shapes"), ("split", "heldout"))
+            if getattr(args, f) != default
+        ]
+        if given:
+            raise ValueError(f"--config holds the runs' settings: --{given[0].replace('_', '-')} cannot come with it")
+        import torch
+
+        torch.set_num_threads(args.threads)
+        run_sweep(args.config, args.out)
+        print((Path(args.out) / "frontier.md").read_text())
+        return 0
+    if args.seeds is None:
+        raise ValueError("bench needs --seeds N (or --config FILE)")
     suites = args.suite or ["all"]
     plan(suites, args.seeds, split=args.split, limit_prompts=args.limit_prompts)  # validate before loading
     _check_settings(args)
@@ -807,7 +826,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="GenEval-style accuracy on the Shapes suites (resumable)")
     bench.add_argument("--suite", action="append", help="a suite name or 'all' (repeatable; default all)")
-    bench.add_argument("--seeds", type=int, required=True, help="seeds 0..N-1 per prompt")
+    bench.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per prompt (required without --config)")
+    bench.add_argument(
+        "--config",
+        default=None,
+        help="a TOML sweep (benchmarks/configs/*.toml): every run into --out/<run>, then the frontier into --out",
+    )
     bench.add_argument("--split", default="heldout", choices=["train", "heldout", "all"])
     bench.add_argument("--limit-prompts", type=int, default=None, help="first K prompts per suite (fixed shuffle)")
     bench.add_argument("--out", default="runs/bench", help="folder for results.jsonl, summary.*, grid.png, images/")
