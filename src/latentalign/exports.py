@@ -121,6 +121,18 @@ def _generate_missing(pipe, jobs: list[tuple[str, int, Path]], batch: int, metho
                 bar.update(1)
 
 
+def _check_export(pipe, prompts: list[str], samples: int, method: str, options: dict | None) -> None:
+    """Refuse, before any work, a sample count below 1, a prompt the pipeline's world cannot parse, an unknown
+    method or option."""
+    from .core import check_prompts
+    from .methods.base import compose
+
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    check_prompts(pipe, prompts)
+    compose(method, dict(options or {}))
+
+
 def write_geneval(
     pipe,
     entries: list[dict],
@@ -133,13 +145,7 @@ def write_geneval(
     grid: bool = True,
 ) -> Path:
     """GenEval's output layout for `entries` (GenEval metadata lines): sample n of prompt i has seed n."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    from .core import check_prompts
-    from .methods.base import compose
-
-    check_prompts(pipe, [e["prompt"] for e in entries])  # on the Shapes world, every prompt must parse
-    compose(method, dict(options or {}))  # unknown methods and options refused before any work
+    _check_export(pipe, [e["prompt"] for e in entries], samples, method, options)
     out = Path(out)
     jobs = []
     for index, entry in enumerate(entries):
@@ -174,13 +180,7 @@ def write_t2i_compbench(
     batch: int = 16,
 ) -> Path:
     """T2I-CompBench's layout: `out/samples/{prompt}_{index:06d}.png`, index over all samples (seed = sample)."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
-    from .core import check_prompts
-    from .methods.base import compose
-
-    check_prompts(pipe, prompts)
-    compose(method, dict(options or {}))
+    _check_export(pipe, prompts, samples, method, options)
     folder = Path(out) / "samples"
     jobs = [
         (p, n, folder / t2i_compbench_name(p, i * samples + n)) for i, p in enumerate(prompts) for n in range(samples)
