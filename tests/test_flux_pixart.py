@@ -175,3 +175,41 @@ def test_load_pipeline_refuses_offloading_it_cannot_do(tiny_shapes_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="needs a CUDA device"):
             load_pipeline(str(tiny_shapes_path), offload="model")
+
+
+def test_family_inputs_are_checked_before_any_work(tiny_flux_pipeline, tiny_pixart_pipeline, monkeypatch):
+    for pipe in (tiny_flux_pipeline, tiny_pixart_pipeline):
+        monkeypatch.setattr(pipe.transformer, "forward", lambda *a, **k: pytest.fail("the denoiser ran"))
+    with pytest.raises(ValueError, match="at most 512"):  # the stock check_inputs' bound
+        generate(tiny_flux_pipeline, "a red ball", max_sequence_length=600)
+    embeds = torch.zeros(1, 8, 32)
+    with pytest.raises(ValueError, match="prompt_attention_mask"):
+        generate(tiny_pixart_pipeline, prompt_embeds=embeds, use_resolution_binning=False)
+    with pytest.raises(ValueError, match="positive integer"):
+        generate(tiny_pixart_pipeline, "a red ball", height=0)
+
+
+def test_flux_given_embeddings_and_one_negative_serve_every_image(tiny_flux_dev_pipeline):
+    pipe, kw = tiny_flux_dev_pipeline, dict(num_inference_steps=2, max_sequence_length=16)
+    den = Denoiser(pipe, options={"max_sequence_length": 16})
+    cond = den.encode(["a red ball"], 1.0)
+    r = generate(
+        pipe,
+        prompt_embeds=cond.prompt_embeds,
+        pooled_prompt_embeds=cond.added["pooled_projections"],
+        num_images_per_prompt=2,
+        seed=[0, 1],
+        **kw,
+    )
+    again = generate(pipe, "a red ball", num_images_per_prompt=2, seed=[0, 1], **kw)
+    torch.testing.assert_close(r.latents, again.latents, rtol=1e-5, atol=1e-5)  # embeddings encoded apart
+    two = generate(pipe, ["a red ball", "a blue dog"], negative_prompt="grass", true_cfg_scale=2.0, **kw)
+    assert two.latents.shape[0] == 2 and two.cost.denoiser_evals == 2 * 2 * 2
+
+
+def test_pixart_subject_words_are_read_as_its_text_encoder_reads_them(tiny_pixart_pipeline):
+    method = AttentionRefinement(words=("Ball",), max_refine_iterations=0)
+    r = generate(
+        tiny_pixart_pipeline, "A Red Ball on grass", method=method, num_inference_steps=2, use_resolution_binning=False
+    )
+    assert r.settings["subject_tokens"] == [[2]]  # lowercased as PixArt's _text_preprocessing does

@@ -348,8 +348,9 @@ class Denoiser:
     needs_pooled_embeds: ClassVar[bool] = False  # prompt_embeds= must come with pooled_prompt_embeds= (check_inputs)
     # the family's own `__call__` arguments that generate passes on, with the stock defaults
     call_options: ClassVar[dict[str, Any]] = {}
+    max_sequence_limit: ClassVar[int | None] = None  # the stock check_inputs' bound on max_sequence_length
 
-    def __new__(cls, pipe, *args, **kwargs):
+    def __new__(cls, pipe=None, *args, **kwargs):  # pipe=None: copy and pickle call __new__ without it
         if cls is Denoiser:
             cls = adapter_class(pipe)
         return super().__new__(cls)
@@ -383,6 +384,9 @@ class Denoiser:
 
             stock["clean_caption"] = is_bs4_available() and is_ftfy_available()
         self.options = {**stock, **(options or {})}
+        limit, length = self.max_sequence_limit, self.options.get("max_sequence_length")
+        if limit is not None and length is not None and length > limit:
+            raise ValueError(f"max_sequence_length must be at most {limit} for {type(pipe).__name__}, got {length}")
         self._upcast_vae = None
         self.latent_size = self._latent_size(height, width)
 
@@ -558,6 +562,13 @@ class Denoiser:
     def attention_tokenizer(self):
         """The tokenizer whose token positions index the text axis of `cross_attention`'s maps."""
         return self.pipe.tokenizer
+
+    def attention_text(self, text: str) -> str:
+        """`text` as the pipeline hands it to that tokenizer (PixArt lowercases and cleans captions first)."""
+        return text
+
+    def check_embeds(self, prompt_embeds, negative_prompt_embeds) -> None:
+        """Refuse, before any work, given embeddings the family's stock check_inputs would refuse."""
 
     # ---- the model --------------------------------------------------------------------------------------------
     def x0_from(self, model_output: torch.Tensor, latents: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
@@ -756,6 +767,7 @@ class SD3Denoiser(Denoiser):
     prediction_type = "flow"
     needs_pooled_embeds: ClassVar[bool] = True
     call_options: ClassVar[dict[str, Any]] = {"max_sequence_length": 256}
+    max_sequence_limit: ClassVar[int | None] = 512
 
     @classmethod
     def handles(cls, pipe) -> bool:
@@ -830,6 +842,7 @@ class FluxDenoiser(Denoiser):
     prediction_type = "flow"
     needs_pooled_embeds: ClassVar[bool] = True
     call_options: ClassVar[dict[str, Any]] = {"max_sequence_length": 512, "true_cfg_scale": 1.0}
+    max_sequence_limit: ClassVar[int | None] = 512
 
     @classmethod
     def handles(cls, pipe) -> bool:
@@ -839,6 +852,12 @@ class FluxDenoiser(Denoiser):
 
     def check_pipeline(self, pipe) -> None:
         _check_flow_scheduler(pipe, "a Flux transformer")
+        channels, vae = int(self.core.config.in_channels), pipe.vae.config.latent_channels
+        if channels != 4 * vae:  # FluxFill / FluxControl read the image or a control signal beside the latents
+            raise ValueError(
+                f"{type(pipe).__name__}'s transformer reads {channels} channels, not 4 x the VAE's {vae}: only "
+                "text-to-image Flux pipelines (FluxPipeline) are supported"
+            )
 
     @property
     def patch(self) -> int:
@@ -891,27 +910,30 @@ class FluxDenoiser(Denoiser):
             max_sequence_length=self.options["max_sequence_length"],
             lora_scale=self.model_kwargs.get("scale"),
         )
-        pos, pooled, _ = self.pipe.encode_prompt(
-            prompt=prompts,
-            prompt_2=None,
-            prompt_embeds=a.prompt_embeds,
-            pooled_prompt_embeds=a.pooled_prompt_embeds,
-            **common,
-        )
+        pos, pooled = self._flux_encode(prompts, a.prompt_embeds, a.pooled_prompt_embeds, common)
         added = {"pooled_projections": pooled, **self._guidance(guidance_scale, pos.shape[0])}
         if not guided:
             return Conditioning(pos, None, true_cfg, added, guidance_rescale=a.guidance_rescale)
+        if isinstance(negative_prompt, str):  # one negative for every prompt, as for the other families
+            negative_prompt = [negative_prompt] * (len(prompts) if prompts is not None else len(a.prompt_embeds))
         if isinstance(negative_prompt, list) and prompts is not None and len(negative_prompt) != len(prompts):
             raise ValueError(f"got {len(negative_prompt)} negative prompts for {len(prompts)} prompts")
-        neg, neg_pooled, _ = self.pipe.encode_prompt(
-            prompt=negative_prompt,
-            prompt_2=None,
-            prompt_embeds=a.negative_prompt_embeds,
-            pooled_prompt_embeds=a.negative_pooled_prompt_embeds,
-            **common,
+        neg, neg_pooled = self._flux_encode(
+            negative_prompt, a.negative_prompt_embeds, a.negative_pooled_prompt_embeds, common
         )
         negative_added = {"pooled_projections": neg_pooled, **self._guidance(guidance_scale, neg.shape[0])}
         return Conditioning(pos, neg, true_cfg, added, negative_added, a.guidance_rescale)
+
+    def _flux_encode(self, prompts, embeds, pooled, common: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """`FluxPipeline.encode_prompt`; given embeddings are repeated per image as the other families do (the
+        stock Flux pipeline repeats only the ones it encodes)."""
+        pos, pooled_out, _ = self.pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_embeds=embeds, pooled_prompt_embeds=pooled, **common
+        )
+        n = common["num_images_per_prompt"]
+        if embeds is not None and n > 1:
+            pos, pooled_out = pos.repeat_interleave(n, 0), pooled_out.repeat_interleave(n, 0)
+        return pos, pooled_out
 
     def _guidance(self, guidance_scale: float, rows: int) -> dict:
         """The guidance embedding's input, one value per row (the stock pipeline's float32 `guidance`)."""
@@ -1038,10 +1060,25 @@ class PixArtDenoiser(Denoiser):
             raise ValueError("one-step PixArt sampling (DMD) is not supported; use 2 or more steps")
         return super().new_scheduler(num_inference_steps, timesteps=timesteps, sigmas=sigmas, **overrides)
 
+    @property
+    def attention_tokenizer(self):
+        return self.pipe.tokenizer
+
+    def attention_text(self, text: str) -> str:
+        return self.pipe._text_preprocessing(text, clean_caption=self.options["clean_caption"])[0]
+
+    def check_embeds(self, prompt_embeds, negative_prompt_embeds) -> None:
+        for name, embeds in (("prompt", prompt_embeds), ("negative_prompt", negative_prompt_embeds)):
+            if embeds is not None and self.options[f"{name}_attention_mask"] is None:
+                raise ValueError(f"{name}_embeds need {name}_attention_mask beside them (as the stock check_inputs)")
+
     def _latent_size(self, height, width):
         factor = int(self.pipe.vae_scale_factor)
         side = self.default_latent_side * factor
-        height, width = height or side, width or side
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        height, width = side if height is None else height, side if width is None else width
         self.output_size = None
         if self.options["use_resolution_binning"]:
             bins = _pixart_bins(self.pipe).get(int(self.core.config.sample_size))
@@ -1079,8 +1116,9 @@ class PixArtDenoiser(Denoiser):
         return Conditioning(pos, neg, guidance_scale, added, {"encoder_attention_mask": neg_mask, **self._micro(neg)})
 
     def _micro(self, embeds: torch.Tensor) -> dict:
-        """Resolution and aspect-ratio conditioning, one row per image, where the model takes it (sample size 128)."""
-        if int(self.core.config.sample_size) != 128:
+        """Resolution and aspect-ratio conditioning, one row per image, where the model takes it (alpha at sample
+        size 128; `use_additional_conditions`)."""
+        if not getattr(self.core, "use_additional_conditions", int(self.core.config.sample_size) == 128):
             return {}
         factor = int(self.pipe.vae_scale_factor)
         height, width = self.latent_size[0] * factor, self.latent_size[1] * factor

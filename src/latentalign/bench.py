@@ -156,7 +156,9 @@ def provenance() -> dict:
 
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+            here = Path(__file__).resolve().parent  # this checkout's revision, wherever the command runs
+            done = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True, cwd=here)
+            return done.stdout.strip()
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -470,6 +472,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
                 "folder": str(folder),
                 "model": settings["model"],
                 "label": label,
+                "sampling": (settings.get("num_inference_steps"), settings.get("guidance_scale")),
                 "jobs": {(r["prompt"], r["seed"]): r["ok"] for r in rows},
                 **method_summary(items, suites),
             }
@@ -481,9 +484,17 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
         if any(r["jobs"].keys() != group[0]["jobs"].keys() for r in group):
             odd = next(r["folder"] for r in group if r["jobs"].keys() != group[0]["jobs"].keys())
             raise ValueError(f"{odd} was run on other prompts or seeds than {group[0]['folder']} ({model})")
-        plain = next((r["jobs"] for r in group if r["label"] == "plain"), None)
+        if len({r["sampling"] for r in group}) > 1:  # runs at other steps or guidance: say so in their labels
+            for r in group:
+                r["label"] += f" ({r['sampling'][0]} steps, guidance {r['sampling'][1]})"
+        plains = [r["jobs"] for r in group if r["label"].split(" (")[0] == "plain"]
+        if len(plains) > 1:
+            raise ValueError(
+                f"{model}: more than one plain run among the folders; keep one as the sign test's baseline"
+            )
+        plain = plains[0] if plains else None
         for r in group:  # the same-seed sign test against plain generation, where the folders hold a plain run
-            if plain is not None and r["label"] != "plain":
+            if plain is not None and r["jobs"] is not plain:
                 fixed = sum(r["jobs"][k] and not ok for k, ok in plain.items())
                 broken = sum(ok and not r["jobs"][k] for k, ok in plain.items())
                 r.update(fixed=fixed, broken=broken, sign_test_p=round(sign_test(fixed, broken), 4))
@@ -509,7 +520,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
             )
         lines.append("")
     (out / "frontier.md").write_text("\n".join(lines))
-    clean = {m: [{k: v for k, v in r.items() if k != "jobs"} for r in g] for m, g in table.items()}
+    clean = {m: [{k: v for k, v in r.items() if k not in ("jobs", "sampling")} for r in g] for m, g in table.items()}
     (out / "frontier.json").write_text(json.dumps(clean, indent=1) + "\n")
     fig, axes = plt.subplots(len(table), 2, figsize=(11, 4 * len(table)), squeeze=False)
     for (model, group), (left, right) in zip(table.items(), axes, strict=True):

@@ -107,7 +107,8 @@ def _check_generators(generator, images: int) -> list[torch.Generator]:
 
 def _is_tensor(name: str, value, ndim: int | None = None) -> None:
     if value is not None and not (isinstance(value, torch.Tensor) and (ndim is None or value.ndim == ndim)):
-        raise ValueError(f"{name} must be a {ndim}-d torch.Tensor, got {type(value).__name__}")
+        got = f"{value.ndim}-d tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"{name} must be a {ndim}-d torch.Tensor, got a {got}")
 
 
 def resolve_run(
@@ -266,6 +267,7 @@ def resolve_run(
         raise ValueError(f"latents must have shape {(images, *den.latent_shape)}, got {tuple(latents.shape)}")
     if prompt_embeds is not None and prompt_embeds.shape[-1] != den.text_dim:
         raise ValueError(f"prompt_embeds must be {den.text_dim} wide for this pipeline, got {prompt_embeds.shape[-1]}")
+    den.check_embeds(prompt_embeds, negative_prompt_embeds)
     if den.needs_pooled_embeds:  # as the stock SDXL / SD3 / Flux check_inputs ask
         if prompt_embeds is not None and pooled_prompt_embeds is None:
             raise ValueError(f"{type(pipe).__name__}: prompt_embeds need pooled_prompt_embeds beside them")

@@ -90,10 +90,14 @@ def _atomic_text(path: Path, text: str) -> None:
 
 
 def _atomic_png(path: Path, image: Image.Image) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".png")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
     os.close(fd)
-    image.save(tmp)
-    os.replace(tmp, path)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _grid(images: list[Image.Image]) -> Image.Image:
@@ -125,12 +129,15 @@ def _check_export(pipe, prompts: list[str], samples: int, method: str, options: 
     """Refuse, before any work, a sample count below 1, a prompt the pipeline's world cannot parse, an unknown
     method or option."""
     from .core import check_prompts
+    from .generation import RUN_ARGUMENTS
     from .methods.base import compose
 
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
+    if "seed" in (options or {}) or "generator" in (options or {}):
+        raise ValueError("the exports choose the seeds (sample n has seed n): pass no seed or generator")
     check_prompts(pipe, prompts)
-    compose(method, dict(options or {}))
+    compose(method, {k: v for k, v in (options or {}).items() if k not in RUN_ARGUMENTS})  # the stages' options
 
 
 def write_geneval(
@@ -164,7 +171,7 @@ def write_geneval(
 
 def t2i_compbench_name(prompt: str, index: int) -> str:
     """T2I-CompBench's file name for sample `index` of `prompt`: `{prompt}_{index:06d}.png`."""
-    if "/" in prompt or prompt.startswith("."):
+    if "/" in prompt or "_" in prompt or prompt.startswith("."):  # its evaluators split the name at "_"
         raise ValueError(f"a T2I-CompBench file name cannot hold {prompt!r}")
     return f"{prompt}_{index:06d}.png"
 
@@ -201,7 +208,7 @@ def score_geneval_folder(folder: str | Path) -> dict:
     rows = []
     for sub in indices:
         (entry,) = read_geneval_metadata(sub / METADATA)
-        for image_path in sorted((sub / "samples").glob("*.png")):
+        for image_path in sorted((sub / "samples").glob("[0-9]*.png")):
             verdict = check(Image.open(image_path).convert("RGB"), entry["prompt"])
             rows.append(
                 {
@@ -212,6 +219,8 @@ def score_geneval_folder(folder: str | Path) -> dict:
                     "reason": ", ".join(f.kind for f in verdict.failures),
                 }
             )
+    if not rows:
+        raise FileNotFoundError(f"{folder} holds no samples/<n>.png images to score")
     write_jsonl(folder / "results.jsonl", rows)
     tags = sorted({r["tag"] for r in rows if r["tag"] is not None})
     summary = {t: sum(r["correct"] for r in rows if r["tag"] == t) / sum(r["tag"] == t for r in rows) for t in tags}

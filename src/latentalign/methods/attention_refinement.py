@@ -126,9 +126,10 @@ class AttentionRefinement(StepStage):
             raise ValueError(f"no cross-attention layer works at {size}x{size}; the model has {available}")
         words = None if self.words is None else list(self.words)
         prompts = sorted(set(run.prompts))
-        tokenizer = den.attention_tokenizer
-        tokens = {p: subject_tokens(run.pipe, p, words, tokenizer) for p in prompts}
-        lasts = {p: len(tokenizer(p).input_ids) - 1 for p in prompts}
+        tokenizer, text = den.attention_tokenizer, den.attention_text  # the text as the tokenizer gets it
+        words = None if words is None else [text(w) for w in words]
+        tokens = {p: subject_tokens(run.pipe, text(p), words, tokenizer) for p in prompts}
+        lasts = {p: len(tokenizer(text(p)).input_ids) - 1 for p in prompts}
         first = int(tokenizer.bos_token_id is not None and tokenizer("").input_ids[:1] == [tokenizer.bos_token_id])
         steps = run.steps
         lo, hi = self.scale_range
