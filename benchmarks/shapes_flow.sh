@@ -21,7 +21,12 @@ for model in shapes shapes-flow; do
   latentalign bench "${common[@]}" --method early-exit --n 4 --out "benchmarks/results/methods/$model/early-exit"
   latentalign bench "${common[@]}" --method noise-optimization --iterations 8 \
       --out "benchmarks/results/methods/$model/noise-optimization"
+  # run when the class default step size (20) was every pipeline's; shapes' latentalign.json now sets 1
   latentalign bench "${common[@]}" --method attention-refinement \
-      --out "benchmarks/results/methods/$model/attention-refinement"
+      --out "benchmarks/results/methods/$model/attention-refinement-step20"
+  python -c "import torch; torch.set_num_threads(2); from latentalign import load_pipeline; \
+from latentalign.bench import run_bench; run_bench(load_pipeline('$model'), ['all'], 2, limit_prompts=16, \
+out='benchmarks/results/methods/$model/attention-refinement-step1', method='attention-refinement', \
+options={'step_size': 1.0})"
   latentalign report benchmarks/results/methods/"$model"/* --out "benchmarks/results/methods/frontier_$model"
 done

@@ -339,6 +339,10 @@ def run_bench(
 
         compose(method, dict(options))  # unknown methods and options are refused before any work
         settings.update(method=method, options=json.loads(json.dumps(options)))
+        # what the pipeline's latentalign.json fills in for the stages: a changed default is another run's settings
+        names = [m.strip() for m in method.split("+") if m.strip() != "plain"]
+        defaults = {n: sampling_defaults(pipe).for_method(n) for n in names}
+        settings["pipeline_defaults"] = json.loads(json.dumps({n: d for n, d in defaults.items() if d}))
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -39,6 +39,9 @@ SHAPES_ONE_STEP_NOISE_OPTIMIZATION_SCORER = "shapes-latent-distilled"
 # trained through shapes-one-step (`latentalign train projector`): a re-distilled one-step pipeline needs it retrained
 SHAPES_ONE_STEP_NOISE_PROJECTOR = "shapes-projector"
 SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 13
+# attention refinement's step size: the best of 0.5, 1, 2, 5, 20, 80 on train prompts (two objects + relation, 16
+# prompts x 2 seeds: benchmarks/results/attention_refinement_train{,_small}); the class default 20 scores 0.219 there
+SHAPES_ATTENTION_REFINEMENT_STEP_SIZE = 1.0
 
 
 def shapes_scheduler_config() -> dict:
@@ -146,6 +149,7 @@ def write_defaults(folder: str | Path) -> None:
         "guidance_scale": SHAPES_GUIDANCE,
         "world": SHAPES,
         "noise-optimization": {"iterations": SHAPES_NOISE_OPTIMIZATION_ITERATIONS},
+        "attention-refinement": {"step_size": SHAPES_ATTENTION_REFINEMENT_STEP_SIZE},
     }
     (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 
