@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from latentalign import generate
-from latentalign.adapters import Denoiser, capture_cross_attention
+from latentalign.adapters import Denoiser
 from latentalign.methods import AttentionRefinement, attend_and_excite_loss, subject_tokens
 
 CHEAP = AttentionRefinement(max_refine_iterations=2)
@@ -17,7 +17,7 @@ CHEAP = AttentionRefinement(max_refine_iterations=2)
 def test_capture_restores_the_processors_even_after_an_error(tiny_sd_pipeline):
     unet = tiny_sd_pipeline.unet
     before = dict(unet.attn_processors)
-    with pytest.raises(RuntimeError), capture_cross_attention(unet, 4):
+    with pytest.raises(RuntimeError), Denoiser(tiny_sd_pipeline).capturing_attention(4):
         assert all(type(p).__name__ == "StoreCrossAttention" for n, p in unet.attn_processors.items() if ".attn2." in n)
         raise RuntimeError
     assert all(unet.attn_processors[n] is p for n, p in before.items())
@@ -29,7 +29,7 @@ def test_capture_changes_nothing_the_unet_computes_and_stores_token_distribution
     z, t = den.initial_noise([0]), den.new_scheduler(3).timesteps[0]
     with torch.no_grad():
         plain = den.model(z, t, cond.prompt_embeds).sample
-        with capture_cross_attention(den.model, 4) as store:
+        with den.capturing_attention(4) as store:
             captured = den.model(z, t, cond.prompt_embeds).sample
     assert torch.allclose(plain, captured, atol=1e-5)
     # the tiny UNet attends to text at 4x4 only: one down, one mid and two up attentions
@@ -106,7 +106,7 @@ def test_sd3_joint_attention_maps_are_the_text_block_of_the_joint_softmax(tiny_s
     assert grid == [8]  # sample size 8, patch size 1
     with torch.no_grad():
         plain = den._call(z, t, cond.prompt_embeds, cond.added)
-        with capture_cross_attention(den.model, 8) as store:
+        with den.capturing_attention(8) as store:
             captured = den._call(z, t, cond.prompt_embeds, cond.added)
         assert torch.equal(plain, captured) and len(store) == len(den.model.transformer_blocks)
         # the first block's full joint softmax, written out: image rows, text columns, renormalised

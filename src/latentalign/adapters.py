@@ -6,7 +6,6 @@ pipeline's component types; version-specific access to diffusers internals lives
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 from collections.abc import Callable, Iterator
@@ -101,18 +100,6 @@ def storing_attention(model, storing: Callable[[dict, list], dict]) -> Iterator[
         yield store
     finally:
         model.set_attn_processor(original)
-
-
-def capture_cross_attention(
-    model: UNet2DConditionModel | SD3Transformer2DModel, size: int | tuple[int, int]
-) -> contextlib.AbstractContextManager[list]:
-    """`storing_attention` of a UNet's cross-attention layers (`attn2`), or an SD3 transformer's joint attention
-    (`attn`; SD3.5's extra image-only `attn2` is left alone), at `size` x `size`."""
-    if isinstance(model, SD3Transformer2DModel):
-        return storing_attention(
-            model, lambda o, s: {n: StoreJointAttention(s, size) for n in o if n.endswith(".attn.processor")}
-        )
-    return storing_attention(model, lambda o, s: {n: StoreCrossAttention(s, size) for n in o if ".attn2." in n})
 
 
 def vae_shift(vae) -> float:
@@ -467,14 +454,17 @@ class Denoiser:
     # ---- schedules and noise ----------------------------------------------------------------------------------
     def new_scheduler(self, num_inference_steps: int | None, *, timesteps=None, sigmas=None, **overrides):
         """A fresh copy of the pipeline's scheduler with its timesteps set as the stock pipelines set them
-        (`retrieve_timesteps`: a step count, or custom `timesteps` / `sigmas`), so runs never share (or mutate)
-        scheduler state; `overrides` change config keys of the copy (e.g. `prediction_type`)."""
+        (`retrieve_timesteps`: a step count, or custom `timesteps` / `sigmas`, with the family's `schedule`), so
+        runs never share (or mutate) scheduler state; `overrides` change config keys of the copy (e.g.
+        `prediction_type`)."""
         scheduler = self._fresh_scheduler(overrides)
-        if timesteps is None and sigmas is None:
-            scheduler.set_timesteps(num_inference_steps, device=self.device)
-        else:
-            retrieve_timesteps(scheduler, None, self.device, timesteps, sigmas)
+        timesteps, sigmas, kwargs = self.schedule(scheduler, num_inference_steps, timesteps, sigmas)
+        retrieve_timesteps(scheduler, num_inference_steps, self.device, timesteps, sigmas, **kwargs)
         return scheduler
+
+    def schedule(self, scheduler, num_inference_steps, timesteps, sigmas) -> tuple[Any, Any, dict]:
+        """The family's `retrieve_timesteps` arguments: (timesteps, sigmas, extra keywords such as `mu`)."""
+        return timesteps, sigmas, {}
 
     def _fresh_scheduler(self, overrides: dict):
         # from_config resets every key listed in `_use_default_values` to the class default, which undoes fixes a
@@ -626,13 +616,17 @@ class Denoiser:
         """Processors that store the image-to-text attention at `grid` (by processor name)."""
         return {n: StoreCrossAttention(store, grid) for n in original if ".attn2." in n}
 
+    def capturing_attention(self, grid: int | tuple[int, int], text_tokens: int = 0):
+        """A context manager: within it, the model's image-to-text attention at `grid` is stored in the yielded
+        list (`storing_processors`); its own processors come back afterwards, whatever happens."""
+        return storing_attention(self.core, lambda o, s: self.storing_processors(o, s, grid, text_tokens))
+
     def cross_attention(self, latents: torch.Tensor, t, cond: Conditioning, size: int) -> torch.Tensor:
         """The prompt branch's attention from the image to the text at `size` x `size`, averaged over heads and
         layers: (batch, size^2, text tokens), each row a distribution over the text tokens (positions of
         `attention_tokenizer`'s encoding). Differentiable in `latents` (already the scaled model input)."""
         grid = self.attention_grid(size)
-        tokens = cond.prompt_embeds.shape[1]
-        with storing_attention(self.core, lambda o, s: self.storing_processors(o, s, grid, tokens)) as store:
+        with self.capturing_attention(grid, cond.prompt_embeds.shape[1]) as store:
             self._call(latents, t, cond.prompt_embeds, cond.added)
         self.cost.denoiser_evals += latents.shape[0]
         if not store:
@@ -784,14 +778,12 @@ class SD3Denoiser(Denoiser):
     def text_dim(self) -> int:
         return int(self.core.config.joint_attention_dim)
 
-    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
-        scheduler = self._fresh_scheduler(overrides)
-        kwargs = {}
-        if scheduler.config.get("use_dynamic_shifting", None):
-            h, w = self.latent_size
-            kwargs["mu"] = flow_shift(scheduler, (h // self.patch) * (w // self.patch), 1.16)
-        retrieve_timesteps(scheduler, num_inference_steps, self.device, timesteps, sigmas, **kwargs)
-        return scheduler
+    def schedule(self, scheduler, num_inference_steps, timesteps, sigmas):
+        """As `StableDiffusion3Pipeline`: a dynamically shifting scheduler gets `mu` from the image's tokens."""
+        if not scheduler.config.get("use_dynamic_shifting", None):
+            return timesteps, sigmas, {}
+        h, w = self.latent_size
+        return timesteps, sigmas, {"mu": flow_shift(scheduler, (h // self.patch) * (w // self.patch), 1.16)}
 
     def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
         guided = guidance_scale > 1.0
@@ -879,12 +871,11 @@ class FluxDenoiser(Denoiser):
     def attention_tokenizer(self):
         return self.pipe.tokenizer_2  # the transformer's text tokens are T5's; CLIP gives only the pooled vector
 
-    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
+    def schedule(self, scheduler, num_inference_steps, timesteps, sigmas):
         """As `FluxPipeline`: sigmas linspace(1, 1/steps) (unless given, or the scheduler uses flow sigmas), `mu`
         from the packed image sequence length."""
         import numpy as np
 
-        scheduler = self._fresh_scheduler(overrides)
         if timesteps is not None:
             raise ValueError("FluxPipeline takes sigmas=, not timesteps=")
         if sigmas is None:
@@ -892,9 +883,7 @@ class FluxDenoiser(Denoiser):
         if scheduler.config.get("use_flow_sigmas", False):
             sigmas = None
         h, w = self.latent_size
-        mu = flow_shift(scheduler, (h // 2) * (w // 2), 1.15)
-        retrieve_timesteps(scheduler, num_inference_steps, self.device, sigmas=sigmas, mu=mu)
-        return scheduler
+        return None, sigmas, {"mu": flow_shift(scheduler, (h // 2) * (w // 2), 1.15)}
 
     def _encode(self, prompts, guidance_scale: float, negative_prompt, a: SimpleNamespace) -> Conditioning:
         if a.clip_skip is not None:
@@ -1055,14 +1044,10 @@ class PixArtDenoiser(Denoiser):
     def text_dim(self) -> int:
         return int(self.core.config.caption_channels)
 
-    def new_scheduler(self, num_inference_steps, *, timesteps=None, sigmas=None, **overrides):
+    def schedule(self, scheduler, num_inference_steps, timesteps, sigmas):
         if num_inference_steps == 1:  # the stock pipeline then returns the scheduler's x0 instead of its step
             raise ValueError("one-step PixArt sampling (DMD) is not supported; use 2 or more steps")
-        return super().new_scheduler(num_inference_steps, timesteps=timesteps, sigmas=sigmas, **overrides)
-
-    @property
-    def attention_tokenizer(self):
-        return self.pipe.tokenizer
+        return timesteps, sigmas, {}
 
     def attention_text(self, text: str) -> str:
         return self.pipe._text_preprocessing(text, clean_caption=self.options["clean_caption"])[0]

@@ -476,6 +476,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
                 "folder": str(folder),
                 "model": settings["model"],
                 "label": label,
+                "plain": settings.get("method", "plain") == "plain",
                 "sampling": (settings.get("num_inference_steps"), settings.get("guidance_scale")),
                 "jobs": {(r["prompt"], r["seed"]): r["ok"] for r in rows},
                 **method_summary(items, suites),
@@ -491,7 +492,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
         if len({r["sampling"] for r in group}) > 1:  # runs at other steps or guidance: say so in their labels
             for r in group:
                 r["label"] += f" ({r['sampling'][0]} steps, guidance {r['sampling'][1]})"
-        plains = [r["jobs"] for r in group if r["label"].split(" (")[0] == "plain"]
+        plains = [r["jobs"] for r in group if r["plain"]]
         if len(plains) > 1:
             raise ValueError(
                 f"{model}: more than one plain run among the folders; keep one as the sign test's baseline"
@@ -524,7 +525,8 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
             )
         lines.append("")
     (out / "frontier.md").write_text("\n".join(lines))
-    clean = {m: [{k: v for k, v in r.items() if k not in ("jobs", "sampling")} for r in g] for m, g in table.items()}
+    internal = ("jobs", "sampling", "plain")
+    clean = {m: [{k: v for k, v in r.items() if k not in internal} for r in g] for m, g in table.items()}
     (out / "frontier.json").write_text(json.dumps(clean, indent=1) + "\n")
     fig, axes = plt.subplots(len(table), 2, figsize=(11, 4 * len(table)), squeeze=False)
     for (model, group), (left, right) in zip(table.items(), axes, strict=True):

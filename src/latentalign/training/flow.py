@@ -20,7 +20,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,6 +33,7 @@ from ..embedded import SHAPES
 from ..world.dataset import build_dataset
 from .world import (
     _captions,
+    _config_json,
     _encode_pool,
     _gen,
     _to_tensor,
@@ -138,10 +139,6 @@ def flow_matching_loss(transformer, text_encoders, z0, ids, noise, sigma) -> dic
 
 def logit_normal(cfg: FlowTrainConfig, n: int, g: torch.Generator) -> torch.Tensor:
     return torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(n, generator=g))
-
-
-def _config_json(cfg: FlowTrainConfig) -> dict:
-    return json.loads(json.dumps(asdict(cfg)))
 
 
 def shapes_vae() -> AutoencoderKL:

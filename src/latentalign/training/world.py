@@ -128,8 +128,8 @@ def _encode_pool(vae, pool: torch.Tensor, batch: int = 500) -> tuple[torch.Tenso
     return torch.cat(means), torch.cat(stds)
 
 
-def _config_json(cfg: WorldTrainConfig) -> dict:
-    """The config as it reads back from meta.json (tuples become lists), for the resume check."""
+def _config_json(cfg) -> dict:
+    """A config dataclass as it reads back from meta.json (tuples become lists), for the resume check."""
     return json.loads(json.dumps(asdict(cfg)))
 
 
