@@ -9,7 +9,8 @@ import torch
 
 from latentalign import generate
 from latentalign.adapters import Denoiser
-from latentalign.methods import AttentionRefinement, attend_and_excite_loss, subject_tokens
+from latentalign.attention_losses import AttendAndExcite, TokenGroups, token_groups, token_maps
+from latentalign.methods import AttentionRefinement
 
 CHEAP = AttentionRefinement(max_refine_iterations=2)
 
@@ -41,26 +42,30 @@ def test_capture_changes_nothing_the_unet_computes_and_stores_token_distribution
 
 
 def test_loss_is_one_minus_the_weakest_subjects_peak():
-    tokens, last = [1, 3], 5  # positions in the encoding; 0 is the start token, 5 the end token
+    groups, last = TokenGroups(((1,), (3,)), ("a", "b")), 5  # 0 is the start token, 5 the end token
     maps = torch.full((16, 8), -20.0)
     maps[0, 1] = maps[5, 3] = 1.0  # both subjects own one cell outright (logits before x100 and softmax)
-    strong = attend_and_excite_loss(maps.softmax(-1), tokens, last, smooth=False)
+    loss = AttendAndExcite()
+    strong = loss(token_maps(maps.softmax(-1), groups, 1, last, smooth=False))["loss"]
     assert strong < 0.01
     maps[5, 3] = -20.0  # the second subject has no region left
-    weak = attend_and_excite_loss(maps.softmax(-1), tokens, last, smooth=False)
+    weak = loss(token_maps(maps.softmax(-1), groups, 1, last, smooth=False))["loss"]
     assert weak > 0.5 and torch.isfinite(weak)
 
 
 def test_subject_tokens(tiny_shapes_pipeline, tiny_sd_pipeline):
-    pipe = tiny_shapes_pipeline
-    ids = pipe.tokenizer("a red circle left of two blue squares").input_ids
-    found = subject_tokens(pipe, "a red circle left of two blue squares", None)  # Shapes: the shape nouns
-    assert [pipe.tokenizer.decode([ids[i]]).strip() for i in found] == ["circle", "squares"]
-    assert subject_tokens(pipe, "a red circle left of two blue squares", ["red"]) == [2]
+    tok = tiny_shapes_pipeline.tokenizer
+    prompt = "a red circle left of two blue squares"
+    ids = tok(prompt).input_ids
+    groups = token_groups(tok, prompt, shapes_world=True)  # Shapes: the shape nouns, each with its colour
+    assert [tok.decode([ids[g[0]]]).strip() for g in groups.subjects] == ["circle", "squares"]
+    assert groups.modifiers == ((2,), (7,)) and groups.modifies == (0, 1)
+    assert groups.modifier_words == ("red", "blue")
+    assert token_groups(tok, prompt, ["red"]).subjects == ((2,),)
     with pytest.raises(ValueError, match="not a word"):
-        subject_tokens(pipe, "a red circle", ["square"])
+        token_groups(tok, "a red circle", ["square"])
     with pytest.raises(ValueError, match="words="):
-        subject_tokens(tiny_sd_pipeline, "a red ball", None)
+        token_groups(tiny_sd_pipeline.tokenizer, "a red ball", None)
 
 
 def test_zero_step_size_is_plain_generation(tiny_shapes_pipeline):
@@ -76,7 +81,7 @@ def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline
     assert not torch.allclose(r.latents, plain.latents)
     steps = r.settings["num_inference_steps"]
     losses = r.losses[0]
-    assert set(losses) == set(range(r.settings["update_steps"])) | set(r.settings["refine_steps"])
+    assert set(losses) == set(r.settings["update_steps"]) | set(r.settings["refine_steps"])
     assert all(0 <= v <= 1 for v in losses.values())
     loss_calls = len(losses) + r.refine_iterations[0]  # one prompt-branch UNet call per loss
     assert r.cost.denoiser_evals == plain.cost.denoiser_evals + loss_calls

@@ -20,6 +20,7 @@ from latentalign.training.flow import (
     FlowTrainConfig,
     compressed_t5,
     flow_matching_loss,
+    flow_sigmas,
     shapes_vae,
     text_states,
     train_flow,
@@ -139,10 +140,29 @@ def test_resume_with_another_config_is_refused(trained, tmp_path):
         train_flow(tmp_path, replace(TINY, lr=1e-2), log=quiet)
 
 
-@pytest.mark.parametrize("bad", [dict(steps=0), dict(cond_dropout=1.0), dict(logit_std=0.0)])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(steps=0),
+        dict(cond_dropout=1.0),
+        dict(logit_std=0.0),
+        dict(high_noise_share=1.5),
+        dict(high_noise_start=1.0),
+    ],
+)
 def test_bad_flow_config_is_refused_at_once(bad):
     with pytest.raises(ValueError):
         FlowTrainConfig(**bad)
+
+
+def test_noise_levels_put_the_high_noise_share_in_the_upper_range():
+    g = torch.Generator().manual_seed(0)
+    plain = flow_sigmas(FlowTrainConfig(high_noise_share=0.0), 20000, g)
+    mixed = flow_sigmas(FlowTrainConfig(high_noise_share=0.5), 20000, g)
+    assert 0 < float(plain.min()) and float(plain.max()) < 1
+    assert abs(float((plain > 0.8).float().mean()) - 0.083) < 0.01  # logit-normal(0, 1) alone
+    # half logit-normal, half uniform on [0.5, 1): P(s > 0.8) = 0.5 * 0.083 + 0.5 * 0.4
+    assert abs(float((mixed > 0.8).float().mean()) - (0.5 * 0.083 + 0.5 * 0.4)) < 0.015
 
 
 @pytest.mark.skipif(not (SHAPES_FLOW_WEIGHTS / "model_index.json").exists(), reason="shapes-flow is not shipped")

@@ -11,8 +11,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from latentalign import generate
 from latentalign.adapters import Denoiser, FluxDenoiser, PixArtDenoiser
+from latentalign.attention_losses import token_groups
 from latentalign.methods import AttentionRefinement, NoiseOptimization, Reward
-from latentalign.methods.attention_refinement import subject_tokens
 from latentalign.scorers import build_shapes_scorer
 
 SIZES = [(16, 16), (16, 32)]
@@ -121,12 +121,13 @@ def test_t5_token_selection_groups_and_repeats(request, family):
     den = Denoiser(pipe, **({"options": {"use_resolution_binning": False}} if family == "pixart" else {}))
     tok = den.attention_tokenizer
     assert tok.bos_token_id is None  # T5: the first word is position 0
-    assert subject_tokens(pipe, "a red ball on grass", ["ball"], tok) == [2]
-    assert subject_tokens(pipe, "a ball and a ball", ["ball"], tok) == [1, 4]  # every occurrence
-    # a word the vocabulary splits ("balls" -> "▁ball" + "s") is found by its first piece
-    assert subject_tokens(pipe, "two balls", ["balls"], tok) == [len(tok("two", add_special_tokens=False).input_ids)]
+    assert token_groups(tok, "a red ball on grass", ["ball"]).subjects == ((2,),)
+    assert token_groups(tok, "a ball and a ball", ["ball"]).subjects == ((1,), (4,))  # every occurrence
+    # a word the vocabulary splits ("balls" -> "▁ball" + "s") is one group of all its pieces
+    two, balls = (len(tok(w, add_special_tokens=False).input_ids) for w in ("two", "balls"))
+    assert balls > 1 and token_groups(tok, "two balls", ["balls"]).subjects == (tuple(range(two, two + balls)),)
     with pytest.raises(ValueError, match="not a word of the prompt"):
-        subject_tokens(pipe, "a red ball", ["cat"], tok)
+        token_groups(tok, "a red ball", ["cat"])
 
 
 @pytest.mark.parametrize("family", ["flux", "pixart"])

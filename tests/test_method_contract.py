@@ -16,6 +16,8 @@ from latentalign.methods import (
     AttentionRefinement,
     BestOfN,
     EarlyExit,
+    GSNGuidance,
+    IterRef,
     NoiseOptimization,
     NoiseProjection,
     NoiseProjector,
@@ -65,6 +67,8 @@ def stage(name: str, pipe):
         "noise-optimization": lambda: NoiseOptimization(iterations=1, rewards=[Reward(s["latent"])]),
         "noise-projection": lambda: NoiseProjection(projector=projector(pipe)),
         "attention-refinement": lambda: AttentionRefinement(words=("ball",), max_refine_iterations=1),
+        "iterref": lambda: IterRef(words=("ball",), steps=(1,), max_refine_iterations=1),
+        "gsn-guidance": lambda: GSNGuidance(words=("ball",), steps=(0,), loss="iou"),
     }[name]()
 
 
@@ -75,6 +79,8 @@ NAMES = [
     "noise-optimization",
     "noise-projection",
     "attention-refinement",
+    "iterref",
+    "gsn-guidance",
 ]
 
 

@@ -35,7 +35,9 @@ def _train_world(args: argparse.Namespace) -> int:
 def _train_flow(args: argparse.Namespace) -> int:
     from .training.flow import FlowTrainConfig
 
-    cfg = FlowTrainConfig(steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed)  # validates before work
+    cfg = FlowTrainConfig(  # validates before work
+        steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, high_noise_share=args.high_noise_share
+    )
     import torch
 
     from .training.flow import ship_flow, train_flow
@@ -234,7 +236,19 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 
 # the generate flags that set a stage option of the same name (the stages that take it are found in the registry)
-GENERATE_OPTIONS = ("n", "scorer", "max_batch", "avoid", "iterations", "words", "projector")
+GENERATE_OPTIONS = (
+    "n",
+    "scorer",
+    "max_batch",
+    "avoid",
+    "iterations",
+    "words",
+    "projector",
+    "loss",
+    "step_size",
+    "at_steps",
+)
+OPTION_FIELDS = {"at_steps": "steps"}  # flags named apart from their stage field (--steps is the run's)
 
 
 def default_threads() -> int:
@@ -285,7 +299,14 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--words",
         default=None,
-        help="attention-refinement: comma-separated subject words to excite (Shapes default: the shape nouns)",
+        help="attention methods: comma-separated subject words (Shapes default: the shape nouns)",
+    )
+    p.add_argument(
+        "--loss", default=None, help="attention methods: attend-and-excite (default), iou or syngen (Shapes' colours)"
+    )
+    p.add_argument("--step-size", type=float, default=None, help="attention methods: the update's scale")
+    p.add_argument(
+        "--at-steps", default=None, help="iterref / gsn-guidance: comma-separated step indices (0 = the first step)"
     )
     p.add_argument(
         "--iterations",
@@ -293,6 +314,13 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="noise-optimization iterations (default: the pipeline's latentalign.json, else 50)",
     )
+
+
+def _step_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--at-steps takes comma-separated step indices, got {text!r}") from None
 
 
 def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
@@ -307,13 +335,16 @@ def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
         value = getattr(args, option)
         if value is None:
             continue
-        takers = [n for n in names if option in {f.name for f in fields(registry[n])}]
+        field = OPTION_FIELDS.get(option, option)
+        takers = [n for n in names if field in {f.name for f in fields(registry[n])}]
         if not takers:
-            able = [n for n, cls in registry.items() if option in {f.name for f in fields(cls)}]
+            able = [n for n, cls in registry.items() if field in {f.name for f in fields(cls)}]
             raise ValueError(f"--{option.replace('_', '-')} needs --method {' or '.join(able)}")
         if option == "words":
             value = tuple(w.strip() for w in value.split(","))
-        options[option] = value
+        if option == "at_steps":
+            value = _step_list(value)
+        options[field] = value
     return options
 
 
@@ -573,6 +604,119 @@ def _score_geneval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(name: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--{name} takes comma-separated integers, got {text!r}") from None
+
+
+def _attention_options(args: argparse.Namespace) -> dict:
+    """The attention methods' options given as flags (None ones left to the method's defaults)."""
+    options = {}
+    if args.words is not None:
+        options["words"] = tuple(w.strip() for w in args.words.split(","))
+    for name in ("step_size", "threshold", "max_refine_iterations"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return options
+
+
+def _select_steps(args: argparse.Namespace) -> int:
+    from .attention_losses import loss_names
+    from .bench import plan
+
+    if args.loss not in loss_names():
+        raise ValueError(f"--loss: unknown attention loss {args.loss!r}; choose from {', '.join(loss_names())}")
+    candidates = _int_list("candidates", args.candidates)
+    shard = None
+    if args.shard is not None:
+        index, _, count = args.shard.partition("/")
+        if not (index.isdigit() and count.isdigit()) or not 0 <= int(index) < int(count):
+            raise ValueError(f"--shard takes INDEX/COUNT with 0 <= INDEX < COUNT, got {args.shard!r}")
+        shard = (int(index), int(count))
+    suites = args.suite or ["two_objects", "relation"]
+    plan(suites, args.seeds, split=args.split, limit_prompts=args.limit_prompts)  # validated before loading
+    folder = embedded_folder(args.model) or Path(args.model).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no pipeline folder at {args.model!r}")
+    from .methods import IterRef
+
+    options = _attention_options(args)
+    IterRef(steps=(0,), loss=args.loss, **options)  # checked before loading
+    import torch
+
+    from .pipeline import load_pipeline
+    from .step_selection import select_steps
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model)
+    scorer = None
+    if args.scorer is not None:
+        from .scorers import shared_scorer
+
+        scorer = shared_scorer(args.scorer, vae=pipe.vae)
+    summary = select_steps(
+        pipe,
+        args.out,
+        loss=args.loss,
+        candidates=candidates,
+        suites=suites,
+        split=args.split,
+        seeds=args.seeds,
+        limit_prompts=args.limit_prompts,
+        steps=args.steps,
+        guidance=args.guidance,
+        options=options,
+        scorer=scorer,
+        batch=args.batch,
+        shard=shard,
+        record=args.record,
+        model_folder=folder,
+    )
+    print((Path(args.out) / "summary.md").read_text())
+    if summary["selected"] is None:
+        print("not every step has all its images yet (other shards, or an interrupted run): run again to finish")
+    else:
+        where = f"; recorded in {folder / 'latentalign.json'}" if args.record else ""
+        print(f"selected step {summary['selected']}{where}")
+    return 0
+
+
+def _attention(args: argparse.Namespace) -> int:
+    from .methods.base import compose
+
+    method = None
+    if args.method != "plain":
+        options = _attention_options(args)
+        if args.loss is not None:
+            options["loss"] = args.loss
+        if args.at_steps is not None:
+            options["steps"] = tuple(_int_list("at-steps", args.at_steps))
+        try:
+            method = compose(args.method, options).stages[0]
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+        from .methods import AttentionGuidance
+
+        if not isinstance(method, AttentionGuidance):
+            raise ValueError(f"--method {args.method}: maps are shown around an attention method, not this one")
+    import torch
+
+    from .attention_maps import attention_grid
+    from .pipeline import load_pipeline
+
+    torch.set_num_threads(args.threads)
+    pipe = load_pipeline(args.model)
+    kwargs = {
+        k: v for k, v in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance)) if v is not None
+    }
+    print(attention_grid(pipe, args.prompt, args.out, method, seed=args.seed, **kwargs))
+    return 0
+
+
 def _report(args: argparse.Namespace) -> int:
     from .bench import frontier
 
@@ -616,6 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--batch", type=int, default=64)
     tf.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
     tf.add_argument("--seed", type=int, default=1, help="seeds weights, scenes, batches (1: the shipped run)")
+    tf.add_argument(
+        "--high-noise-share", type=float, default=0.5, help="share of each batch drawn from the upper half of s"
+    )
     tf.add_argument("--threads", type=int, default=2)
     tf.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-flow'")
     tf.set_defaults(func=_user_errors(_train_flow))
@@ -859,6 +1006,47 @@ def build_parser() -> argparse.ArgumentParser:
     sg = sub.add_parser("score-geneval", help="judge a GenEval-layout folder of Shapes images with the checker")
     sg.add_argument("folder")
     sg.set_defaults(func=_user_errors(_score_geneval))
+    ss = sub.add_parser(
+        "select-steps", help="IterRef at each step on TRAIN prompts: accuracy per step, plot, the best step (resumable)"
+    )
+    ss.add_argument("--model", default="shapes", help="embedded name or pipeline folder")
+    ss.add_argument("--loss", default="attend-and-excite", help="attention loss: attend-and-excite, iou or syngen")
+    ss.add_argument("--split", default="train", choices=["train"], help="steps are chosen on train prompts only")
+    ss.add_argument("--candidates", default=None, help="comma-separated step indices (default: every step)")
+    ss.add_argument(
+        "--suite", action="append", help="a Shapes suite to judge on (repeatable; default two_objects and relation)"
+    )
+    ss.add_argument("--seeds", type=int, default=2)
+    ss.add_argument("--limit-prompts", type=int, default=16, help="prompts per suite")
+    ss.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
+    ss.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the pipeline's)")
+    ss.add_argument("--words", default=None, help="subject words (Shapes default: the shape nouns)")
+    ss.add_argument("--step-size", type=float, default=None, help="IterRef's update scale (default 20)")
+    ss.add_argument("--threshold", type=float, default=None, help="refine until the A&E loss is 1 - threshold")
+    ss.add_argument("--max-refine-iterations", type=int, default=None, help="update cap at the step (default 20)")
+    ss.add_argument("--scorer", default=None, help="judge by this pixel scorer's mean score (outside Shapes)")
+    ss.add_argument("--batch", type=int, default=16)
+    ss.add_argument("--shard", default=None, help="INDEX/COUNT: this process's share (accelerate sets it itself)")
+    ss.add_argument("--record", action="store_true", help="write the chosen step into the model's latentalign.json")
+    ss.add_argument("--out", default="runs/select-steps")
+    ss.add_argument("--threads", type=int, default=2)
+    ss.set_defaults(func=_user_errors(_select_steps))
+    att = sub.add_parser("attention", help="a PNG grid of each subject's attention map over the steps")
+    att.add_argument("prompt")
+    att.add_argument("--model", default="shapes", help="embedded name or pipeline folder")
+    att.add_argument("--out", default="runs/attention")
+    att.add_argument("--method", default="iterref", help="the attention method shown below plain (plain: none)")
+    att.add_argument("--loss", default=None, help="attend-and-excite, iou or syngen")
+    att.add_argument("--at-steps", default=None, help="iterref / gsn-guidance: comma-separated step indices")
+    att.add_argument("--words", default=None, help="subject words (Shapes default: the shape nouns)")
+    att.add_argument("--step-size", type=float, default=None)
+    att.add_argument("--threshold", type=float, default=None)
+    att.add_argument("--max-refine-iterations", type=int, default=None)
+    att.add_argument("--seed", type=int, default=0)
+    att.add_argument("--steps", type=int, default=None)
+    att.add_argument("--guidance", type=float, default=None)
+    att.add_argument("--threads", type=int, default=2)
+    att.set_defaults(func=_user_errors(_attention))
     rep = sub.add_parser("report", help="the frontier: accuracy against compute of bench folders, one plot per model")
     rep.add_argument("folders", nargs="+", help="bench folders (one method each; same prompts and seeds per model)")
     rep.add_argument("--out", default="runs/report", help="folder for frontier.png, frontier.md, frontier.json")

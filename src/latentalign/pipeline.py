@@ -42,6 +42,10 @@ SHAPES_ONE_STEP_NOISE_OPTIMIZATION_ITERATIONS = 13
 # attention refinement's step size: the best of 0.5, 1, 2, 5, 20, 80 on train prompts (two objects + relation, 16
 # prompts x 2 seeds: benchmarks/results/attention_refinement_train{,_small}); the class default 20 scores 0.219 there
 SHAPES_ATTENTION_REFINEMENT_STEP_SIZE = 1.0
+# IterRef's step and step size: `latentalign select-steps --record` on train prompts (benchmarks/gsn.sh: every even
+# step of 20, step sizes 5 and 20, A&E / IoU / SynGen losses; the best, 0.562 against plain 0.500, is A&E at step 4
+# with step size 5: benchmarks/results/gsn/select_attend-and-excite_step5)
+SHAPES_ITERREF = {"steps": [4], "loss": "attend-and-excite", "step_size": 5.0}
 
 
 def shapes_scheduler_config() -> dict:
@@ -150,6 +154,7 @@ def write_defaults(folder: str | Path) -> None:
         "world": SHAPES,
         "noise-optimization": {"iterations": SHAPES_NOISE_OPTIMIZATION_ITERATIONS},
         "attention-refinement": {"step_size": SHAPES_ATTENTION_REFINEMENT_STEP_SIZE},
+        "iterref": SHAPES_ITERREF,
     }
     (Path(folder) / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
 

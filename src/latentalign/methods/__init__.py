@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .attention_refinement import AttentionRefinement, attend_and_excite_loss, subject_tokens
+from .attention_refinement import AttentionGuidance, AttentionRefinement
 from .base import (
     PLACES,
     SEED_STRIDE,
@@ -19,6 +19,8 @@ from .base import (
     resolve_scorer,
 )
 from .best_of_n import BestOfN, EarlyExit, SuccessiveHalving, early_exit_schedule, successive_halving_schedule
+from .gsn_guidance import GSNGuidance
+from .iterref import IterRef
 from .noise_optimization import (
     NoiseOptimization,
     Reward,
@@ -38,10 +40,13 @@ from .noise_projection import (
 __all__ = [
     "PLACES",
     "SEED_STRIDE",
+    "AttentionGuidance",
     "AttentionRefinement",
     "BestOfN",
     "Composition",
     "EarlyExit",
+    "GSNGuidance",
+    "IterRef",
     "NoiseOptimization",
     "NoiseProjection",
     "NoiseProjector",
@@ -53,7 +58,6 @@ __all__ = [
     "Stage",
     "StepStage",
     "SuccessiveHalving",
-    "attend_and_excite_loss",
     "chi_regulariser",
     "compose",
     "early_exit_schedule",
@@ -66,6 +70,5 @@ __all__ = [
     "registered",
     "resolve_scorer",
     "save_projector",
-    "subject_tokens",
     "successive_halving_schedule",
 ]

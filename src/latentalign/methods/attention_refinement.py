@@ -1,14 +1,18 @@
-"""Attend-and-Excite (Chefer et al., 2023) with refinement at chosen steps (IterRef; Grimal et al., step selection
-for GSN): move z_t along the gradient of a cross-attention loss so that every subject token gets a strong region.
+"""Attend-and-Excite (Chefer et al., 2023): refine z_t along the gradient of an attention loss at A&E's schedule.
 
-At each step the prompt branch's cross-attention maps (heads and layers averaged at one resolution) give, per
-subject token, a map over the latent grid: start token dropped, x100, softmax over tokens, Gaussian smoothing
-(3x3, sigma 0.5). The loss is max over subjects of (1 - max over pixels). z_t takes one gradient step at each of
-the first `update_until` of the steps, and at the `refine_at` steps it is refined until the loss is at most
-1 - threshold (or `max_refine_iterations` extra steps). On UNet pipelines (SD 1.x/2.x/XL) the maps are the
-cross-attention layers'; on SD3 (flow matching) they are the joint attention's image-to-text block, renormalised
-over the text keys, and the subject tokens are positions among CLIP's 77 tokens (T5's follow them); on Flux
-the double- and single-stream blocks' image-to-text attention over T5's tokens; on PixArt its cross-attention.
+This module also holds what every generative-semantic-nursing mode shares (`AttentionGuidance`): the subject and
+modifier tokens, the maps, the loss (`latentalign.attention_losses`, Attend-and-Excite by default) and the update.
+At a step the prompt branch's image-to-text attention (heads and layers averaged at one resolution) gives each
+token group a map over the latent grid (`attention_losses.token_maps`); z_t moves by -alpha_i * grad. At a refine
+step it is updated until the loss falls to the threshold's target (`AttentionLoss.threshold_target`; for A&E's
+loss, 1 - threshold) or `max_refine_iterations` extra updates; at an update step it takes one update.
+A&E's schedule (this module's "attention-refinement") refines at steps {0, 10, 20} of 50 with thresholds 0.05,
+0.5, 0.8 and updates once at each of the first 25; IterRef at chosen steps is `methods.iterref`, GSN guidance (one
+update per chosen step) `methods.gsn_guidance`.
+On UNet pipelines (SD 1.x/2.x/XL) the maps are the cross-attention layers'; on SD3 (flow matching) they are the
+joint attention's image-to-text block, renormalised over the text keys, and the tokens are positions among CLIP's
+77 tokens (T5's follow them); on Flux the double- and single-stream blocks' image-to-text attention over T5's
+tokens; on PixArt its cross-attention. No mode reads self-attention (InitNO's conflict term would).
 """
 
 from __future__ import annotations
@@ -18,105 +22,69 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 
+from ..attention_losses import AttentionLoss, attention_loss, token_groups, token_maps
 from ..core import check_positive_int, sampling_defaults
 from .base import StepStage, register
 
 
-def subject_tokens(pipe, prompt: str, words: list[str] | None, tokenizer=None) -> list[int]:
-    """Token positions of the subject words in the prompt's encoding by `tokenizer` (the pipeline's first by
-    default; Flux's attention reads T5's): each word's first sub-token, every time it occurs. On the Shapes world
-    the default subjects are the prompt's shape nouns."""
-    tokenizer = pipe.tokenizer if tokenizer is None else tokenizer
-    if words is None:
-        if sampling_defaults(pipe).world != "shapes":
-            raise ValueError("attention refinement needs words=[...]: the subject words of the prompt to excite")
-        from ..world import vocabulary
-
-        shapes = set(vocabulary()["shapes"])
-        words = [w for w in prompt.split() if w in shapes or w[:-1] in shapes]  # "circle", "circles"
-    ids = tokenizer(prompt).input_ids
-    positions = []
-    for word in words:
-        first = tokenizer(word, add_special_tokens=False).input_ids[:1]
-        found = [i for i, tok in enumerate(ids) if first and tok == first[0]]
-        if not found:
-            raise ValueError(f"{word!r} is not a word of the prompt {prompt!r}")
-        positions += found
-    if not positions:
-        raise ValueError(f"no subject word to excite in {prompt!r}")
-    return sorted(set(positions))
+def _words(name: str, value) -> tuple | None:
+    if value is None:
+        return None
+    words = (value,) if isinstance(value, str) else tuple(value)
+    if not words or not all(isinstance(w, str) and w.strip() for w in words):
+        raise ValueError(f"{name} must be non-empty strings, got {value!r}")
+    return words
 
 
-def gaussian_smooth(maps: torch.Tensor, sigma: float = 0.5) -> torch.Tensor:
-    """3x3 Gaussian smoothing of (n, h, w) maps with reflected borders, as Attend-and-Excite smooths them."""
-    x = torch.arange(3, dtype=maps.dtype, device=maps.device) - 1
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    kernel = (k[:, None] * k[None, :]) / (k.sum() ** 2)
-    padded = F.pad(maps[:, None], (1, 1, 1, 1), mode="reflect")
-    return F.conv2d(padded, kernel[None, None])[:, 0]
+def check_steps(name: str, steps) -> tuple[int, ...] | None:
+    """Step indices as a sorted tuple of distinct non-negative integers (None stays None)."""
+    if steps is None:
+        return None
+    steps = (steps,) if isinstance(steps, int) else tuple(steps)
+    if not steps or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in steps):
+        raise ValueError(f"{name} must be step indices (integers >= 0), got {steps!r}")
+    return tuple(sorted(set(steps)))
 
 
-def attend_and_excite_loss(
-    maps: torch.Tensor,
-    tokens: list[int],
-    last: int,
-    smooth: bool = True,
-    grid: tuple[int, int] | None = None,
-    first: int = 1,
-) -> torch.Tensor:
-    """max over subject tokens of 1 - max_p A_token[p] for one prompt's maps (size^2, tokens); `last` is the end
-    token's position, `first` the first word's (1 after CLIP's start token, 0 for T5, which has none): tokens
-    from `first` to last - 1 compete in the softmax."""
-    side = int(math.isqrt(maps.shape[0]))
-    height, width = grid if grid is not None else (side, side)
-    text = (maps[:, first:last] * 100).softmax(-1)
-    per_token = text[:, [i - first for i in tokens]].T.reshape(len(tokens), height, width)
-    if smooth:
-        per_token = gaussian_smooth(per_token)
-    return (1 - per_token.flatten(1).max(-1).values).max()
-
-
-@register
 @dataclass(frozen=True)
-class AttentionRefinement(StepStage):
-    """Attend-and-Excite with IterRef-style refinement at chosen steps; every row of the run is refined on its own
-    (its own subject tokens, loss and threshold), the rows of a step in one batch. `words`: the subject words, the
-    same for every prompt; on the Shapes world they default to each prompt's shape nouns."""
+class AttentionGuidance(StepStage):
+    """What the attention-guidance modes share; each mode says at which steps it refines and updates (`schedule`).
+    Every row of the run is refined on its own (its own tokens, loss and threshold), the rows of a step in one
+    batch. `words`: the subject words, the same for every prompt; `attributes`: (modifier, noun) pairs for losses
+    that bind them (SynGen); on the Shapes world both default to each prompt's shape nouns and their colours."""
 
-    name: ClassVar[str] = "attention-refinement"
     needs_prompt_text: ClassVar[bool] = True
     changes_the_pipeline: ClassVar[bool] = True  # storing attention processors while it reads the maps
     # the storing processors that read the maps replace the model's own (and ignore processor arguments)
     refuses: ClassVar[tuple[str, ...]] = ("cross_attention_kwargs", "joint_attention_kwargs")
 
     words: tuple[str, ...] | None = None
-    # (fraction of the steps, loss threshold): A&E refines at steps {0, 10, 20} of 50 with thresholds 0.05, 0.5, 0.8
-    refine_at: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
+    attributes: tuple[tuple[str, str], ...] | None = None
+    loss: str | AttentionLoss = "attend-and-excite"  # a name from attention_losses.loss_names(), or a loss object
     max_refine_iterations: int = 20  # extra updates at a refine step, at most
-    update_until: float = 0.5  # one update per step for this fraction of the steps (A&E: 25 of 50)
     step_size: float = 20.0  # alpha_i = step_size * sqrt(linspace(scale_range)[i])
     scale_range: tuple[float, float] = (1.0, 0.5)
     resolution: int | None = None  # attention grid side; None: the UNet's cross-attention grid closest to 16
     smooth: bool = True  # Gaussian smoothing of each token's map (kernel 3, sigma 0.5)
 
     def __post_init__(self):
-        if self.words is not None:
-            words = (self.words,) if isinstance(self.words, str) else tuple(self.words)
-            if not words or not all(isinstance(w, str) and w.strip() for w in words):
-                raise ValueError(f"words must be non-empty strings, got {self.words!r}")
-            object.__setattr__(self, "words", words)
-        object.__setattr__(self, "refine_at", tuple(tuple(x) for x in self.refine_at))
-        if not all(len(x) == 2 and 0 <= x[0] < 1 and 0 <= x[1] <= 1 for x in self.refine_at):
-            raise ValueError(f"refine_at takes (fraction in [0, 1), threshold in [0, 1]) pairs, got {self.refine_at}")
+        object.__setattr__(self, "words", _words("words", self.words))
+        if self.attributes is not None:
+            pairs = tuple(tuple(p) for p in self.attributes)
+            if not pairs or not all(len(p) == 2 and _words("attributes", p) for p in pairs):
+                raise ValueError(f"attributes are (modifier, noun) word pairs, got {self.attributes!r}")
+            object.__setattr__(self, "attributes", pairs)
+        attention_loss(self.loss)  # a known name, checked before any work
         check_positive_int("max_refine_iterations", self.max_refine_iterations, minimum=0)
-        if not 0 <= self.update_until <= 1:
-            raise ValueError(f"update_until must be in [0, 1], got {self.update_until}")
         if isinstance(self.step_size, bool) or not math.isfinite(self.step_size) or self.step_size < 0:
             raise ValueError(f"step_size must be finite and >= 0, got {self.step_size}")
         if self.resolution is not None:
             check_positive_int("resolution", self.resolution)
+
+    def schedule(self, steps: int) -> tuple[dict[int, float], set[int]]:
+        """({refine step: threshold}, {update steps}) for a run of `steps` denoising steps."""
+        raise NotImplementedError
 
     def _plan(self, run) -> dict:
         den = run.den
@@ -124,44 +92,68 @@ class AttentionRefinement(StepStage):
         size = self.resolution or min(available, key=lambda s: (abs(s - 16), -s))
         if size not in available:
             raise ValueError(f"no cross-attention layer works at {size}x{size}; the model has {available}")
-        words = None if self.words is None else list(self.words)
-        prompts = sorted(set(run.prompts))
         tokenizer, text = den.attention_tokenizer, den.attention_text  # the text as the tokenizer gets it
-        words = None if words is None else [text(w) for w in words]
-        tokens = {p: subject_tokens(run.pipe, text(p), words, tokenizer) for p in prompts}
-        lasts = {p: len(tokenizer(text(p)).input_ids) - 1 for p in prompts}
+        words = None if self.words is None else [text(w) for w in self.words]
+        pairs = None if self.attributes is None else [(text(m), text(n)) for m, n in self.attributes]
+        shapes = sampling_defaults(run.pipe).world == "shapes"
+        loss = attention_loss(self.loss)
+        groups = {}
+        for p in sorted(set(run.prompts)):
+            try:
+                groups[p] = token_groups(tokenizer, text(p), words, pairs, shapes_world=shapes)
+            except ValueError as e:
+                raise ValueError(f"{self.name}: {e}") from None
+            if loss.reads_modifiers and not groups[p].modifiers:
+                raise ValueError(f"{self.name}: the {loss.name} loss needs attribute-noun pairs, {p!r} has none")
+        lasts = {p: len(tokenizer(text(p)).input_ids) - 1 for p in groups}
         first = int(tokenizer.bos_token_id is not None and tokenizer("").input_ids[:1] == [tokenizer.bos_token_id])
-        steps = run.steps
+        refine, update = self.schedule(run.steps)
+        late = [s for s in (*refine, *update) if s >= run.steps]
+        if late:
+            raise ValueError(f"{self.name}: step {late[0]} is past the run's {run.steps} steps (0..{run.steps - 1})")
         lo, hi = self.scale_range
+        last = max(run.steps - 1, 1)
         return {
             "size": size,
-            "tokens": tokens,
+            "groups": groups,
             "lasts": lasts,
             "first": first,
-            "refine": {min(steps - 1, round(f * steps)): th for f, th in self.refine_at},
-            "update_steps": round(self.update_until * steps),
-            "alphas": [self.step_size * math.sqrt(lo + (hi - lo) * i / max(steps - 1, 1)) for i in range(steps)],
+            "loss": loss,
+            "refine": refine,
+            "update": update,
+            "alphas": [self.step_size * math.sqrt(lo + (hi - lo) * i / last) for i in range(run.steps)],
         }
 
-    def prepare(self, run) -> AttentionRefinement:
-        plan = self._plan(run)  # token positions and the attention grid, checked before any work
+    def prepare(self, run) -> AttentionGuidance:
+        plan = self._plan(run)  # token groups, steps and the attention grid, checked before any work
         run.settings.update(
             resolution=plan["size"],
+            loss=plan["loss"].name,
             refine_steps=sorted(plan["refine"]),
-            update_steps=plan["update_steps"],
-            subject_tokens=[plan["tokens"][p] for p in run.prompts],
+            update_steps=sorted(plan["update"]),
+            subject_tokens=[plan["groups"][p].positions for p in run.prompts],
+            token_groups=[plan["groups"][p].describe() for p in run.prompts],
         )
         return self
 
+    def row_loss(self, plan, attention: torch.Tensor, prompt: str, grid) -> torch.Tensor:
+        """One row's loss from its (pixels, text tokens) attention."""
+        maps = token_maps(attention, plan["groups"][prompt], plan["first"], plan["lasts"][prompt], grid, self.smooth)
+        return plan["loss"](maps)["loss"]
+
     def hook(self, run):
         plan, den = self._plan(run), run.den
-        size, refine, update_steps, alphas = plan["size"], plan["refine"], plan["update_steps"], plan["alphas"]
+        size, refine, update_steps, alphas = plan["size"], plan["refine"], plan["update"], plan["alphas"]
+        target = {i: plan["loss"].threshold_target(th) for i, th in refine.items()}
         grid = den.attention_grid(size)  # (height, width): non-square images have non-square maps
         rows_total = run.images * run.n  # per row: the loss at each step where it was computed, extra updates
         losses: list[dict[int, float]] = [{} for _ in range(rows_total)]
+        refined: list[dict[int, float]] = [{} for _ in range(rows_total)]  # at refine steps: the loss reached
         iterations = [0] * rows_total
         skipped = [0] * rows_total  # updates refused because they would make z_t non-finite
-        run.outputs.update(losses=losses, refine_iterations=iterations, skipped_refinements=skipped)
+        run.outputs.update(
+            losses=losses, refined_losses=refined, refine_iterations=iterations, skipped_refinements=skipped
+        )
 
         def update(z, step, grad, rows):
             """z - step * grad where that stays finite; a row whose update would not keeps its z_t (and counts)."""
@@ -176,31 +168,21 @@ class AttentionRefinement(StepStage):
                 z = z.detach().requires_grad_(True)
                 maps = den.cross_attention(schedulers.scale_model_input(z, t), t, run.row_cond(rows), size)
                 per_row = torch.stack(
-                    [
-                        attend_and_excite_loss(
-                            maps[j].float(),
-                            plan["tokens"][run.prompt_of(r)],
-                            plan["lasts"][run.prompt_of(r)],
-                            self.smooth,
-                            grid,
-                            plan["first"],
-                        )
-                        for j, r in enumerate(rows)
-                    ]
+                    [self.row_loss(plan, maps[j].float(), run.prompt_of(r), grid) for j, r in enumerate(rows)]
                 )
                 (grad,) = torch.autograd.grad(per_row.sum(), z)
             return per_row.detach(), torch.nan_to_num(grad)
 
         def prepare(info) -> torch.Tensor:
             i, t, z, rows, schedulers = info["step"], info["t"], info["latents"], info["rows"], info["schedulers"]
-            if i >= update_steps and i not in refine:
+            if i not in update_steps and i not in refine:
                 return z
             loss, grad = loss_and_grad(z, t, rows, schedulers)
             for j, r in enumerate(rows):
                 losses[r][i] = float(loss[j])
             if i in refine:
                 for _ in range(self.max_refine_iterations):
-                    todo = [j for j in range(len(rows)) if float(loss[j]) > 1 - refine[i]]
+                    todo = [j for j in range(len(rows)) if float(loss[j]) > target[i]]
                     if not todo:
                         break
                     z = z.clone()
@@ -211,8 +193,34 @@ class AttentionRefinement(StepStage):
                     loss[todo], grad[todo] = new_loss, new_grad
                     for j in todo:
                         iterations[rows[j]] += 1
-            if i < update_steps:
+                for j, r in enumerate(rows):
+                    refined[r][i] = float(loss[j])
+            if i in update_steps:
                 z = update(z, alphas[i], grad, rows)
             return z.detach()
 
         return prepare
+
+
+@register
+@dataclass(frozen=True)
+class AttentionRefinement(AttentionGuidance):
+    """Attend-and-Excite's schedule: refinement at fractions of the steps, one update a step before `update_until`."""
+
+    name: ClassVar[str] = "attention-refinement"
+
+    # (fraction of the steps, loss threshold): A&E refines at steps {0, 10, 20} of 50 with thresholds 0.05, 0.5, 0.8
+    refine_at: tuple[tuple[float, float], ...] = ((0.0, 0.05), (0.2, 0.5), (0.4, 0.8))
+    update_until: float = 0.5  # one update per step for this fraction of the steps (A&E: 25 of 50)
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "refine_at", tuple(tuple(x) for x in self.refine_at))
+        if not all(len(x) == 2 and 0 <= x[0] < 1 and 0 <= x[1] <= 1 for x in self.refine_at):
+            raise ValueError(f"refine_at takes (fraction in [0, 1), threshold in [0, 1]) pairs, got {self.refine_at}")
+        if not 0 <= self.update_until <= 1:
+            raise ValueError(f"update_until must be in [0, 1], got {self.update_until}")
+
+    def schedule(self, steps: int) -> tuple[dict[int, float], set[int]]:
+        refine = {min(steps - 1, round(f * steps)): th for f, th in self.refine_at}
+        return refine, set(range(round(self.update_until * steps)))
