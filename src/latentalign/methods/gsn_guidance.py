@@ -16,7 +16,7 @@ from .base import register
 @register
 @dataclass(frozen=True)
 class GSNGuidance(AttentionGuidance):
-    """One update at each of `steps`."""
+    """GSN guidance (GSNg, gsn-factory): one update of the attention loss at each of `steps`, no threshold."""
 
     name: ClassVar[str] = "gsn-guidance"
 

@@ -18,7 +18,7 @@ from .base import register
 @register
 @dataclass(frozen=True)
 class IterRef(AttentionGuidance):
-    """Iterative refinement at `steps` only, each until the loss reaches `threshold`'s target."""
+    """IterRef (Grimal et al.): refinement at `steps` only, each until the loss reaches `threshold`'s target."""
 
     name: ClassVar[str] = "iterref"
 
