@@ -271,18 +271,23 @@ def test_bench_folder_is_owned_by_one_run(pipe_dir, tmp_path, capsys):
 
 
 def test_two_bench_runs_on_one_folder_leave_every_row_once(pipe_dir, tmp_path):
-    """Two processes started together on one --out: one runs, the other is refused (exit 2); rows once each."""
+    """A second process on a folder another run holds is refused (exit 2) and writes nothing; once the holder lets
+    go, a run fills the folder with every row once. The holder is this test (deterministic, unlike racing two)."""
     import subprocess
     import sys
 
+    from latentalign.bench import FolderLock
+
     out = tmp_path / "together"
     argv = [sys.executable, "-m", "latentalign.cli", *bench_argv(pipe_dir, out)]
-    procs = [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    codes = sorted(p.wait(timeout=300) for p in procs)
-    errors = [p.stderr.read() for p in procs]
+    with FolderLock(out):
+        refused = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and f"in use by another run (pid {os.getpid()})" in refused.stderr
+    assert not (out / RESULTS).exists()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
     keys = [(r["prompt"], r["seed"]) for r in read_rows(out)]
     assert len(keys) == len(set(keys)) == 6
-    assert codes == [0, 2] and any("in use by another run" in e for e in errors)
 
 
 def test_bench_remakes_lost_images_and_refuses_other_splits(pipe_dir, tmp_path, capsys):
