@@ -3,7 +3,7 @@ refinement method, as arrays (`attention_over_steps`) and as one PNG grid (`atte
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,6 +12,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from .attention_losses import token_maps
+from .files import atomic_save_png
 from .methods.attention_refinement import AttentionGuidance
 
 
@@ -33,7 +34,7 @@ class AttentionRecorder(AttentionGuidance):
         return super().prepare(run) if self.inner is None else self
 
     def hook(self, run):
-        plan, den = self._plan(run), run.den
+        plan, den = (self.inner or self)._plan(run), run.den  # the inner method's tokens and attention grid
         grid = den.attention_grid(plan["size"])
         inner = self.inner.hook(run) if self.inner is not None else None
         maps: list[dict[int, dict[str, np.ndarray]]] = [{} for _ in range(run.images * run.n)]
@@ -63,10 +64,7 @@ def attention_over_steps(pipe, prompt: str, method: AttentionGuidance | str | No
     if method is not None and not isinstance(method, AttentionGuidance):
         raise ValueError(f"attention maps are recorded around an attention method, not {type(method).__name__}")
     inner = method.with_pipeline_defaults(pipe) if method is not None else None
-    recorder = AttentionRecorder(inner=inner)
-    if inner is not None:  # the recorder reads the inner method's tokens and attention grid
-        recorder = replace(recorder, words=inner.words, attributes=inner.attributes, resolution=inner.resolution)
-    result = generate(pipe, prompt, seed=seed, method=recorder, **kwargs)
+    result = generate(pipe, prompt, seed=seed, method=AttentionRecorder(inner=inner), **kwargs)
     per_step = result.outputs["attention_maps"][0]
     steps = sorted(per_step)
     maps = {k: np.stack([per_step[s][k] for s in steps]) for k in ("subjects", "modifiers")}
@@ -116,8 +114,6 @@ def attention_grid(
                 image = result.images[0].resize((cell, cell), Image.NEAREST)
                 canvas.paste(image, (label + steps * cell, y))
     path = out / "attention.png"
-    tmp = out / "attention.png.tmp"
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
+    atomic_save_png(path, canvas)
     np.savez(out / "attention.npz", words=np.array(names), **arrays)
     return path

@@ -185,6 +185,15 @@ def provenance() -> dict:
     }
 
 
+def record_run(path: Path, record: dict) -> None:
+    """A result folder's settings file: `record` (its settings) and one provenance entry for every run that wrote to
+    the folder, this one's appended; written atomically."""
+    from .files import atomic_write_text
+
+    runs = json.loads(path.read_text()).get("runs", []) if path.exists() else []
+    atomic_write_text(path, json.dumps({**record, "runs": [*runs, provenance()]}, indent=1) + "\n")
+
+
 def claim_run_folder(out: str | Path, settings: dict) -> Path:
     """Create `out` for a resumable benchmark run and record `settings` there; refuse a folder that holds a run
     with other settings (its rows would be mixed with this run's)."""
@@ -366,11 +375,7 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
     others = sorted({r["suite"] for r in existing} - planned)
     if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
         raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
-    record = out / "settings.json"  # the settings, and one provenance entry per run that wrote to the folder
-    runs = json.loads(record.read_text()).get("runs", []) if record.exists() else []
-    tmp = out / "settings.json.tmp"
-    tmp.write_text(json.dumps({"settings": settings, "split": split, "runs": [*runs, provenance()]}, indent=1) + "\n")
-    tmp.replace(record)
+    record_run(out / "settings.json", {"settings": settings, "split": split})
     images = out / "images"
     has_images = images.is_dir() and any(images.iterdir())
     # an image deleted or damaged: its row is made again; a folder without any image (committed results, whose

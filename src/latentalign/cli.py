@@ -316,13 +316,6 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _step_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise ValueError(f"--at-steps takes comma-separated step indices, got {text!r}") from None
-
-
 def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
     """The --flags given, as options of the composition's stages; a flag no stage takes is refused by name."""
     from dataclasses import fields
@@ -343,7 +336,7 @@ def _stage_options(args: argparse.Namespace, names: list[str]) -> dict:
         if option == "words":
             value = tuple(w.strip() for w in value.split(","))
         if option == "at_steps":
-            value = _step_list(value)
+            value = tuple(_int_list("at-steps", value))
         options[field] = value
     return options
 

@@ -12,13 +12,12 @@ written to a temporary name and renamed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .files import atomic_save_png, atomic_write_text
 from .world import SUITE_NAMES, check, parse
 
 # GenEval's category for each Shapes suite: two coloured object groups are its attribute-binding task
@@ -78,26 +77,8 @@ def shapes_geneval_metadata(split: str = "heldout", limit_prompts: int | None = 
 def write_jsonl(path: str | Path, entries: list[dict]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_text(path, "".join(json.dumps(e) + "\n" for e in entries))
+    atomic_write_text(path, "".join(json.dumps(e) + "\n" for e in entries))
     return path
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _atomic_png(path: Path, image: Image.Image) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _grid(images: list[Image.Image]) -> Image.Image:
@@ -121,7 +102,7 @@ def _generate_missing(pipe, jobs: list[tuple[str, int, Path]], batch: int, metho
             result = generate(pipe, [p for p, _, _ in chunk], seed=[s for _, s, _ in chunk], method=method, **options)
             for (_, _, path), image in zip(chunk, result.images, strict=True):
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _atomic_png(path, image)
+                atomic_save_png(path, image)
                 bar.update(1)
 
 
@@ -165,7 +146,7 @@ def write_geneval(
         for index in range(len(entries)):
             folder = out / f"{index:05d}"
             images = [Image.open(folder / "samples" / f"{n:05d}.png").convert("RGB") for n in range(samples)]
-            _atomic_png(folder / "grid.png", _grid(images))
+            atomic_save_png(folder / "grid.png", _grid(images))
     return out
 
 
@@ -226,5 +207,5 @@ def score_geneval_folder(folder: str | Path) -> dict:
     summary = {t: sum(r["correct"] for r in rows if r["tag"] == t) / sum(r["tag"] == t for r in rows) for t in tags}
     summary["overall"] = sum(r["correct"] for r in rows) / len(rows)
     summary["images"] = len(rows)
-    _atomic_text(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(folder / "summary.json", json.dumps(summary, indent=1) + "\n")
     return summary

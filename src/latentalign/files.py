@@ -1,9 +1,12 @@
 """Reading saved files with errors that name the file: a truncated or corrupt safetensors or JSON file is a
-`ValueError` saying which file, not a traceback from deep inside the parser."""
+`ValueError` saying which file, not a traceback from deep inside the parser; writing them atomically (a reader or an
+interrupted run never sees half a file)."""
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -35,3 +38,25 @@ def read_json(path: str | Path):
         raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """`text` into `path` through a temporary file beside it and one rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_png(path: str | Path, image) -> None:
+    """A PIL image as `path` (PNG) through a temporary file beside it and one rename; no temporary file is left."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-", suffix=".tmp")
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .bench import plan, provenance, read_rows, sign_test, wilson_interval
+from .bench import plan, read_rows, record_run, sign_test, wilson_interval
 from .core import DEFAULTS_FILE, default_guidance, default_steps, sampling_defaults
+from .files import atomic_write_text
 
 PLAIN = -1  # the step value of plain generation's rows
 SELECTION_SUITES = ("two_objects", "relation")  # what attention losses are for: two subjects to keep apart
@@ -29,7 +30,7 @@ def shard_from_environment() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _judge_rows(pipe, scorer, images, prompts) -> list[dict]:
+def _judge_rows(scorer, images, prompts) -> list[dict]:
     if scorer is None:
         from .world import check
 
@@ -101,17 +102,11 @@ def select_steps(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     record_path = out / "settings.json"
-    runs = []
     if record_path.exists():
-        saved = json.loads(record_path.read_text())
-        if saved["settings"] != settings:
-            raise ValueError(
-                f"{out} holds a selection made with other settings: {saved['settings']}; use another --out"
-            )
-        runs = saved.get("runs", [])
-    tmp = out / "settings.json.tmp"
-    tmp.write_text(json.dumps({"settings": settings, "runs": [*runs, provenance()]}, indent=1) + "\n")
-    tmp.replace(record_path)
+        saved = json.loads(record_path.read_text())["settings"]
+        if saved != settings:
+            raise ValueError(f"{out} holds a selection made with other settings: {saved}; use another --out")
+    record_run(record_path, {"settings": settings})
 
     rows = [r for path in sorted(out.glob("rows*.jsonl")) for r in read_rows(path)]
     done = {(r["step"], r["prompt"], r["seed"]) for r in rows}
@@ -141,7 +136,7 @@ def select_steps(
                 evals = result.cost.denoiser_evals / len(chunk)
                 seconds = result.cost.seconds / len(chunk)
                 for (name, prompt, seed), judged in zip(
-                    chunk, _judge_rows(pipe, scorer, result.images, prompts), strict=True
+                    chunk, _judge_rows(scorer, result.images, prompts), strict=True
                 ):
                     row = {
                         "step": step,
@@ -222,19 +217,13 @@ def summarise_selection(pipe, out: Path, rows, jobs, planned, settings, record, 
         "selected": best["step"] if best and complete else None,
         "metric": "accuracy (checker)" if checker else f"mean score ({settings['judge']})",
     }
-    _write_json(out / "summary.json", summary)
-    (out / "summary.md").write_text(_table_md(summary) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / "summary.md", _table_md(summary) + "\n")
     if refined:
         _plot(summary, out / "steps.png")
     if record and summary["selected"] is not None:
         record_selection(model_folder, summary)
     return summary
-
-
-def _write_json(path: Path, value) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    tmp.replace(path)
 
 
 def _table_md(summary: dict) -> str:
@@ -296,5 +285,5 @@ def record_selection(folder: str | Path, summary: dict) -> Path:
     data = json.loads(path.read_text()) if path.exists() else {}
     settings = summary["settings"]
     data["iterref"] = {"steps": [summary["selected"]], "loss": settings["loss"], **settings["options"]}
-    _write_json(path, data)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path

@@ -37,7 +37,7 @@ def _words(name: str, value) -> tuple | None:
     return words
 
 
-def check_steps(name: str, steps) -> tuple[int, ...] | None:
+def check_step_indices(name: str, steps) -> tuple[int, ...] | None:
     """Step indices as a sorted tuple of distinct non-negative integers (None stays None)."""
     if steps is None:
         return None

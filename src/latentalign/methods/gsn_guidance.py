@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .attention_refinement import AttentionGuidance, check_steps
+from .attention_refinement import AttentionGuidance, check_step_indices
 from .base import register
 
 
@@ -24,7 +24,7 @@ class GSNGuidance(AttentionGuidance):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "steps", check_steps("steps", self.steps))
+        object.__setattr__(self, "steps", check_step_indices("steps", self.steps))
 
     def schedule(self, steps: int) -> tuple[dict[int, float], set[int]]:
         return {}, set(self.steps) if self.steps is not None else set(range(round(steps / 2)))

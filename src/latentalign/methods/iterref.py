@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from .attention_refinement import AttentionGuidance, check_steps
+from .attention_refinement import AttentionGuidance, check_step_indices
 from .base import register
 
 
@@ -27,7 +27,7 @@ class IterRef(AttentionGuidance):
 
     def __post_init__(self):
         super().__post_init__()
-        object.__setattr__(self, "steps", check_steps("steps", self.steps))
+        object.__setattr__(self, "steps", check_step_indices("steps", self.steps))
         if isinstance(self.threshold, bool) or not math.isfinite(self.threshold):
             raise ValueError(f"threshold must be a finite number, got {self.threshold!r}")
 
