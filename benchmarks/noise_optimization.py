@@ -132,7 +132,8 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     pixel = load_scorer(args.pixel_scorer, vae=pipe.vae)
     latent = load_scorer(args.latent_scorer)
-    if (pixel.kind, latent.kind) != ("pixel", "latent"):
+    # the "latent" reward reads the latents without decoding: a Latent-CLIP or a latent judge
+    if pixel.kind != "pixel" or latent.kind not in ("latent", "judge"):
         ap.error(f"--pixel-scorer is a {pixel.kind} scorer and --latent-scorer a {latent.kind} one")
     scorers = {"pixel_scorer": args.pixel_scorer, "latent_scorer": args.latent_scorer}
     if args.iterations is None:

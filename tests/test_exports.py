@@ -46,7 +46,11 @@ def test_geneval_export_layout_and_checker_scoring(tiny_shapes_pipeline, tmp_pat
         from PIL import Image
 
         saved = Image.open(out / "00000" / "samples" / "00001.png").convert("RGB")
-    assert list(saved.getdata()) == list(again.images[0].convert("RGB").getdata())
+    # equal up to rounding: with several threads a batch of 3 and a batch of 1 may sum in another order
+    import numpy as np
+
+    diff = np.abs(np.asarray(saved, dtype=int) - np.asarray(again.images[0].convert("RGB"), dtype=int))
+    assert diff.max() <= 2
     summary = score_geneval_folder(out)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert summary["images"] == len(rows) == 2 * len(entries)

@@ -223,3 +223,13 @@ def test_float16_pixel_reward_through_a_vae_that_asks_for_float32(tiny_sdxl_pipe
     assert len(set(r.rewards[0])) > 1 and r.skipped_updates == [0]
     assert r.latents.dtype == torch.float16 and torch.isfinite(r.latents).all()
     assert pipe.vae.dtype == torch.float16 and all(p.requires_grad for p in pipe.vae.parameters())
+
+
+def test_explicit_rewards_ignore_the_pipelines_recommended_scorer():
+    import latentalign
+    from latentalign.methods import NoiseOptimization, Reward
+    from latentalign.scorers import load_scorer
+
+    pipe = latentalign.load_pipeline("shapes-one-step")  # its latentalign.json recommends a scorer and 13 iterations
+    stage = NoiseOptimization(rewards=[Reward(load_scorer("shapes-latent"))]).with_pipeline_defaults(pipe)
+    assert stage.scorer is None and stage.iterations == 13

@@ -50,7 +50,7 @@ def test_shipped_pipeline_generates_with_its_recommended_settings():
     assert result.cost.denoiser_evals == 2 * 2 * settings["num_inference_steps"]
 
 
-@pytest.mark.parametrize("kind", ["pixel", "latent", "noisy"])
+@pytest.mark.parametrize("kind", ["pixel", "latent", "noisy", "judge"])
 def test_shipped_scorers_load_and_read_the_shipped_pipeline(kind):
     from latentalign.scorers import load_scorer
 
@@ -59,7 +59,7 @@ def test_shipped_scorers_load_and_read_the_shipped_pipeline(kind):
     assert scorer.kind == kind
     latents = torch.randn(2, 4, 8, 8)
     x = scorer.decode(latents) if kind == "pixel" else latents
-    t = torch.tensor([0, 500]) if kind == "noisy" else None
+    t = torch.tensor([0, 500]) if kind in ("noisy", "judge") else None
     scores = scorer.score(x, "a red circle", t)
     assert scores.shape == (2,) and torch.isfinite(scores).all()
     assert scorer.vae_scaling_factor == pipe.vae.config.scaling_factor

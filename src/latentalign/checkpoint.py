@@ -91,6 +91,23 @@ def load_checkpoint(
     return meta
 
 
+def publish_folder(out: str | Path, name: str, write) -> Path:
+    """`out/name` written by `write(folder)` into a fresh folder, then swapped in with one rename (a run killed
+    while writing leaves the previous result, never half of one)."""
+    out = Path(out)
+    final = out / name
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}-"))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return final
+
+
 def save_prompted_tensors(path: str | Path, tensors: dict[str, torch.Tensor], prompts: list[str]) -> None:
     """Tensors with one prompt per row, as one safetensors file (prompts in its metadata), written atomically."""
     path = Path(path)

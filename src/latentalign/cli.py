@@ -200,6 +200,45 @@ def _train_projector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_judge(args: argparse.Namespace) -> int:
+    from .training.judge import JudgeTrainConfig, resolve_judge
+
+    cfg = JudgeTrainConfig(  # validates before any work
+        judge=args.judge,
+        prompt_file=args.prompt_file,
+        towers=None if args.towers == "none" else args.towers,
+        prompts=args.prompts,
+        seeds_per_prompt=args.seeds_per_prompt,
+        renders=args.renders,
+        render_share=args.render_share,
+        final_share=args.final_share,
+        ranking_weight=args.ranking_weight,
+        foresight_weight=args.foresight_weight,
+        object_weight=args.object_weight,
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )
+    resolve_judge(cfg.judge)  # a misspelt judge fails before the pipeline loads
+
+    import torch
+
+    from .pipeline import load_pipeline
+    from .scorers.factory import ship_scorer
+    from .training.judge import train_judge
+
+    torch.set_num_threads(args.threads if os.environ.get("WORLD_SIZE", "1") == "1" else 1)
+    out = Path(args.out or f"runs/judge_{args.model}")
+    final = train_judge(out, cfg, load_pipeline(args.model))
+    if args.ship and os.environ.get("RANK", "0") == "0":
+        if args.model != "shapes":
+            raise ValueError("--ship ships the judge of the shapes pipeline (shapes-judge); pass --model shapes")
+        print(f"shipped to {ship_scorer(final, 'shapes-judge')} as shapes-judge")
+    return 0
+
+
 def _user_errors(command):
     """Bad input ends a command with a one-line `error: ...` and exit code 2, not a traceback."""
 
@@ -843,6 +882,43 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--threads", type=int, default=2)
     ts.add_argument("--ship", action="store_true", help="copy the result into the package's shipped scorers")
     ts.set_defaults(func=_user_errors(_train_scorer))
+    tj = train_sub.add_parser(
+        "judge",
+        help="distil a pixel judge (the Shapes checker, or your callable) into a latent cross-encoder that reads the "
+        "prompt with z_t and t, from the pipeline's own trajectories on train prompts (resumable; accelerate launch)",
+    )
+    tj.add_argument("--model", default="shapes", help="the pipeline whose trajectories the judge learns to read")
+    tj.add_argument(
+        "--judge",
+        default="checker",
+        help="the pixel judge: 'checker' (Shapes) or 'module:function' / 'file.py:function', called as "
+        "judge(images, prompts) -> one score in [0, 1] per image",
+    )
+    tj.add_argument("--prompt-file", default=None, help="train prompts, one per line (outside the Shapes world)")
+    tj.add_argument("--out", default=None, help="working folder (default runs/judge_<model>)")
+    tj.add_argument("--prompts", type=int, default=768, help="train prompts recorded")
+    tj.add_argument("--seeds-per-prompt", type=int, default=8, help="trajectories per prompt")
+    tj.add_argument("--renders", type=int, default=8000, help="Shapes: rendered (prompt, corruption) pairs")
+    tj.add_argument("--render-share", type=float, default=0.5, help="share of each batch from the renders")
+    tj.add_argument(
+        "--towers",
+        default="shapes-latent",
+        help="start from this Latent-CLIP's towers (shipped name or folder); 'none': the pipeline's text encoder",
+    )
+    tj.add_argument("--final-share", type=float, default=0.25, help="share of trajectory items read at t = 0")
+    tj.add_argument("--ranking-weight", type=float, default=1.0, help="weight of the within-prompt ranking term")
+    tj.add_argument(
+        "--foresight-weight", type=float, default=5.0, help="weight of the foresight head's final-image term"
+    )
+    tj.add_argument("--object-weight", type=float, default=1.0, help="weight of the object head's cell term")
+    tj.add_argument("--steps", type=int, default=3000)
+    tj.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints and AUROC reports")
+    tj.add_argument("--batch", type=int, default=256)
+    tj.add_argument("--lr", type=float, default=5e-4)
+    tj.add_argument("--seed", type=int, default=0)
+    tj.add_argument("--threads", type=int, default=2)
+    tj.add_argument("--ship", action="store_true", help="copy the result into the package as shapes-judge")
+    tj.set_defaults(func=_user_errors(_train_judge))
     td = train_sub.add_parser(
         "distill",
         help="distil a pixel CLIP (decode + CLIP) into a Latent-CLIP that reads the latents, or a NoisyCLIP that reads "

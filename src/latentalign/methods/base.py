@@ -89,8 +89,13 @@ class Stage:
             raise ValueError(f"{source}: {self.name!r} has no option {sorted(unknown)[0]!r} (options: {sorted(own)})")
         given = getattr(self, "_given", None)  # options passed to the constructor win over the file's
         unset = (lambda k: k not in given) if given is not None else (lambda k: getattr(self, k) is None)
-        changes = {k: v for k, v in recommended.items() if k in own and unset(k)}
+        skip = self.defaults_not_applying()
+        changes = {k: v for k, v in recommended.items() if k in own and unset(k) and k not in skip}
         return replace(self, **changes) if changes else self
+
+    def defaults_not_applying(self) -> set[str]:
+        """Options of the pipeline's latentalign.json that this stage's own settings make moot (none by default)."""
+        return set()
 
     def run_settings(self, pipe) -> dict[str, Any]:
         """Run settings this method recommends on `pipe`: its latentalign.json key's, else `run_defaults`."""

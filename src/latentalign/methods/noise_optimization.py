@@ -148,6 +148,10 @@ class NoiseOptimization(NoiseStage):
             if self.scorer is not None or self.avoid is not None:
                 raise ValueError("pass rewards=..., or scorer/avoid to build them, not both")
 
+    def defaults_not_applying(self) -> set[str]:
+        # explicit rewards carry their own scorers: a recommended scorer would contradict them
+        return {"scorer"} if self.rewards is not None else set()
+
     def prepare(self, run) -> NoiseOptimization:
         iterations = NOISE_OPTIMIZATION_ITERATIONS if self.iterations is None else self.iterations
         rewards = self.rewards

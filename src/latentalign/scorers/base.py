@@ -56,24 +56,33 @@ def as_prompts(prompts: str | list[str], batch: int | None = None) -> list[str]:
 
 
 class Scorer(nn.Module):
-    """CLIPScore (Hessel et al., 2021): cosine similarity of L2-normalised CLIP image and text embeddings."""
+    """The one scorer interface: `score(x, prompts, t=None) -> (batch,)`, higher is better, over a declared space.
+
+    CLIP-style dual encoders (`CLIPScorer`) return a cosine; a cross-encoder judge (`LatentJudge`) log-odds.
+    """
 
     space: str = ""  # one of SPACES: what `score` reads
-    kind: str = ""  # the name `save_scorer` records: "pixel", "latent" or "noisy"
+    kind: str = ""  # the name `save_scorer` records: "pixel", "latent", "noisy" or "judge"
     needs_t: bool = False
     # latent scorers read raw VAE latents: the pipeline's latents / vae_scaling_factor + vae_shift_factor
     vae_scaling_factor: float | None = None
     vae_shift_factor: float = 0.0
 
-    def __init__(self, clip: CLIPModel, tokenizer):
+    def __init__(self):
         super().__init__()
-        self.clip = clip
-        self.tokenizer = tokenizer
         self.cost = Cost()
 
     @property
     def in_channels(self) -> int:
-        return self.clip.config.vision_config.num_channels
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     def raw_latents(self, x: torch.Tensor) -> torch.Tensor:
         """The pipeline's latents as the VAE's encoder gives them (undoing the pipeline's scaling and shift)."""
@@ -99,10 +108,6 @@ class Scorer(nn.Module):
         """The height and width of latents the vision tower reads as they are (no resizing); None if it resizes."""
         return None
 
-    @property
-    def device(self) -> torch.device:
-        return self.clip.logit_scale.device
-
     def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
         """Raise a short ValueError for input this scorer cannot read."""
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
@@ -126,6 +131,35 @@ class Scorer(nn.Module):
             steps = torch.as_tensor(t).float()
             if not bool((torch.isfinite(steps) & (steps >= 0) & (steps <= 1000)).all()):
                 raise ValueError(f"timesteps must be finite and in [0, 1000], got {steps.flatten()[:4].tolist()}")
+
+    def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
+        """One score per input (higher: better aligned with its prompt, or the one prompt), shape (batch,)."""
+        raise NotImplementedError
+
+    def extra_modules(self) -> dict[str, nn.Module]:
+        """Trained modules besides the main weights, by name; `save_scorer` writes each to `<name>.safetensors`."""
+        return {}
+
+    def scorer_config(self) -> dict:
+        """The JSON-able constructor arguments `save_scorer` records besides the weights and tokenizer."""
+        return {}
+
+
+class CLIPScorer(Scorer):
+    """CLIPScore (Hessel et al., 2021): cosine similarity of L2-normalised CLIP image and text embeddings."""
+
+    def __init__(self, clip: CLIPModel, tokenizer):
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+
+    @property
+    def in_channels(self) -> int:
+        return self.clip.config.vision_config.num_channels
+
+    @property
+    def device(self) -> torch.device:
+        return self.clip.logit_scale.device
 
     def image_features(self, x: torch.Tensor, t: torch.Tensor | int | None) -> torch.Tensor:
         """Unnormalised projected image embeddings of checked input."""
@@ -163,11 +197,3 @@ class Scorer(nn.Module):
         labels = as_prompts(labels)
         logits = self.clip.logit_scale.exp() * self.embed_images(x, t) @ self.embed_text(labels).T
         return logits.softmax(-1)
-
-    def extra_modules(self) -> dict[str, nn.Module]:
-        """Trained modules outside the CLIPModel, by name; `save_scorer` writes each to `<name>.safetensors`."""
-        return {}
-
-    def scorer_config(self) -> dict:
-        """The JSON-able constructor arguments `save_scorer` records besides the CLIPModel and tokenizer."""
-        return {}

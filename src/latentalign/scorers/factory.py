@@ -16,11 +16,17 @@ from ..files import file_stamp, read_json, read_safetensors
 from ..tokenizer import build_clip_tokenizer
 from ..world import words
 from .base import Scorer
+from .judge import LatentJudge
 from .latent_clip import LatentCLIPScorer
 from .noisy_clip import NoisyCLIPScorer
 from .pixel_clip import PixelCLIPScorer
 
-KINDS: dict[str, type[Scorer]] = {"pixel": PixelCLIPScorer, "latent": LatentCLIPScorer, "noisy": NoisyCLIPScorer}
+KINDS: dict[str, type[Scorer]] = {
+    "pixel": PixelCLIPScorer,
+    "latent": LatentCLIPScorer,
+    "noisy": NoisyCLIPScorer,
+    "judge": LatentJudge,
+}
 SCORER_FILE = "latentalign_scorer.json"
 
 
@@ -30,6 +36,13 @@ def check_vision_size(width: int | None, layers: int | None) -> None:
         raise ValueError(f"vision_width must be a positive multiple of 16, got {width}")
     if layers is not None and layers < 1:
         raise ValueError(f"vision_layers must be >= 1, got {layers}")
+
+
+def build_shapes_judge(pipe, *, seed: int = 0) -> LatentJudge:
+    """A random-weight judge for a Shapes pipeline, in the architecture of `configs/shapes_judge.json`."""
+    from .judge import judge_for_pipeline
+
+    return judge_for_pipeline(pipe, config("shapes_judge"), seed=seed).eval()
 
 
 def build_shapes_scorer(
@@ -49,8 +62,8 @@ def build_shapes_scorer(
     (see `fit_preview_map`), its RGB preview as the published NoisyCLIP does. `vision_width` / `vision_layers`
     resize the image tower (heads of 16 channels, MLP 4x wide); the text tower and the embedding stay as shipped.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown scorer kind {kind!r}: choose from {sorted(KINDS)}")
+    if kind not in KINDS or kind == "judge":
+        raise ValueError(f"unknown scorer kind {kind!r}: choose from pixel, latent, noisy (judges: build_shapes_judge)")
     arch = config("shapes_clip_latent" if kind == "noisy" and preview_map is None else f"shapes_clip_{kind}")
     check_vision_size(vision_width, vision_layers)
     if vision_width is not None:
@@ -82,6 +95,10 @@ def save_scorer(scorer: Scorer, folder: str | Path) -> None:
     """Write the CLIPModel (safetensors), its tokenizer and `latentalign_scorer.json` into `folder`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(scorer, LatentJudge):
+        scorer.save_parts(folder)
+        (folder / SCORER_FILE).write_text(json.dumps({"kind": scorer.kind, **scorer.scorer_config()}, indent=1) + "\n")
+        return
     scorer.clip.save_pretrained(folder)  # transformers 5 always writes model.safetensors
     scorer.tokenizer.save_pretrained(folder)
     for name, module in scorer.extra_modules().items():
@@ -95,6 +112,7 @@ SHIPPED_FOLDERS = {
     "shapes-latent": ("latent", "latentalign train scorer --kind latent --ship"),
     "shapes-noisy": ("noisy", "latentalign train scorer --kind noisy --ship"),
     "shapes-latent-distilled": ("latent_distilled", "latentalign train distill --model shapes-one-step --ship"),
+    "shapes-judge": ("judge", "latentalign train judge --model shapes --ship"),
 }
 SHIPPED = tuple(SHIPPED_FOLDERS)
 
@@ -129,6 +147,11 @@ def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     kind = settings.pop("kind")
     if kind not in KINDS:
         raise ValueError(f"{folder / SCORER_FILE} names an unknown scorer kind {kind!r}")
+    if kind == "judge":
+        try:
+            return LatentJudge.load_parts(folder, settings).eval()
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{folder}: its judge could not be loaded ({type(e).__name__}: {e})") from None
     try:
         clip = CLIPModel.from_pretrained(folder, use_safetensors=True)
     except Exception as e:  # a truncated or corrupt weights file: name it, not a parser's traceback

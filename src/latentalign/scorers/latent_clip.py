@@ -11,7 +11,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel
 
 from ..files import read_safetensors
-from .base import Scorer
+from .base import CLIPScorer
 
 # open_clip block -> transformers CLIPEncoderLayer; in_proj is split into q/k/v separately.
 _BLOCK = {
@@ -53,7 +53,7 @@ class LatentStem(nn.Module):
         return self.net(x)
 
 
-class LatentCLIPScorer(Scorer):
+class LatentCLIPScorer(CLIPScorer):
     """Latent-CLIP (Wendler et al., arXiv 2503.08455): CLIPScore on VAE latents, no decode.
 
     With `stem` (a `LatentStem` config) a convolutional stem reads the latents and the vision tower reads its

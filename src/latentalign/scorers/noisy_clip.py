@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPModel, CLIPTokenizer
 
-from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, clip_preprocess, image_stats
+from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScorer, clip_preprocess, image_stats
 from .latent_clip import LatentStem
 
 # The community SDXL "latent preview" factors (0-255 RGB per latent channel, applied to the pipeline's scaled
@@ -56,7 +56,7 @@ class TimestepEmbedding(torch.nn.Module):
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
 
 
-class NoisyCLIPScorer(Scorer):
+class NoisyCLIPScorer(CLIPScorer):
     """NoisyCLIP (Ramos et al., arXiv 2512.08505): alignment of noisy latents z_t.
 
     With `preview_matrix`/`preview_bias` (the published layout) the vision tower reads the clamped linear RGB

@@ -6,10 +6,10 @@ import torch
 from transformers import CLIPModel, CLIPTokenizer
 
 from ..adapters import decode_latents
-from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Scorer, as_prompts, clip_preprocess, image_stats
+from .base import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, CLIPScorer, as_prompts, clip_preprocess, image_stats
 
 
-class PixelCLIPScorer(Scorer):
+class PixelCLIPScorer(CLIPScorer):
     """CLIPScore (Hessel et al., 2021) with CLIP (Radford et al., 2021) on [0, 1] RGB images."""
 
     space = "pixels"

@@ -83,8 +83,8 @@ def train_projector(
 ) -> Path:
     """Train a projector for `pipe` against `scorer`'s reward (`scorer_name` is recorded); writes `out/projector`
     and resumes from `out/checkpoint`."""
-    if scorer.space not in ("pixels", "latents"):
-        raise ValueError(f"the projector's reward reads pixels or clean latents; this scorer reads {scorer.space}")
+    if scorer.space == "noisy_latents" and scorer.needs_t:
+        raise ValueError("the projector's reward reads the final latents: a noisy scorer that needs t cannot")
     if sampling_defaults(pipe).world != "shapes":
         raise ValueError("train projector draws its prompts from the Shapes world's train split")
     out = Path(out)
@@ -127,7 +127,7 @@ def train_projector(
         refined = mu + log_sigma.exp() * noise
         latents = differentiable_sample(den, refined.to(den.dtype), cond, den.start(seeds, steps)[1])
         x = den.decode(latents) if scorer.space == "pixels" else latents
-        reward = scorer.score(x, prompts).float()
+        reward = scorer.score(x, prompts).float()  # a judge reads the final latents as clean (t = 0)
         kl = projection_kl(mu, log_sigma)
         loss = (-reward + cfg.kl_weight * kl).mean()
         opt.zero_grad(set_to_none=True)

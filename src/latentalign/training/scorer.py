@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +30,7 @@ from ..checkpoint import (
     checkpoint_exists,
     load_checkpoint,
     load_prompted_tensors,
+    publish_folder,
     recover_checkpoint,
     save_checkpoint,
     save_prompted_tensors,
@@ -550,16 +548,16 @@ def train_scorer(out: str | Path, cfg: ScorerTrainConfig, pipe, *, accelerator=N
     final = out / "scorer"
     if main:
         scorer.eval()
-        tmp = Path(tempfile.mkdtemp(dir=out, prefix=".scorer-"))
-        save_scorer(scorer, tmp)
         report = {k: v for k, v in meta.items() if k != "param_groups"}
         report["processes"] = acc.num_processes
         report["seconds"] = round(time.time() - t_start, 1)
         report["zero_shot"] = zero_shot_accuracy(scorer, pipe, split="heldout", per_suite=cfg.eval_per_suite)
-        (tmp / "training.json").write_text(json.dumps(report, indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+
+        def write(folder: Path) -> None:
+            save_scorer(scorer, folder)
+            (folder / "training.json").write_text(json.dumps(report, indent=1) + "\n")
+
+        publish_folder(out, "scorer", write)
         log(f"saved {final} after {report['seconds'] / 60:.1f} min; zero-shot {report['zero_shot']}")
     acc.wait_for_everyone()
     return final

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from .grammar import COLOUR_HUES, COLOUR_VALUE, IMAGE_SIZE, Scene, parse
+from .grammar import COLOUR_HUES, COLOUR_VALUE, COLOURS, IMAGE_SIZE, SHAPES, Scene, parse
 
 COVERAGE_MIN = 0.5  # a pixel is foreground when at least half of it is painted
 SATURATION_MIN = 0.35
@@ -113,6 +113,46 @@ def _components(mask: np.ndarray) -> list[list[tuple[int, int]]]:
 
 def detect(image) -> list[Detection]:
     """Every object in a Shapes image: colour by hue, shape by blur-invariant geometry."""
+    return [d for d, _ in _detections(image)]
+
+
+OBJECT_CLASSES = 1 + len(COLOURS) * len(SHAPES)  # background, then every (colour, shape)
+
+
+def object_map(image) -> np.ndarray:
+    """The checker's reading of every pixel, (H, W) ints: 0 background, else 1 + colour * len(SHAPES) + shape of
+    the detected object the pixel belongs to (the dense, clause-level form of its verdict)."""
+    rgb = _as_array(image)
+    out = np.zeros(rgb.shape[:2], dtype=np.int64)
+    for d, comp in _detections(rgb):
+        ys, xs = zip(*comp, strict=True)
+        out[list(ys), list(xs)] = 1 + COLOURS.index(d.colour) * len(SHAPES) + SHAPES.index(d.shape)
+    return out
+
+
+def map_detections(classes: np.ndarray) -> list[Detection]:
+    """Objects in an object-class map (as `object_map` writes it, any resolution): each connected region of one
+    class covering at least MIN_AREA pixels at image scale, at its centroid in image pixels."""
+    scale = IMAGE_SIZE / classes.shape[0]
+    out = []
+    for c in np.unique(classes):
+        if c == 0:
+            continue
+        for comp in _components(classes == c):
+            if len(comp) * scale * scale >= MIN_AREA:
+                ys, xs = np.array(comp).T
+                colour, shape = COLOURS[(c - 1) // len(SHAPES)], SHAPES[(c - 1) % len(SHAPES)]
+                cx, cy = (xs.mean() + 0.5) * scale - 0.5, (ys.mean() + 0.5) * scale - 0.5
+                out.append(Detection(colour, shape, float(cx), float(cy), round(len(comp) * scale * scale), 0, 0, 0))
+    return out
+
+
+def map_verdict(classes: np.ndarray, prompt: str) -> bool:
+    """The checker's verdict on an object-class map instead of an image (a latent judge's object head predicts one)."""
+    return not judge(map_detections(classes), parse(prompt))
+
+
+def _detections(image) -> list[tuple[Detection, list[tuple[int, int]]]]:
     rgb = _as_array(image)
     vmax, vmin = rgb.max(-1), rgb.min(-1)
     coverage = np.clip(vmax / COLOUR_VALUE, 0.0, 1.0)
@@ -167,7 +207,7 @@ def detect(image) -> list[Detection]:
             shape = "square"
         else:
             shape = "circle"
-        detections.append(Detection(name, shape, cx, cy, len(comp), fill, top_ratio, diagonal))
+        detections.append((Detection(name, shape, cx, cy, len(comp), fill, top_ratio, diagonal), comp))
     return detections
 
 

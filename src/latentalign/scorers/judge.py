@@ -1,0 +1,339 @@
+"""A cross-encoder latent judge: the log-odds that a (noisy) latent's final image will satisfy its prompt.
+
+Distilled from a pixel-space judge (the Shapes checker, a VLM, a detector) on the generator's own trajectories, so
+it reads a VAE latent or a noisy z_t with its timestep and never decodes.
+
+Why joint attention (one transformer over [CLS, prompt tokens, latent cells]) rather than a dual encoder or text-only
+cross-attention: the questions a dual encoder cannot answer are bindings between words and places (which colour sits
+on which shape, which object lies left of which, how many of them). In a joint stack a colour token can read the cells
+of its shape's object and a cell can read which words mention it, in both directions and at every layer; the class
+token then reads the whole pairing. Shapes latents are 8x8 cells and prompts 16 tokens, so full joint attention
+over 81 tokens is cheap; larger latents are read through `patch_size` x `patch_size` patches.
+
+The text side is the generator's own text encoder (frozen by default: it already separates the prompts the generator
+follows), so a judge trained for one pipeline reads prompts exactly as that pipeline does. The timestep is an
+embedding added to every token; t = 0 reads clean latents.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..files import read_json, read_safetensors
+from .base import Scorer, as_prompts
+from .noisy_clip import TimestepEmbedding
+
+ARCHITECTURE = {  # configs/shapes_judge.json overrides these for the Shapes world
+    "width": 96,
+    "layers": 4,
+    "heads": 4,
+    "mlp_ratio": 4,
+    "patch_size": 1,
+    "latent_channels": 4,
+    # pixels per latent cell side of the foresight head (0: none): each cell token predicts its patch of the final
+    # decoded image, a dense target (the whole picture, not one bit) that keeps the cell tokens about content
+    "foresight": 0,
+    # object classes of the object head (0: none): each cell token predicts which object (colour and shape, or
+    # background) covers its part of the final image, as the Shapes checker reads it
+    "objects": 0,
+    "object_pixels": 1,  # the object head's resolution: pixels per latent cell side (4 on Shapes: every pixel)
+    # Shapes world only: add this margin to the log-odds of latents whose predicted object map passes the checker's
+    # clause rules (`map_verdict`), so a ranking asks the rules first and the learned log-odds second (0: off).
+    # The verdict is piecewise constant: gradients (noise optimisation) come from the log-odds alone.
+    "verdict_margin": 0,
+}
+JUDGE_WEIGHTS = "judge.safetensors"
+OPTIONAL = ("foresight", "objects", "verdict_margin")  # fields that may be 0 (off)
+
+
+def check_architecture(arch: dict) -> dict:
+    """`ARCHITECTURE` updated by `arch`, refused when a field is unknown or out of range."""
+    unknown = set(arch) - set(ARCHITECTURE)
+    if unknown:
+        raise ValueError(f"unknown judge architecture fields {sorted(unknown)}: choose from {sorted(ARCHITECTURE)}")
+    arch = {**ARCHITECTURE, **arch}
+    if any(not isinstance(v, int) or v < (0 if k in OPTIONAL else 1) for k, v in arch.items()):
+        raise ValueError(f"judge architecture fields must be integers >= 1 ({', '.join(OPTIONAL)} >= 0), got {arch}")
+    if arch["verdict_margin"] and not arch["objects"]:
+        raise ValueError("verdict_margin reads the object head: set objects (the number of object classes)")
+    if arch["width"] % arch["heads"] or arch["width"] % 4:
+        raise ValueError(f"width {arch['width']} must be a multiple of 4 and of heads {arch['heads']}")
+    return arch
+
+
+def sincos_positions(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions (MAE, He et al., 2022), (height * width, dim): any grid size reads them."""
+    quarter = dim // 4
+    freqs = 1.0 / (10_000 ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    parts = [f(c.flatten()[:, None] * freqs) for c in (ys, xs) for f in (torch.sin, torch.cos)]
+    return torch.cat(parts, dim=1)
+
+
+class LatentJudge(Scorer):
+    """Cross-encoder latent reward model distilled from a pixel judge (as ImageReward / VQAScore read text and image
+    jointly), on z_t and t: `score` returns the log-odds that the final image satisfies the prompt."""
+
+    space = "noisy_latents"
+    kind = "judge"
+    needs_t = False  # t = None reads clean latents (t = 0)
+
+    def __init__(
+        self,
+        text_encoder: nn.Module,
+        tokenizer,
+        vae_scaling_factor: float,
+        vae_shift_factor: float = 0.0,
+        architecture: dict | None = None,
+        latent_scale: float | None = None,
+        latent_shift: float | None = None,
+        towers: nn.Module | None = None,
+    ):
+        super().__init__()
+        if (text_encoder is None) == (towers is None):
+            raise ValueError("a LatentJudge reads prompts with either a text encoder or a Latent-CLIP's towers")
+        arch = check_architecture(architecture or {})
+        self.architecture = arch
+        self.text_encoder = text_encoder
+        # a trained Latent-CLIP (a CLIPModel on raw latents): its text tower reads the prompt, its vision tower the
+        # cells, and its CLIPScore is a prior the judge adds to (so it starts from Latent-CLIP's ranking)
+        self.towers = towers
+        self.tokenizer = tokenizer
+        self.vae_scaling_factor = float(vae_scaling_factor)
+        self.vae_shift_factor = float(vae_shift_factor)
+        # the cells are normalised as the training pipeline's latents were (its scaling and shift, kept fixed), so a
+        # judge read through `for_pipeline_latents` sees the same numbers from another pipeline on the same VAE
+        self.latent_scale = float(vae_scaling_factor if latent_scale is None else latent_scale)
+        self.latent_shift = float(vae_shift_factor if latent_shift is None else latent_shift)
+        width = arch["width"]
+        if towers is None:
+            self.text_proj = nn.Linear(text_encoder.config.hidden_size, width)
+            self.cell_proj = nn.Conv2d(arch["latent_channels"], width, arch["patch_size"], stride=arch["patch_size"])
+        else:
+            vision = towers.config.vision_config
+            if vision.patch_size != 1 or arch["patch_size"] != 1 or vision.num_channels != arch["latent_channels"]:
+                raise ValueError("judge towers must read latent cells one by one (patch size 1, the latent channels)")
+            self.text_proj = nn.Linear(towers.config.text_config.hidden_size, width)
+            self.cell_proj = nn.Linear(vision.hidden_size, width)
+            self.tower_timestep = TimestepEmbedding(vision.hidden_size)  # on the tower's class token, starts at zero
+            self.prior_weight = nn.Parameter(torch.tensor(10.0))
+        self.timestep_embedding = TimestepEmbedding(width)
+        self.type_embedding = nn.Parameter(torch.zeros(3, width))  # class token, prompt token, latent cell
+        self.cls_token = nn.Parameter(torch.randn(width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, arch["heads"], arch["mlp_ratio"] * width, dropout=0.0, activation="gelu", batch_first=True,
+            norm_first=True,
+        )  # fmt: skip
+        self.blocks = nn.TransformerEncoder(layer, arch["layers"], enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        side = arch["foresight"] * arch["patch_size"]
+        self.foresight_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 3 * side * side)) if side else None
+        classes, pixels = arch["objects"], arch["object_pixels"] * arch["patch_size"]
+        self.object_head = (
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, classes * pixels * pixels)) if classes else None
+        )
+        if text_encoder is not None:
+            text_encoder.requires_grad_(False)
+
+    @property
+    def latent_size(self) -> int | None:
+        return None if self.towers is None else self.towers.config.vision_config.image_size
+
+    @property
+    def in_channels(self) -> int:
+        return self.architecture["latent_channels"]
+
+    @property
+    def device(self) -> torch.device:
+        return self.head[1].weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head[1].weight.dtype
+
+    def check_input(self, x: torch.Tensor, t: torch.Tensor | int | None = None) -> None:
+        super().check_input(x, t)
+        patch = self.architecture["patch_size"]
+        if x.shape[-2] % patch or x.shape[-1] % patch:
+            raise ValueError(f"{type(self).__name__} reads latents in {patch}x{patch} patches, got {tuple(x.shape)}")
+
+    def text_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The text encoder's last hidden states (batch, tokens, width), which tokens are padding (batch, tokens),
+        and with towers the projected text embedding (batch, projection_dim), else None."""
+        config = self.text_encoder.config if self.towers is None else self.towers.config.text_config
+        max_length = getattr(self.tokenizer, "model_max_length", 77)
+        max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
+        tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
+        if self.towers is not None:
+            out = self.towers.text_model(input_ids=ids, attention_mask=mask)
+            pooled = self.towers.text_projection(out.pooler_output)
+            return out.last_hidden_state.to(self.dtype), mask == 0, pooled
+        grad = any(p.requires_grad for p in self.text_encoder.parameters())
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            states = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return states.to(self.dtype), mask == 0, None
+
+    def forward(self, x: torch.Tensor, prompts: list[str], t: torch.Tensor, dense: bool = False):
+        """Log-odds for checked latents `x` (pipeline scaling), one prompt per row, one timestep per row. With
+        `dense`, also a dict of the dense heads' outputs: "foresight", the picture of the final image in [0, 1]
+        (batch, 3, H, W); "objects", object-class logits (batch, classes, h * object_pixels, w * object_pixels)."""
+        width = self.architecture["width"]
+        prior = None
+        if self.towers is None:
+            cells = self.cell_proj((self.raw_latents(x.to(self.dtype)) - self.latent_shift) * self.latent_scale)
+            h, w = cells.shape[-2:]
+            cells = cells.flatten(2).transpose(1, 2)
+        else:
+            vision = self.towers.vision_model
+            states = vision.embeddings(self.raw_latents(x.to(self.dtype)))
+            states = torch.cat([states[:, :1] + self.tower_timestep(t)[:, None].to(states), states[:, 1:]], dim=1)
+            states = vision.encoder(inputs_embeds=vision.pre_layrnorm(states)).last_hidden_state
+            image = self.towers.visual_projection(vision.post_layernorm(states[:, 0]))
+            h, w = x.shape[-2:]
+            cells = self.cell_proj(states[:, 1:])
+        cells = cells + sincos_positions(h, w, width).to(cells)
+        text, padding, pooled = self.text_states(prompts)
+        if self.towers is not None:
+            pooled = nn.functional.normalize(pooled, dim=-1)
+            image = nn.functional.normalize(image, dim=-1)
+            prior = self.prior_weight * (image * (pooled if len(pooled) == len(image) else pooled[:1])).sum(-1)
+        if text.shape[0] == 1 and x.shape[0] > 1:
+            text, padding = text.expand(x.shape[0], -1, -1), padding.expand(x.shape[0], -1)
+        text = self.text_proj(text)
+        cls = self.cls_token.expand(x.shape[0], 1, -1)
+        types = self.type_embedding
+        tokens = torch.cat([cls + types[0], text + types[1], cells + types[2]], dim=1)
+        tokens = tokens + self.timestep_embedding(t).to(tokens.dtype)[:, None]
+        keep_out = torch.cat(
+            [padding.new_zeros(x.shape[0], 1), padding, padding.new_zeros(x.shape[0], cells.shape[1])], dim=1
+        )
+        out = self.blocks(tokens, src_key_padding_mask=keep_out)
+        logits = self.head(out[:, 0]).squeeze(-1).float()
+        if prior is not None:
+            logits = logits + prior.float()
+        if not dense:
+            return logits
+        heads = {}
+        cell_states = out[:, -cells.shape[1] :]
+        if self.foresight_head is not None:
+            patches = self.foresight_head(cell_states).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            side = self.architecture["foresight"] * self.architecture["patch_size"]
+            heads["foresight"] = torch.sigmoid(nn.functional.pixel_shuffle(patches, side).float())
+        if self.object_head is not None:
+            grid = self.object_head(cell_states).transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            pixels = self.architecture["object_pixels"] * self.architecture["patch_size"]
+            heads["objects"] = nn.functional.pixel_shuffle(grid, pixels).float()
+        return logits, heads
+
+    def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Log-odds that each latent's final image satisfies its prompt (or the one prompt), shape (batch,).
+
+        `t` (an int, or one timestep per latent) is the scheduler timestep of a noisy z_t; None reads clean latents.
+        """
+        prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
+        self.check_input(x, t)
+        self.cost.scorer_calls += x.shape[0]
+        steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
+        steps = steps.to(self.device).expand(x.shape[0])
+        if not self.architecture["verdict_margin"]:
+            return self(x, prompts, steps)
+        logits, heads = self(x, prompts, steps, dense=True)
+        passes = self.verdicts(heads["objects"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
+        return logits + self.architecture["verdict_margin"] * passes.to(logits)
+
+    @staticmethod
+    def verdicts(object_logits: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Whether each predicted object map (the argmax of `object_logits`) passes the checker's clause rules."""
+        from ..world.checker import map_verdict
+
+        maps = object_logits.detach().argmax(1).cpu().numpy()
+        return torch.tensor([float(map_verdict(m, p)) for m, p in zip(maps, prompts, strict=True)])
+
+    def probability(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None):
+        """The judge's probability that each final image satisfies its prompt, shape (batch,)."""
+        return torch.sigmoid(self.score(x, prompts, t))
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """Every trained tensor outside the text encoder or towers (which save themselves)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(("text_encoder.", "towers."))}
+
+    def scorer_config(self) -> dict:
+        return {
+            "vae_scaling_factor": self.vae_scaling_factor,
+            "vae_shift_factor": self.vae_shift_factor,
+            "latent_scale": self.latent_scale,
+            "latent_shift": self.latent_shift,
+            "architecture": self.architecture,
+        }
+
+    def save_parts(self, folder: Path) -> None:
+        """Write the text encoder, the tokenizer and `judge.safetensors` into `folder` (see `save_scorer`)."""
+        from safetensors.torch import save_file
+
+        if self.towers is None:
+            self.text_encoder.save_pretrained(folder / "text_encoder")
+        else:
+            self.towers.save_pretrained(folder / "towers")
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        save_file({k: v.contiguous() for k, v in self.head_state().items()}, folder / JUDGE_WEIGHTS)
+
+    @classmethod
+    def load_parts(cls, folder: Path, settings: dict) -> LatentJudge:
+        """The judge `save_parts` wrote, with `settings` from its latentalign_scorer.json."""
+        import transformers
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
+        if (folder / "towers").is_dir():
+            towers = transformers.CLIPModel.from_pretrained(folder / "towers", use_safetensors=True)
+            judge = cls(None, tokenizer, **settings, towers=towers)
+        else:
+            config = read_json(folder / "text_encoder" / "config.json")
+            names = config.get("architectures") or []
+            text_class = getattr(transformers, names[0], None) if names else None
+            if text_class is None:
+                raise ValueError(f"{folder / 'text_encoder'}: its config names no known transformers class ({names})")
+            text_encoder = text_class.from_pretrained(folder / "text_encoder", use_safetensors=True)
+            judge = cls(text_encoder, tokenizer, **settings)
+        state = read_safetensors(folder / JUDGE_WEIGHTS)
+        missing = set(judge.head_state()) - set(state)
+        if missing:
+            raise ValueError(f"{folder / JUDGE_WEIGHTS} lacks {sorted(missing)[:3]}: not this judge's weights")
+        judge.load_state_dict({**judge.state_dict(), **state})
+        return judge
+
+    def describe(self) -> str:
+        count = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return f"LatentJudge({json.dumps(self.architecture)}, {count / 1e6:.2f}M trained parameters)"
+
+
+def judge_for_pipeline(pipe, architecture: dict | None = None, *, seed: int = 0) -> LatentJudge:
+    """A random-weight judge for `pipe`: its VAE's latent convention, a copy of its (first) text encoder (so training
+    or saving the judge never touches the pipeline's) and its tokenizer."""
+    from ..adapters import vae_shift
+
+    arch = dict(architecture or {})
+    arch.setdefault("latent_channels", int(pipe.vae.config.latent_channels))
+    torch.manual_seed(seed)
+    text_encoder = pipe.text_encoder
+    judge = LatentJudge(
+        copy.deepcopy(text_encoder), pipe.tokenizer, float(pipe.vae.config.scaling_factor), vae_shift(pipe.vae), arch
+    )
+    return judge.to(text_encoder.device)
+
+
+def judge_from_latent_clip(scorer, architecture: dict | None = None, *, seed: int = 0) -> LatentJudge:
+    """A judge whose towers start as a trained Latent-CLIP's (a copy), with new joint layers on top."""
+    if scorer.kind != "latent" or getattr(scorer, "stem", None) is not None:
+        raise ValueError(f"judge towers come from a stem-free Latent-CLIP, got a {scorer.kind} scorer")
+    torch.manual_seed(seed)
+    arch = {**(architecture or {}), "latent_channels": scorer.clip.config.vision_config.num_channels}
+    towers = copy.deepcopy(scorer.clip).requires_grad_(True)
+    towers.logit_scale.requires_grad_(False)  # the prior's scale is the judge's own prior_weight
+    return LatentJudge(None, scorer.tokenizer, scorer.vae_scaling_factor, scorer.vae_shift_factor, arch, towers=towers)

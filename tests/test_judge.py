@@ -1,0 +1,227 @@
+"""The latent cross-encoder judge: the scorer contract, save/load, and its trainer on tiny components."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from latentalign.scorers import LatentJudge, build_shapes_judge, load_scorer, save_scorer
+from latentalign.scorers.judge import check_architecture, judge_for_pipeline
+from latentalign.training.judge import (
+    JudgeTrainConfig,
+    judge_labels,
+    judge_loss,
+    prompt_pairs,
+    resolve_judge,
+    train_judge,
+    within_prompt_auroc,
+)
+
+PROMPT = "a red circle left of a blue square"
+
+
+@pytest.fixture(scope="module")
+def judge(tiny_shapes_pipeline):
+    return build_shapes_judge(tiny_shapes_pipeline, seed=1)
+
+
+def test_judge_scores_are_deterministic_batched_equals_single_and_read_t(judge):
+    z = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0, 250, 500, 999])
+    prompts = [PROMPT, "a green square", PROMPT, "two yellow circles"]
+    with torch.no_grad():
+        batched = judge.score(z, prompts, t)
+        single = torch.cat([judge.score(z[i : i + 1], prompts[i], t[i]) for i in range(4)])
+        again = judge.score(z, prompts, t)
+    assert batched.shape == (4,) and batched.dtype == torch.float32
+    torch.testing.assert_close(batched, single, rtol=1e-5, atol=1e-5)
+    assert torch.equal(batched, again)
+    with torch.no_grad():  # t=None reads clean latents, as t=0
+        torch.testing.assert_close(judge.score(z, PROMPT), judge.score(z, PROMPT, 0))
+
+
+def test_judge_reads_the_prompt_and_is_differentiable_in_the_latents(judge):
+    z = torch.randn(2, 4, 8, 8, requires_grad=True)
+    scores = judge.score(z, [PROMPT, "three purple diamonds"])
+    scores.sum().backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+    with torch.no_grad():
+        assert not torch.equal(judge.score(z[:1], PROMPT), judge.score(z[:1], "three purple diamonds"))
+    assert all(not p.requires_grad for p in judge.text_encoder.parameters())  # the pipeline's text encoder, frozen
+
+
+def test_judge_save_load_round_trip_by_folder(judge, tmp_path):
+    save_scorer(judge, tmp_path / "judge")
+    loaded = load_scorer(tmp_path / "judge")
+    assert isinstance(loaded, LatentJudge) and loaded.architecture == judge.architecture
+    z = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.score(z, PROMPT, 400), judge.score(z, PROMPT, 400))
+    settings = json.loads((tmp_path / "judge" / "latentalign_scorer.json").read_text())
+    assert settings["kind"] == "judge" and (tmp_path / "judge" / "judge.safetensors").exists()
+
+
+def test_judge_refuses_bad_input_and_architectures(judge, tmp_path):
+    with pytest.raises(ValueError, match="4-channel"):
+        judge.score(torch.randn(1, 3, 8, 8), PROMPT)
+    with pytest.raises(ValueError, match="timesteps"):
+        judge.score(torch.randn(2, 4, 8, 8), PROMPT, torch.tensor([1, 2, 3]))
+    with pytest.raises(ValueError, match="prompts"):
+        judge.score(torch.randn(2, 4, 8, 8), [PROMPT] * 3)
+    with pytest.raises(ValueError, match="unknown judge architecture"):
+        check_architecture({"depth": 2})
+    with pytest.raises(ValueError, match="multiple"):
+        check_architecture({"width": 30, "heads": 4})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "latentalign_scorer.json").write_text(json.dumps({"kind": "judge"}))
+    with pytest.raises(ValueError, match="could not be loaded"):
+        load_scorer(tmp_path / "broken")
+
+
+def test_judge_for_another_pipeline_reads_its_latents_with_patches(tiny_sd_pipeline):
+    judge = judge_for_pipeline(tiny_sd_pipeline, {"patch_size": 2, "width": 32, "heads": 2, "layers": 1})
+    assert judge.text_encoder is not tiny_sd_pipeline.text_encoder  # a copy: the pipeline's stays untouched
+    with torch.no_grad():
+        assert judge.score(torch.randn(2, 4, 8, 8), "a red ball on grass", 500).shape == (2,)
+    with pytest.raises(ValueError, match="patches"):
+        judge.score(torch.randn(1, 4, 7, 7), "a red ball")
+
+
+def test_within_prompt_pairs_ranking_and_auroc():
+    prompts = ["a", "a", "a", "b", "b"]
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0])
+    assert prompt_pairs(prompts, labels, list(range(5))).tolist() == [[0, 1], [0, 2]]
+    assert within_prompt_auroc([0.9, 0.1, 0.5, 0.3, 0.2], labels.tolist(), prompts) == 1.0  # "b" has one kind only
+    assert within_prompt_auroc([0.1, 0.9, 0.1, 0.3, 0.2], labels.tolist(), prompts) == 0.25
+    right = judge_loss(torch.tensor([3.0, -3.0]), torch.tensor([1.0, 0.0]), 2, 1.0)
+    wrong = judge_loss(torch.tensor([-3.0, 3.0]), torch.tensor([1.0, 0.0]), 2, 1.0)
+    assert right["ranking"] < 0.1 < wrong["ranking"] and right["loss"] < wrong["loss"]
+    flipped = judge_loss(torch.tensor([-3.0, 3.0]), torch.tensor([0.0, 1.0]), 2, 1.0)  # the better one second
+    torch.testing.assert_close(flipped["ranking"], right["ranking"])
+    assert "ranking" not in judge_loss(torch.zeros(2), torch.ones(2), 2, 1.0)  # tied labels rank nothing
+
+
+def test_judges_of_the_wrong_shape_fail_before_any_work(tiny_shapes_pipeline, tmp_path):
+    images = [None, None]
+    with pytest.raises(ValueError, match="one per image"):
+        judge_labels(lambda ims, ps: [0.5], images, ["a", "b"])
+    with pytest.raises(ValueError, match="one per image"):
+        judge_labels(lambda ims, ps: [[0.5, 0.5], [0.1, 0.2]], images, ["a", "b"])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        judge_labels(lambda ims, ps: [2.0, float("nan")], images, ["a", "b"])
+    bad = tmp_path / "bad_judge.py"
+    bad.write_text("def judge(images, prompts):\n    return [1.0]\n")
+    out = tmp_path / "run"
+    cfg = JudgeTrainConfig(judge=f"{bad}:judge", prompts=2, seeds_per_prompt=2, steps=1, batch=4)
+    with pytest.raises(ValueError, match="one per image"):
+        train_judge(out, cfg, tiny_shapes_pipeline)
+    assert not out.exists()  # refused before recording anything
+    with pytest.raises(ValueError, match="no callable"):
+        resolve_judge(f"{bad}:missing")
+    with pytest.raises(ValueError, match="held-out"):
+        JudgeTrainConfig(split="heldout")
+    with pytest.raises(ValueError, match="seeds_per_prompt"):
+        JudgeTrainConfig(seeds_per_prompt=1)
+
+
+def test_training_with_a_fake_judge_separates_two_synthetic_classes(tiny_shapes_pipeline, tmp_path):
+    # the fake pixel judge accepts the brighter half of each batch it sees: a property of the image, which the
+    # latent judge can only learn by reading the latents
+    fake = tmp_path / "bright.py"
+    fake.write_text(
+        "import numpy as np\n"
+        "def judge(images, prompts):\n"
+        "    means = [np.asarray(im, dtype=float).mean() for im in images]\n"
+        "    mid = float(np.median(means))\n"
+        "    return [float(m > mid) for m in means]\n"
+    )
+    cfg = JudgeTrainConfig(
+        judge=f"{fake}:judge", towers=None, prompts=8, seeds_per_prompt=8, steps=80, batch=32, lr=2e-3,
+        final_share=1.0, validation_share=0.0, checkpoint_every=80,
+    )  # fmt: skip
+    folder = train_judge(tmp_path / "run", cfg, tiny_shapes_pipeline, log=lambda *a: None)
+    judge = load_scorer(folder)
+    from latentalign.checkpoint import load_prompted_tensors
+
+    data = [load_prompted_tensors(p) for p in sorted((tmp_path / "run" / "data").glob("chunk*.safetensors"))]
+    final = torch.cat([d["final"] for d in data])
+    labels = torch.cat([d["labels"] for d in data])
+    prompts = [p for d in data for p in d["prompts"]]
+    with torch.no_grad():
+        scores = judge.score(final, prompts)
+    assert within_prompt_auroc(scores.tolist(), labels.tolist(), prompts) > 0.8
+    report = json.loads((folder / "training.json").read_text())
+    assert report["trajectories"] == 64 and report["within_prompt_pairs"] > 0
+
+
+def test_a_judge_on_latent_clip_towers_adds_to_its_clipscore_and_round_trips(tmp_path):
+    from latentalign.scorers import build_shapes_scorer
+    from latentalign.scorers.judge import judge_from_latent_clip
+
+    latent_clip = build_shapes_scorer("latent", 0.5, seed=3)
+    judge = judge_from_latent_clip(latent_clip, {"width": 32, "layers": 1, "heads": 2, "foresight": 4}).eval()
+    assert judge.towers is not latent_clip.clip  # a copy: fine-tuning the judge leaves the scorer as it was
+    z = torch.randn(3, 4, 8, 8)
+    with torch.no_grad():
+        torch.nn.init.zeros_(judge.head[1].weight)
+        torch.nn.init.zeros_(judge.head[1].bias)
+        # a silent head leaves the prior: 10 x Latent-CLIP's cosine at any t (the timestep starts as a no-op)
+        torch.testing.assert_close(judge.score(z, PROMPT, 700), 10 * latent_clip.score(z, PROMPT), rtol=1e-4, atol=1e-4)
+        logits, heads = judge(z, [PROMPT] * 3, torch.zeros(3), dense=True)
+    picture = heads["foresight"]
+    assert picture.shape == (3, 3, 32, 32) and 0 <= picture.min() and picture.max() <= 1
+    save_scorer(judge, tmp_path / "towers_judge")
+    loaded = load_scorer(tmp_path / "towers_judge")
+    assert loaded.towers is not None and (tmp_path / "towers_judge" / "towers").is_dir()
+    with torch.no_grad():
+        assert torch.equal(loaded.score(z, PROMPT, 300), judge.score(z, PROMPT, 300))
+    with pytest.raises(ValueError, match="8x8"):
+        judge.score(torch.randn(1, 4, 16, 16), PROMPT)
+
+
+def test_object_maps_and_their_verdict_are_the_checkers_reading():
+    import numpy as np
+
+    from latentalign.training.judge import object_loss, object_maps
+    from latentalign.world import check, detect
+    from latentalign.world.checker import OBJECT_CLASSES, map_verdict, object_map
+    from latentalign.world.grammar import COLOURS, SHAPES
+    from latentalign.world.render import render, to_array
+
+    prompt = "a red circle left of a blue square"
+    image = to_array(render(prompt, seed=0))
+    detections = detect(image)
+    classes = object_map(image)
+    assert set(np.unique(classes).tolist()) == {0} | {
+        1 + COLOURS.index(d.colour) * len(SHAPES) + SHAPES.index(d.shape) for d in detections
+    }
+    # the clause rules read the map as the checker reads the image, including a relation's direction
+    assert map_verdict(classes, prompt) == check(image, prompt).ok
+    assert not map_verdict(classes, "a red circle right of a blue square")
+    assert not map_verdict(np.zeros_like(classes), prompt)
+    maps = object_maps(torch.from_numpy(image).float().permute(2, 0, 1)[None] / 255)
+    assert maps.shape == (1, 32, 32) and torch.equal(maps[0].long(), torch.from_numpy(classes))
+    exact = torch.nn.functional.one_hot(maps.long(), OBJECT_CLASSES).permute(0, 3, 1, 2).float() * 20
+    assert object_loss(exact, maps) < 1e-3  # per pixel at full resolution
+    assert object_loss(torch.zeros(1, OBJECT_CLASSES, 8, 8), maps) > 1  # pooled shares on a coarser head
+
+
+def test_a_judge_trains_for_any_pipeline_from_a_prompt_file_and_your_judge(tiny_sd_pipeline, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red ball on grass\na blue dog\n\na cat on grass\n")
+    fake = tmp_path / "half.py"
+    fake.write_text("def judge(images, prompts):\n    return [float(i % 2) for i in range(len(images))]\n")
+    cfg = JudgeTrainConfig(
+        judge=f"{fake}:judge", prompt_file=str(prompts), towers=None, prompts=3, seeds_per_prompt=2, chunk_prompts=2,
+        steps=2, batch=4, validation_share=0.0, checkpoint_every=2,
+    )  # fmt: skip
+    folder = train_judge(tmp_path / "run", cfg, tiny_sd_pipeline, log=lambda *a: None)
+    judge = load_scorer(folder)
+    assert judge.towers is None and judge.architecture["verdict_margin"] == 0
+    assert len(list((tmp_path / "run" / "data").glob("chunk*.safetensors"))) == 2  # 3 prompts in chunks of 2
+    with torch.no_grad():
+        assert judge.score(torch.randn(2, 4, 8, 8), "a red ball", 100).shape == (2,)
+    with pytest.raises(ValueError, match="prompt_file"):
+        train_judge(tmp_path / "run2", JudgeTrainConfig(towers=None), tiny_sd_pipeline)  # the checker is Shapes-only
