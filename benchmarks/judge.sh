@@ -13,7 +13,7 @@ $A benchmarks/judge_study.py --out benchmarks/results/judge_heldout
 # the evidence for the Best-of-N default: Best-of-8 on the train prompts the judge kept aside (seconds)
 (cd benchmarks && python judge_defaults.py --data ../runs/judge_final/data --out results/judge_train)
 # ReNO on shapes-one-step: the judge (the "latent" column) against pixel CLIP, 11 iterations, with steering
-python benchmarks/noise_optimization.py --model shapes-one-step --seeds 2 --iterations 11 --steering-prompts 12 \
-  --latent-scorer shapes-judge --out benchmarks/results/judge_reno_one_step
+python benchmarks/noise_optimization.py --model shapes-one-step --per-suite 16 --seeds 1 --iterations 11 \
+  --steering-prompts 0 --latent-scorer shapes-judge --out benchmarks/results/judge_reno_one_step
 # sample grids of ReNO with the judge as reward, inspected for adversarial images
-python benchmarks/judge_grids.py --out benchmarks/results/judge_reno_one_step/grids
+python benchmarks/judge_grids.py --per-suite 2 --out benchmarks/results/judge_reno_one_step/grids

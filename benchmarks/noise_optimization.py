@@ -269,7 +269,12 @@ def summarise_rewards(rows: list[dict], jobs: list[tuple[str, str, int]], cfg, i
         "seeds": seeds,
         "runs": len(rows),
         "iterations": iterations,
-        "config": cfg.__dict__,
+        # the run's settings as the report names them: ReNO's defaults beside this run's steps and iterations
+        "config": {
+            **{k: getattr(NoiseOptimization(), k) for k in ("lr", "momentum", "grad_clip", "reg_weight")},
+            "num_inference_steps": cfg["steps"],
+            "iterations": cfg["iterations"],
+        },
         "accuracy_by_iteration": {k: [round(float(a), 4) for a in v] for k, v in acc.items()},
         "final_ci95": {k: [round(x, 3) for x in wilson_interval(final_k[k], len(rows))] for k in curves},
         "per_suite_final": {k: {s: by_suite(k, -1, s) for s in SUITES} for k in curves},
