@@ -116,3 +116,18 @@ def test_shipped_projector_is_the_one_step_pipelines_default_and_records_its_tra
     assert torch.equal(result.latents, explicit.latents)
     assert result.cost.projector_calls == 2 and result.cost.denoiser_evals == 2
     assert not any(p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"} for p in folder.rglob("*"))
+
+
+def test_shipped_judge_was_trained_with_the_commands_defaults():
+    from dataclasses import asdict
+
+    from latentalign import embedded
+    from latentalign.training.judge import JudgeTrainConfig
+
+    report = json.loads((embedded.SHAPES_SCORERS / "judge" / "training.json").read_text())
+    # `latentalign train judge --model shapes --ship` remakes it (the 2-process run splits the same global batch)
+    assert report["config"] == json.loads(json.dumps(asdict(JudgeTrainConfig())))
+    from latentalign.world import suite
+
+    heldout = {p for name in ("single_object", "two_objects", "relation", "counting") for p in suite(name, "heldout")}
+    assert not heldout & set(report["train_prompts"] + report["kept_aside_prompts"])

@@ -54,7 +54,7 @@ class JudgeTrainConfig:
     # `tower_lr_scale` x lr; None: the pipeline's frozen text encoder and cells read from scratch
     towers: str | None = "shapes-latent"
     tower_lr_scale: float = 0.3
-    prompts: int = 768  # TRAIN prompts recorded
+    prompts: int = 1536  # TRAIN prompts recorded
     seeds_per_prompt: int = 8  # so most prompts have samples the judge accepts and samples it rejects
     chunk_prompts: int = 8  # prompts per recorded chunk (one atomic file; the unit of resuming and sharding)
     renders: int = 8000  # Shapes + checker only: rendered (prompt, corruption) pairs captioned with the prompt
@@ -70,7 +70,7 @@ class JudgeTrainConfig:
     # final image (the clause-level feedback behind the verdict, as dense targets)
     object_weight: float = 1.0
     validation_share: float = 0.1  # TRAIN prompts kept out of training, for the run's own AUROC report
-    steps: int = 3000
+    steps: int = 2000
     batch: int = 256  # global batch; each of P processes takes batch / P of it
     lr: float = 5e-4
     weight_decay: float = 0.05
