@@ -18,6 +18,7 @@ from latentalign import load_pipeline
 from latentalign.checkpoint import load_prompted_tensors
 from latentalign.files import atomic_write_text
 from latentalign.scorers import load_scorer
+from latentalign.scorers.factory import scorer_folder
 from latentalign.training.judge import within_prompt_auroc
 
 COMMAND = "cd benchmarks && python judge_defaults.py --data ../runs/judge_final/data --out results/judge_train"
@@ -31,9 +32,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     judge = load_scorer(args.judge)
-    from judge_study import judge_folder  # noqa: PLC0415
-
-    aside = set(json.loads((judge_folder(args.judge) / "training.json").read_text())["kept_aside_prompts"])
+    aside = set(json.loads((scorer_folder(args.judge) / "training.json").read_text())["kept_aside_prompts"])
     parts = [load_prompted_tensors(p) for p in sorted(Path(args.data).glob("chunk*.safetensors"))]
     prompts = [q for p in parts for q in p["prompts"]]
     rows = [i for i, p in enumerate(prompts) if p in aside]
@@ -43,9 +42,10 @@ def main() -> None:
     pipe = load_pipeline("shapes")
     pixel, latent = load_scorer("shapes-pixel", vae=pipe.vae), load_scorer("shapes-latent")
     with torch.no_grad():
+        log_odds, passes = judge.score_terms(final, prompts)
         scores = {
-            "judge": judge.score(final, prompts).numpy(),
-            "judge log-odds alone": judge(final, prompts, torch.zeros(len(prompts))).numpy(),
+            "judge": judge.combine(log_odds, passes).numpy(),
+            "judge log-odds alone": log_odds.numpy(),
             "pixel CLIP": pixel.score(pixel.decode(final), prompts).numpy(),
             "Latent-CLIP": latent.score(final, prompts).numpy(),
         }

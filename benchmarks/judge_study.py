@@ -35,6 +35,7 @@ from latentalign.generation import sampling_defaults  # noqa: E402
 from latentalign.methods import PruneSchedule  # noqa: E402
 from latentalign.methods.best_of_n import SEED_STRIDE  # noqa: E402
 from latentalign.scorers import load_scorer  # noqa: E402
+from latentalign.scorers.factory import scorer_folder  # noqa: E402
 from latentalign.training.judge import within_prompt_auroc  # noqa: E402
 from latentalign.trajectories import record_trajectories  # noqa: E402
 from latentalign.world import SUITE_NAMES, check, parse  # noqa: E402
@@ -50,17 +51,19 @@ def judge_row(pipe, judge, pixel, row: dict) -> dict:
     steps = traj.latents.shape[1]
     t = traj.timesteps.float().repeat(n)
     flat = lambda x: x.flatten(0, 1)  # noqa: E731
-    judge_steps = judge.score(flat(traj.latents), row["prompt"], t).view(n, steps)
-    # the learned log-odds alone, without the object head's clause verdict (the judge's forward, unchecked)
-    logit_steps = judge(flat(traj.latents), [row["prompt"]], t).view(n, steps)
-    logit_final = judge(traj.final, [row["prompt"]], torch.zeros(n))
+    # one pass gives the judge's score and its learned log-odds alone (without the object head's clause verdict)
+    logit_steps, passes_steps = judge.score_terms(flat(traj.latents), row["prompt"], t)
+    logit_final, passes_final = judge.score_terms(traj.final, row["prompt"])
+    judge_steps = judge.combine(logit_steps, passes_steps).view(n, steps)
+    judge_final = judge.combine(logit_final, passes_final)
+    logit_steps = logit_steps.view(n, steps)
     pixel_steps = pixel.score(pixel.decode(flat(traj.x0)).clamp(0, 1), row["prompt"]).view(n, steps)
     return {
         "prompt": row["prompt"],
         "group": row["group"],
         "ok": [check(im, row["prompt"]).ok for im in traj.images],
         "judge_steps": judge_steps.round(decimals=4).tolist(),
-        "judge_final": judge.score(traj.final, row["prompt"]).round(decimals=4).tolist(),
+        "judge_final": judge_final.round(decimals=4).tolist(),
         "logit_steps": logit_steps.round(decimals=4).tolist(),
         "logit_final": logit_final.round(decimals=4).tolist(),
         "pixel_x0_steps": pixel_steps.round(decimals=5).tolist(),
@@ -162,7 +165,7 @@ def main() -> None:
     base = [r for path in sorted(Path(args.candidates).glob("candidates.rank*.jsonl")) for r in read_rows(path)]
     base = base[: args.limit]
     base_info = json.loads((Path(args.candidates) / "table.json").read_text())
-    trained = json.loads((judge_folder(args.judge) / "training.json").read_text())
+    trained = json.loads((scorer_folder(args.judge) / "training.json").read_text())
     if base_info["split"] == "train":  # choosing defaults: only train prompts the judge never trained on
         base = [r for r in base if r["prompt"] not in set(trained["train_prompts"])]
     pipe = load_pipeline("shapes")
@@ -256,13 +259,6 @@ def real_runs(pipe, judge, rows: list[dict], steps: int, rng, per_suite: int = 3
             agree += int(res.chosen[0] == bon.replay(r, 8, m, rng)[1])
         out[label] = {"agrees_with_replay": f"{agree}/{len(chosen)}", "seconds": round(seconds / len(chosen), 4)}
     return out
-
-
-def judge_folder(name: str) -> Path:
-    from latentalign import embedded
-    from latentalign.scorers.factory import SHIPPED_FOLDERS
-
-    return embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[name][0] if name in SHIPPED_FOLDERS else Path(name)
 
 
 def targets(result: dict) -> list[str]:

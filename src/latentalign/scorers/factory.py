@@ -132,15 +132,19 @@ def ship_scorer(folder: str | Path, name: str) -> Path:
     return target
 
 
+def scorer_folder(source: str | Path) -> Path:
+    """The folder a scorer source names: a shipped Shapes scorer's (one of `SHIPPED`) or the path itself."""
+    if str(source) in SHIPPED:
+        return embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
+    return Path(source)
+
+
 def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name (one of `SHIPPED`);
     `vae` re-attaches a pixel scorer's decoder."""
-    if str(folder) in SHIPPED:
-        name, command = SHIPPED_FOLDERS[str(folder)]
-        folder = embedded.SHAPES_SCORERS / name
-        if not (folder / SCORER_FILE).exists():
-            raise FileNotFoundError(f"{folder} is missing: train it with `{command}`")
-    folder = Path(folder)
+    source, folder = str(folder), scorer_folder(folder)
+    if source in SHIPPED and not (folder / SCORER_FILE).exists():
+        raise FileNotFoundError(f"{folder} is missing: train it with `{SHIPPED_FOLDERS[source][1]}`")
     if not (folder / SCORER_FILE).exists():
         raise FileNotFoundError(f"{folder} has no {SCORER_FILE}: not a saved latentalign scorer")
     settings = read_json(folder / SCORER_FILE)
@@ -175,9 +179,7 @@ _LOADED: dict[tuple, tuple] = {}  # (folder, file times, id(vae)) -> (scorer, va
 def shared_scorer(source: str | Path, *, vae=None) -> Scorer:
     """`load_scorer`, once per process: a scorer named by a string is loaded the first time and reused while its
     files are unchanged (methods call this for every `generate`; train with `load_scorer`, which always loads)."""
-    folder = Path(source)
-    if str(source) in SHIPPED:
-        folder = embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
+    folder = scorer_folder(source)
     key = (str(folder.resolve()), file_stamp(folder), id(vae))
     hit = _LOADED.get(key)
     if hit is not None and hit[1] is vae:

@@ -18,7 +18,6 @@ embedding added to every token; t = 0 reads clean latents.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -236,16 +235,26 @@ class LatentJudge(Scorer):
 
         `t` (an int, or one timestep per latent) is the scheduler timestep of a noisy z_t; None reads clean latents.
         """
+        return self.combine(*self.score_terms(x, prompts, t))
+
+    def combine(self, log_odds: torch.Tensor, passes: torch.Tensor | None) -> torch.Tensor:
+        """`score` from `score_terms`' two terms: the log-odds, plus `verdict_margin` where the clause rules pass."""
+        return log_odds if passes is None else log_odds + self.architecture["verdict_margin"] * passes.to(log_odds)
+
+    def score_terms(
+        self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`score`'s two terms from one pass: the learned log-odds, and whether the predicted object map passes the
+        clause rules (None when `verdict_margin` is 0)."""
         prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
         self.check_input(x, t)
         self.cost.scorer_calls += x.shape[0]
         steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
         steps = steps.to(self.device).expand(x.shape[0])
         if not self.architecture["verdict_margin"]:
-            return self(x, prompts, steps)
-        logits, heads = self(x, prompts, steps, dense=True)
-        passes = self.verdicts(heads["objects"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
-        return logits + self.architecture["verdict_margin"] * passes.to(logits)
+            return self(x, prompts, steps), None
+        log_odds, heads = self(x, prompts, steps, dense=True)
+        return log_odds, self.verdicts(heads["objects"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
 
     @staticmethod
     def verdicts(object_logits: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -254,10 +263,6 @@ class LatentJudge(Scorer):
 
         maps = object_logits.detach().argmax(1).cpu().numpy()
         return torch.tensor([float(map_verdict(m, p)) for m, p in zip(maps, prompts, strict=True)])
-
-    def probability(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None):
-        """The judge's probability that each final image satisfies its prompt, shape (batch,)."""
-        return torch.sigmoid(self.score(x, prompts, t))
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Every trained tensor outside the text encoder or towers (which save themselves)."""
@@ -307,10 +312,6 @@ class LatentJudge(Scorer):
             raise ValueError(f"{folder / JUDGE_WEIGHTS} lacks {sorted(missing)[:3]}: not this judge's weights")
         judge.load_state_dict({**judge.state_dict(), **state})
         return judge
-
-    def describe(self) -> str:
-        count = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return f"LatentJudge({json.dumps(self.architecture)}, {count / 1e6:.2f}M trained parameters)"
 
 
 def judge_for_pipeline(pipe, architecture: dict | None = None, *, seed: int = 0) -> LatentJudge:

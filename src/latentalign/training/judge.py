@@ -291,12 +291,11 @@ def object_loss(logits: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
 
 
 def prompt_pairs(prompts: list[str], labels: torch.Tensor, rows: list[int]) -> torch.Tensor:
-    """Every (accepted, rejected) pair among `rows` that share a prompt, as rows of indices."""
-    groups: dict[str, tuple[list[int], list[int]]] = {}
-    for i in rows:
-        groups.setdefault(prompts[i], ([], []))[0 if labels[i] >= 0.5 else 1].append(i)
-    pairs = [(a, r) for good, bad in groups.values() for a in good for r in bad]
-    return torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    """Every (accepted, rejected) pair among `rows` that share a prompt, as rows of indices into all samples."""
+    from .scorer import mixed_pairs
+
+    index = torch.tensor(rows, dtype=torch.long)
+    return index[mixed_pairs([prompts[i] for i in rows], labels[index] >= 0.5)]
 
 
 def judge_loss(logits: torch.Tensor, labels: torch.Tensor, paired: int, ranking_weight: float) -> dict:
@@ -318,16 +317,13 @@ def judge_loss(logits: torch.Tensor, labels: torch.Tensor, paired: int, ranking_
 
 def within_prompt_auroc(scores: list[float], labels: list[float], prompts: list[str]) -> float | None:
     """Mean over prompts with both kinds of the AUROC of accepted against rejected samples (ties count half)."""
-    groups: dict[str, list[tuple[float, bool]]] = {}
-    for s, y, p in zip(scores, labels, prompts, strict=True):
-        groups.setdefault(p, []).append((s, y >= 0.5))
-    values = []
-    for items in groups.values():
-        good = [s for s, ok in items if ok]
-        bad = [s for s, ok in items if not ok]
-        if good and bad:
-            wins = sum((g > b) + 0.5 * (g == b) for g in good for b in bad)
-            values.append(wins / (len(good) * len(bad)))
+    from ..bench import auroc
+
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, []).append(i)
+    scores, accepted = np.asarray(scores, dtype=float), np.asarray(labels, dtype=float) >= 0.5
+    values = [auroc(scores[ix], accepted[ix]) for ix in groups.values() if 0 < accepted[ix].sum() < len(ix)]
     return round(float(np.mean(values)), 4) if values else None
 
 
