@@ -127,8 +127,11 @@ def _row_split(row: dict) -> str:
     return "train" if row["prompt"] in set(suite(row["suite"], "train")) else "heldout"
 
 
-def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts: int | None = None) -> list[tuple]:
-    """The (suite, prompt, seed) jobs of a run, validated; each suite's prompts in a fixed shuffled order."""
+def plan(
+    suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts: int | None = None, seed_base: int = 0
+) -> list[tuple]:
+    """The (suite, prompt, seed) jobs of a run, validated; each suite's prompts in a fixed shuffled order, seeds
+    seed_base .. seed_base + seeds - 1 for every prompt."""
     names = list(dict.fromkeys(SUITE_NAMES if "all" in suites else suites))
     if not names:
         raise ValueError("no suite given")
@@ -136,11 +139,13 @@ def plan(suites: list[str], seeds: int, *, split: str = "heldout", limit_prompts
         raise ValueError(f"seeds must be >= 1, got {seeds}")
     if limit_prompts is not None and limit_prompts < 1:
         raise ValueError(f"limit_prompts must be >= 1, got {limit_prompts}")
+    if not isinstance(seed_base, int) or seed_base < 0:
+        raise ValueError(f"seed_base must be an integer >= 0, got {seed_base!r}")
     jobs = []
     for name in names:
         prompts = suite(name, split)
         random.Random(0).shuffle(prompts)  # so that --limit-prompts K is a prefix of the full run
-        jobs += [(name, p, s) for p in prompts[:limit_prompts] for s in range(seeds)]
+        jobs += [(name, p, s) for p in prompts[:limit_prompts] for s in range(seed_base, seed_base + seeds)]
     return jobs
 
 
@@ -328,6 +333,7 @@ def run_bench(
     rejudge: bool = False,
     method: str = "plain",
     options: dict | None = None,
+    seed_base: int = 0,
 ) -> dict:
     """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary.
 
@@ -339,7 +345,7 @@ def run_bench(
         raise ValueError("the benchmark needs a Shapes-world pipeline (its latentalign.json must say world: shapes)")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    jobs = plan(suites, seeds, split=split, limit_prompts=limit_prompts)
+    jobs = plan(suites, seeds, split=split, limit_prompts=limit_prompts, seed_base=seed_base)
     _, _, steps, guidance = resolve(pipe, jobs[0][1], 0, steps, guidance)
     settings = {"num_inference_steps": steps, "guidance_scale": guidance, "model": model_id(pipe)}
     options = dict(options or {})
@@ -555,7 +561,7 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     return clean
 
 
-SWEEP_KEYS = {"model", "suite", "seeds", "split", "limit_prompts", "steps", "guidance", "batch", "run"}
+SWEEP_KEYS = {"model", "suite", "seeds", "seed_base", "split", "limit_prompts", "steps", "guidance", "batch", "run"}
 
 
 def sweep_runs(config: dict) -> list[tuple[str, str, dict]]:
@@ -602,7 +608,11 @@ def run_sweep(path: str | Path, out: str | Path) -> dict:
     suites = config.get("suite", ["all"])
     suites = [suites] if isinstance(suites, str) else list(suites)
     seeds = config.get("seeds", 2)
-    plan(suites, seeds, split=config.get("split", "heldout"), limit_prompts=config.get("limit_prompts"))
+    seed_base = config.get("seed_base", 0)
+    plan(
+        suites, seeds, split=config.get("split", "heldout"), limit_prompts=config.get("limit_prompts"),
+        seed_base=seed_base,
+    )  # fmt: skip
     runs = sweep_runs(config)
     for _, method, options in runs:  # every run's method and options refused before any work
         compose(method, dict(options))
@@ -622,6 +632,7 @@ def run_sweep(path: str | Path, out: str | Path) -> dict:
             batch=config.get("batch", 32),
             method=method,
             options=options,
+            seed_base=seed_base,
         )
         folders.append(out / name)
     return frontier(folders, out)

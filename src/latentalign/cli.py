@@ -177,11 +177,24 @@ def _train_one_step(args: argparse.Namespace) -> int:
 
 
 def _train_projector(args: argparse.Namespace) -> int:
-    from .training.projector import ProjectorTrainConfig
+    from .training.projector import PAPER_KL_WEIGHT, ProjectorTrainConfig
 
+    paper = args.recipe == "paper"
+    if paper and args.noise_reward is None:
+        raise ValueError("--recipe paper needs --noise-reward FOLDER (from latentalign train noise-reward)")
+    if not paper and args.noise_reward is not None:
+        raise ValueError("--noise-reward is the paper recipe's reward: pass --recipe paper (or --scorer)")
+    ship_name = f"shapes-projector-paper-{args.model.removeprefix('shapes-')}" if paper else "shapes-projector"
+    from .methods.noise_projection import SHIPPED_PROJECTORS
+
+    if args.ship and ship_name not in SHIPPED_PROJECTORS:
+        raise ValueError(f"--ship ships a projector for an embedded pipeline; {args.model!r} has no shipped name")
+    kl_weight = PAPER_KL_WEIGHT if paper and args.kl_weight is None else args.kl_weight
+    options = {"steps": args.steps, "kl_weight": kl_weight, "warmup_steps": args.warmup_steps}
     cfg = ProjectorTrainConfig(  # validates before any work
-        steps=args.steps, batch=args.batch, lr=args.lr, kl_weight=args.kl_weight, width=args.width, seed=args.seed
-    )
+        recipe=args.recipe, batch=args.batch, lr=args.lr, width=args.width, seed=args.seed,
+        **{k: v for k, v in options.items() if v is not None},
+    )  # fmt: skip
 
     from .generation import sampling_defaults
     from .methods.noise_projection import ship_projector
@@ -191,12 +204,38 @@ def _train_projector(args: argparse.Namespace) -> int:
 
     _use_device(args)
     pipe = load_pipeline(args.model, device=args.device)
-    recommended = sampling_defaults(pipe).for_method("noise-optimization").get("scorer")
-    scorer_name = args.scorer or recommended or "shapes-latent"
-    scorer = load_scorer(scorer_name, vae=pipe.vae).to(args.device)
+    if paper:
+        from .scorers.noise_reward import load_noise_reward
+
+        scorer_name = args.noise_reward
+        scorer = load_noise_reward(args.noise_reward).to(args.device)
+    else:
+        recommended = sampling_defaults(pipe).for_method("noise-optimization").get("scorer")
+        scorer_name = args.scorer or recommended or "shapes-latent"
+        scorer = load_scorer(scorer_name, vae=pipe.vae).to(args.device)
     folder = train_projector(args.out, cfg, pipe, scorer, scorer_name=scorer_name)
     if args.ship:
-        print(f"shipped to {ship_projector(folder)}")
+        print(f"shipped to {ship_projector(folder, ship_name)} as {ship_name}")
+    return 0
+
+
+def _train_noise_reward(args: argparse.Namespace) -> int:
+    import torch
+
+    from .training.noise_reward import NoiseRewardTrainConfig
+
+    cfg = NoiseRewardTrainConfig(  # validates before any work
+        start=args.start, preview_steps=args.preview_steps, prompts=args.prompts,
+        seeds_per_prompt=args.seeds_per_prompt, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
+    )  # fmt: skip
+    from .scorers.factory import check_scorer_source
+
+    check_scorer_source(cfg.start, "start")
+    from .pipeline import load_pipeline
+    from .training.noise_reward import train_noise_reward
+
+    torch.set_num_threads(args.threads)
+    train_noise_reward(args.out or f"runs/noise_reward_{args.model}", cfg, load_pipeline(args.model))
     return 0
 
 
@@ -537,7 +576,9 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.config is not None:
         given = [
-            f for f in ("seeds", "suite", "limit_prompts", "steps", "guidance", *GENERATE_OPTIONS) if getattr(args, f)
+            f
+            for f in ("seeds", "seed_base", "suite", "limit_prompts", "steps", "guidance", *GENERATE_OPTIONS)
+            if getattr(args, f)
         ]
         given += [
             f
@@ -555,7 +596,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.seeds is None:
         raise ValueError("bench needs --seeds N (or --config FILE)")
     suites = args.suite or ["all"]
-    plan(suites, args.seeds, split=args.split, limit_prompts=args.limit_prompts)  # validate before loading
+    plan(suites, args.seeds, split=args.split, limit_prompts=args.limit_prompts, seed_base=args.seed_base)
     _check_settings(args)
     if args.batch < 1:
         raise ValueError(f"--batch must be >= 1, got {args.batch}")
@@ -588,6 +629,7 @@ def _bench(args: argparse.Namespace) -> int:
         rejudge=args.rejudge,
         method=args.method,
         options=options,
+        seed_base=args.seed_base,
     )
     print(format_table(summary["categories"]))
     print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
@@ -993,6 +1035,25 @@ def build_parser() -> argparse.ArgumentParser:
     to.add_argument("--threads", type=int, default=2)
     to.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-one-step'")
     to.set_defaults(func=_user_errors(_train_one_step))
+    tn = train_sub.add_parser(
+        "noise-reward",
+        help="a noise reward model R(noise, prompt) -> per-word log-odds, from the checker's word verdicts on the "
+        "generator's own TRAIN-prompt samples (noise projection's reward model; resumable)",
+    )
+    tn.add_argument("--model", default="shapes-one-step", help="the generator whose samples R learns to predict")
+    tn.add_argument("--start", default="shapes-judge", help="the latent judge R starts from (shipped name or folder)")
+    tn.add_argument(
+        "--preview-steps", type=int, default=None, help="sampler steps R reads the noise through (default: ReNO's)"
+    )
+    tn.add_argument("--prompts", type=int, default=768, help="TRAIN prompts recorded")
+    tn.add_argument("--seeds-per-prompt", type=int, default=8)
+    tn.add_argument("--steps", type=int, default=600)
+    tn.add_argument("--batch", type=int, default=128)
+    tn.add_argument("--lr", type=float, default=3e-4)
+    tn.add_argument("--seed", type=int, default=0)
+    tn.add_argument("--threads", type=int, default=2)
+    tn.add_argument("--out", default=None, help="working folder (default runs/noise_reward_<model>)")
+    tn.set_defaults(func=_user_errors(_train_noise_reward))
     tp = train_sub.add_parser(
         "projector",
         help="train a noise projector (prompt-aware initial noise) against a differentiable reward (resumable)",
@@ -1002,15 +1063,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--scorer", default=None, help="the reward (default: the pipeline's ReNO scorer, else shapes-latent)"
     )
     tp.add_argument("--out", default="runs/projector", help="working folder: checkpoint/ and projector/")
-    tp.add_argument("--steps", type=int, default=1500)
+    tp.add_argument(
+        "--recipe",
+        default="reward",
+        choices=["reward", "paper"],
+        help="reward: ascend --scorer through the generator; paper: KL + reconstruction warm-up, then quasi-DPO "
+        "against --noise-reward",
+    )
+    tp.add_argument("--noise-reward", default=None, help="paper recipe: the reward model folder (train noise-reward)")
+    tp.add_argument("--steps", type=int, default=None, help="optimiser steps, warm-up included (default 1500)")
+    tp.add_argument("--warmup-steps", type=int, default=None, help="paper recipe: KL + reconstruction steps (200)")
     tp.add_argument("--batch", type=int, default=32)
     tp.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
-    tp.add_argument("--kl-weight", type=float, default=0.0001, help="weight of the KL to N(0, I), summed over elements")
+    tp.add_argument(
+        "--kl-weight",
+        type=float,
+        default=None,
+        help="weight of the KL to N(0, I), summed over elements (default: reward 0.0001, paper PAPER_KL_WEIGHT)",
+    )
     tp.add_argument("--width", type=int, default=128)
     tp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     tp.add_argument("--seed", type=int, default=0)
     tp.add_argument("--threads", type=int, default=2)
-    tp.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-projector'")
+    tp.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the result into the package as shapes-projector (paper recipe: shapes-projector-paper-<model>)",
+    )
     tp.set_defaults(func=_user_errors(_train_projector))
 
     gen = sub.add_parser("generate", help="generate one image; on the Shapes world, also check it")
@@ -1042,7 +1121,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="GenEval-style accuracy on the Shapes suites (resumable)")
     bench.add_argument("--suite", action="append", help="a suite name or 'all' (repeatable; default all)")
-    bench.add_argument("--seeds", type=int, default=None, help="seeds 0..N-1 per prompt (required without --config)")
+    bench.add_argument(
+        "--seeds", type=int, default=None, help="seeds per prompt (required without --config): --seed-base .. + N-1"
+    )
+    bench.add_argument("--seed-base", type=int, default=0, help="the first seed (new seeds for a preregistered run)")
     bench.add_argument(
         "--config",
         default=None,

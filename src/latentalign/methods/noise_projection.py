@@ -28,7 +28,13 @@ from ..files import file_stamp, read_json, read_safetensors
 from .base import NoiseStage, register
 
 CONFIG_FILE, WEIGHTS_FILE = "projector.json", "projector.safetensors"
-SHIPPED_PROJECTORS = {"shapes-projector": Path(__file__).parents[1] / "weights" / "shapes_projector"}
+WEIGHTS = Path(__file__).parents[1] / "weights"
+SHIPPED_PROJECTORS = {
+    "shapes-projector": WEIGHTS / "shapes_projector",  # the reward recipe, through shapes-one-step
+    # the paper recipe (quasi-DPO against a noise reward model), one per pipeline it was trained for
+    "shapes-projector-paper-one-step": WEIGHTS / "shapes_projector_paper_one_step",
+    "shapes-projector-paper-shapes": WEIGHTS / "shapes_projector_paper_shapes",
+}
 
 
 @dataclass(frozen=True)
@@ -150,9 +156,11 @@ def load_projector(source: str | Path) -> NoiseProjector:
     return projector.eval().requires_grad_(False)
 
 
-def ship_projector(folder: str | Path) -> Path:
-    """Copy a trained projector folder into the package as "shapes-projector"."""
-    target = SHIPPED_PROJECTORS["shapes-projector"]
+def ship_projector(folder: str | Path, name: str = "shapes-projector") -> Path:
+    """Copy a trained projector folder into the package under a shipped name (see `SHIPPED_PROJECTORS`)."""
+    if name not in SHIPPED_PROJECTORS:
+        raise ValueError(f"no shipped projector is called {name!r}: choose from {', '.join(SHIPPED_PROJECTORS)}")
+    target = SHIPPED_PROJECTORS[name]
     load_projector(folder)  # refuse anything that is not a projector before touching the package
     if target.exists():
         shutil.rmtree(target)

@@ -45,9 +45,12 @@ ARCHITECTURE = {  # configs/shapes_judge.json overrides these for the Shapes wor
     # clause rules (`map_verdict`), so a ranking asks the rules first and the learned log-odds second (0: off).
     # The verdict is piecewise constant: gradients (noise optimisation) come from the log-odds alone.
     "verdict_margin": 0,
+    # a word head (0: none, 1: one): each prompt token's state after the joint layers gives the log-odds that the
+    # final image honours that word (token-level feedback, as the Shapes checker's `word_verdicts` gives it)
+    "tokens": 0,
 }
 JUDGE_WEIGHTS = "judge.safetensors"
-OPTIONAL = ("foresight", "objects", "verdict_margin")  # fields that may be 0 (off)
+OPTIONAL = ("foresight", "objects", "verdict_margin", "tokens")  # fields that may be 0 (off)
 
 
 def check_architecture(arch: dict) -> dict:
@@ -58,6 +61,8 @@ def check_architecture(arch: dict) -> dict:
     arch = {**ARCHITECTURE, **arch}
     if any(not isinstance(v, int) or v < (0 if k in OPTIONAL else 1) for k, v in arch.items()):
         raise ValueError(f"judge architecture fields must be integers >= 1 ({', '.join(OPTIONAL)} >= 0), got {arch}")
+    if arch["tokens"] > 1:
+        raise ValueError(f"tokens is 0 (no word head) or 1, got {arch['tokens']}")
     if arch["verdict_margin"] and not arch["objects"]:
         raise ValueError("verdict_margin reads the object head: set objects (the number of object classes)")
     if arch["width"] % arch["heads"] or arch["width"] % 4:
@@ -133,11 +138,49 @@ class LatentJudge(Scorer):
         side = arch["foresight"] * arch["patch_size"]
         self.foresight_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 3 * side * side)) if side else None
         classes, pixels = arch["objects"], arch["object_pixels"] * arch["patch_size"]
+        self.word_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1)) if arch["tokens"] else None
         self.object_head = (
             nn.Sequential(nn.LayerNorm(width), nn.Linear(width, classes * pixels * pixels)) if classes else None
         )
         if text_encoder is not None:
             text_encoder.requires_grad_(False)
+
+    def add_word_head(self) -> LatentJudge:
+        """Give this judge a (new, trainable) word head, if it has none; returns it."""
+        if self.word_head is None:
+            self.architecture = {**self.architecture, "tokens": 1}
+            width = self.architecture["width"]
+            self.word_head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1)).to(self.device)
+        return self
+
+    def word_positions(self, prompts: list[str]) -> list[list[int]]:
+        """For each prompt, the token position (in `text_states`' order) of each of its words (split on spaces and
+        commas): a word's last token, after the tokenizer's start token."""
+        out = []
+        for prompt in prompts:
+            at, positions = 1, []
+            for word in prompt.lower().replace(",", " ").split():
+                at += len(self.tokenizer(word, add_special_tokens=False).input_ids)
+                positions.append(at - 1)
+            out.append(positions)
+        return out
+
+    def word_logits(self, x: torch.Tensor, prompts: list[str], t: torch.Tensor | int | None = None):
+        """The word head's log-odds that each word of each prompt is honoured, (batch, most words; padded with 0),
+        and the image-level log-odds (batch,), from one pass."""
+        if self.word_head is None:
+            raise ValueError("this judge has no word head (architecture tokens=0): see add_word_head")
+        prompts = as_prompts(prompts, x.shape[0])
+        self.check_input(x, t)
+        self.cost.scorer_calls += x.shape[0]
+        steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
+        log_odds, heads = self(x, prompts, steps.to(self.device).expand(x.shape[0]), dense=True)
+        positions = self.word_positions(prompts)
+        most = max(len(p) for p in positions)
+        index = torch.tensor([p + [0] * (most - len(p)) for p in positions], device=heads["tokens"].device)
+        words = heads["tokens"].gather(1, index)
+        mask = torch.tensor([[1.0] * len(p) + [0.0] * (most - len(p)) for p in positions], device=words.device)
+        return words * mask, log_odds
 
     @property
     def latent_size(self) -> int | None:
@@ -228,6 +271,8 @@ class LatentJudge(Scorer):
             grid = self.object_head(cell_states).transpose(1, 2).reshape(x.shape[0], -1, h, w)
             pixels = self.architecture["object_pixels"] * self.architecture["patch_size"]
             heads["objects"] = nn.functional.pixel_shuffle(grid, pixels).float()
+        if self.word_head is not None:  # one log-odds per prompt token, in the tokenizer's order
+            heads["tokens"] = self.word_head(out[:, 1 : 1 + text.shape[1]]).squeeze(-1).float()
         return logits, heads
 
     def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:

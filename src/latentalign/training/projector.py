@@ -17,6 +17,19 @@ identity, where that warm-up ends.
    clipping, atomic checkpoints from which a rerun resumes;
 3. OUT/projector: what `save_projector` writes, with the training record.
 Held-out prompts are never touched here.
+
+`recipe="paper"` trains it the paper's way instead, against a noise reward model R(noise, prompt) -> per-word
+log-odds (`latentalign train noise-reward`, distilled from the checker's word verdicts):
+1. the projector's output layer starts random (std `init_scale`), as a fresh network would, and `warmup_steps` of
+   warm-up (KL to N(0, I) plus reconstruction of the input noise, squared error summed over elements) bring it
+   back near the identity; no generator call is made;
+2. quasi-DPO: for each (noise, prompt), the pair (refined, original) is judged by R. The loss is the negative log
+   of the Bradley-Terry probability that R prefers the refined noise, word by word,
+       softplus(-beta * (R_w(refined) - R_w(original)))
+   weighted by how much the original misses the word, 1 - sigmoid(R_w(original)), averaged over the prompt's
+   scored words, plus the same term on R's image log-odds (`image_weight`), plus kl_weight * KL. So it is DPO with
+   the policy's log-ratio replaced by R's margin (the paper's "quasi"): a word the original noise already gets is
+   left alone, and a preference once won stops pulling, which bounds how far the KL lets the noise move.
 """
 
 from __future__ import annotations
@@ -29,6 +42,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..adapters import Denoiser
@@ -38,6 +53,8 @@ from ..generation import sampling_defaults
 from ..methods.noise_optimization import differentiable_sample, recommended_steps
 from ..methods.noise_projection import NoiseProjector, NoiseProjectorConfig, projection_kl, save_projector
 from ..scorers import Scorer
+from ..scorers.noise_reward import NoiseRewardModel
+from ..scorers.token_judges import scored_word_mask
 from ..world import SUITE_NAMES
 from ..world.dataset import sample_prompts
 from .scorer import ScorerTrainConfig
@@ -46,8 +63,15 @@ from .world import warmup_cosine_lr
 NOISE_SEED_BASE = 30_000_000
 
 
+RECIPES = ("reward", "paper")
+# the paper recipe's tau beside R's log-odds margins, chosen on TRAIN prompts
+# (benchmarks/results/noise_projection_paper/kl_choice_one_step/)
+PAPER_KL_WEIGHT = 0.001
+
+
 @dataclass(frozen=True)
 class ProjectorTrainConfig:
+    recipe: str = "reward"  # "reward": ascend a differentiable scorer; "paper": warm-up, then quasi-DPO against R
     steps: int = 1500
     batch: int = 32
     lr: float = 3e-4
@@ -62,8 +86,23 @@ class ProjectorTrainConfig:
     category_weights: tuple[float, ...] = ScorerTrainConfig.category_weights  # the scorers' train prompt mix
     checkpoint_every: int = 250
     seed: int = 0  # seeds the prompt pool, the batch order and the noise
+    # the paper recipe (recipe="paper"); steps counts the warm-up steps too
+    warmup_steps: int = 200  # KL + reconstruction, from a random output layer
+    init_scale: float = 0.01  # std of the output layer's random start
+    recon_weight: float = 1.0
+    dpo_beta: float = 1.0
+    image_weight: float = 1.0
 
     def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if self.recipe == "paper" and self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        for name in ("init_scale", "recon_weight", "dpo_beta", "image_weight"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("steps", "batch", "prompt_pool", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -78,15 +117,38 @@ class ProjectorTrainConfig:
         NoiseProjectorConfig(width=self.width, layers=self.layers, heads=self.heads)  # refuse a bad architecture now
 
 
+def quasi_dpo_loss(
+    words: torch.Tensor, image: torch.Tensor, base_words: torch.Tensor, base_image: torch.Tensor,
+    mask: torch.Tensor, beta: float, image_weight: float,
+) -> torch.Tensor:  # fmt: skip
+    """Per sample: the weighted negative log-probability that R prefers the refined noise (log-odds `words`, (B, W),
+    and `image`, (B,)) over the original (`base_*`, no gradient), over the scored words (`mask`) and the image."""
+    base_words, base_image = base_words.detach(), base_image.detach()
+    weight = (1 - torch.sigmoid(base_words)) * mask
+    per_word = (weight * F.softplus(-beta * (words - base_words))).sum(1) / mask.sum(1).clamp_min(1)
+    return per_word + image_weight * (1 - torch.sigmoid(base_image)) * F.softplus(-beta * (image - base_image))
+
+
 def train_projector(
-    out: str | Path, cfg: ProjectorTrainConfig, pipe, scorer: Scorer, *, scorer_name: str | None = None, log=print
-) -> Path:
-    """Train a projector for `pipe` against `scorer`'s reward (`scorer_name` is recorded); writes `out/projector`
-    and resumes from `out/checkpoint`."""
-    if scorer.space == "noisy_latents" and scorer.needs_t:
+    out: str | Path, cfg: ProjectorTrainConfig, pipe, scorer: Scorer | NoiseRewardModel, *,
+    scorer_name: str | None = None, log=print,
+) -> Path:  # fmt: skip
+    """Train a projector for `pipe` against `scorer`'s reward (recipe "reward": a differentiable scorer; "paper": a
+    `NoiseRewardModel`), `scorer_name` recorded; writes `out/projector` and resumes from `out/checkpoint`."""
+    paper = cfg.recipe == "paper"
+    if paper != isinstance(scorer, NoiseRewardModel):
+        raise ValueError("recipe 'paper' trains against a noise reward model (latentalign train noise-reward), and "
+                         "recipe 'reward' against a scorer")  # fmt: skip
+    if not paper and scorer.space == "noisy_latents" and scorer.needs_t:
         raise ValueError("the projector's reward reads the final latents: a noisy scorer that needs t cannot")
     if sampling_defaults(pipe).world != "shapes":
         raise ValueError("train projector draws its prompts from the Shapes world's train split")
+    scale = sampling_defaults(pipe).guidance_scale
+    if paper and (scorer.guidance_scale != scale or scorer.pipeline not in (None, model_id(pipe))):
+        raise ValueError(
+            f"this noise reward model was trained on {scorer.pipeline} at guidance {scorer.guidance_scale}; the "
+            f"projector is for {model_id(pipe)} at {scale}: train a reward model on it (latentalign train noise-reward)"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -97,14 +159,15 @@ def train_projector(
 
     den = Denoiser(pipe)
     steps = recommended_steps(pipe)
-    scale = sampling_defaults(pipe).guidance_scale
-    for module in (den.model, den.vae, scorer):
+    for module in (den.model, den.vae, scorer):  # a reward model's judge too
         module.requires_grad_(False)
     arch = NoiseProjectorConfig(
         latent_channels=den.latent_shape[0], text_dim=den.text_dim, width=cfg.width, layers=cfg.layers, heads=cfg.heads
     )
     torch.manual_seed(cfg.seed)
     projector = NoiseProjector(arch).to(den.device).train()
+    if paper:  # a fresh output layer, as the paper's network starts; the warm-up brings it near the identity
+        nn.init.normal_(projector.out.weight, std=cfg.init_scale)
     opt = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=0.0)
     if (ckpt / "meta.json").exists():
         meta = load_checkpoint(ckpt, {"projector": projector}, opt)
@@ -125,11 +188,23 @@ def train_projector(
         noise = den.initial_noise(seeds).float()
         mu, log_sigma = projector(noise, cond.prompt_embeds)
         refined = mu + log_sigma.exp() * noise
-        latents = differentiable_sample(den, refined.to(den.dtype), cond, den.start(seeds, steps)[1])
-        x = den.decode(latents) if scorer.space == "pixels" else latents
-        reward = scorer.score(x, prompts).float()  # a judge reads the final latents as clean (t = 0)
         kl = projection_kl(mu, log_sigma)
-        loss = (-reward + cfg.kl_weight * kl).mean()
+        if paper and step < cfg.warmup_steps:  # warm-up: KL + reconstruction, no generator call
+            reward = -(refined - noise).pow(2).flatten(1).sum(1)
+            loss = (cfg.recon_weight * -reward + kl).mean()
+        elif paper:
+            with torch.no_grad():
+                base_words, base_image = scorer(den, noise, prompts, seeds, cond)
+            words, image = scorer(den, refined, prompts, seeds, cond)
+            mask = scored_word_mask(prompts, words.shape[1]).to(words)
+            dpo = quasi_dpo_loss(words, image, base_words, base_image, mask, cfg.dpo_beta, cfg.image_weight)
+            reward = -dpo  # what the bar and the log show
+            loss = (dpo + cfg.kl_weight * kl).mean()
+        else:
+            latents = differentiable_sample(den, refined.to(den.dtype), cond, den.start(seeds, steps)[1])
+            x = den.decode(latents) if scorer.space == "pixels" else latents
+            reward = scorer.score(x, prompts).float()  # a judge reads the final latents as clean (t = 0)
+            loss = (-reward + cfg.kl_weight * kl).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(projector.parameters(), 1.0)
@@ -142,6 +217,8 @@ def train_projector(
 
     record = {k: v for k, v in meta.items() if k != "param_groups"}
     record.update(pipeline=model_id(pipe), scorer=scorer_name, generator_steps=steps, guidance_scale=scale)
+    if paper:
+        record.update(generator_steps=None, preview_steps=scorer.preview_steps)
     folder = save_projector(projector.eval(), out / "projector", extra={"training": record})
     log(f"saved {folder} after {meta['seconds'] / 60:.1f} min of training")
     return folder

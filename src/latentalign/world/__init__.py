@@ -1,6 +1,6 @@
 """The Shapes world: compositional prompts, a procedural renderer with exact ground truth, and its checker."""
 
-from .checker import FAILURE_KINDS, Detection, Failure, Verdict, check, detect
+from .checker import FAILURE_KINDS, Detection, Failure, Verdict, WordVerdict, check, detect, word_verdicts
 from .grammar import (
     COLOURS,
     COUNTS,
@@ -33,6 +33,7 @@ __all__ = [
     "PromptError",
     "Scene",
     "Verdict",
+    "WordVerdict",
     "category_of",
     "check",
     "corrupt",
@@ -42,5 +43,6 @@ __all__ = [
     "render",
     "suite",
     "vocabulary",
+    "word_verdicts",
     "words",
 ]

@@ -259,6 +259,50 @@ def judge(detections: list[Detection], scene: Scene) -> list[Failure]:
     return failures
 
 
+@dataclass(frozen=True)
+class WordVerdict:
+    """The checker's verdict on one meaningful word of a prompt (its token-level feedback)."""
+
+    index: int  # the word's position in the prompt (split on spaces and commas)
+    word: str
+    role: str  # "count" (the article or number word), "colour", "shape" or "relation"
+    ok: bool
+
+
+def word_verdicts(image, prompt: str) -> tuple[tuple[WordVerdict, ...], bool]:
+    """Token-level feedback: a verdict for every meaningful word of `prompt` ("and" is not one), and whether the
+    image holds objects the prompt never names (an extra object, which no word can own).
+
+    Per object of the prompt: its colour and shape words pass when an object of exactly that kind is there, or when
+    the word alone is honoured by an object the prompt does not name (a red square for "a red circle": colour
+    passes, shape fails); its count word (or article) passes when the kind appears exactly that many times. A
+    relation's words pass when both objects are found and the relation holds between them. The checker's `check`
+    passes exactly when every word passes and nothing is extra."""
+    return words_judged(detect(image), parse(prompt), prompt)
+
+
+def words_judged(detections: list[Detection], scene: Scene, prompt: str) -> tuple[tuple[WordVerdict, ...], bool]:
+    """`word_verdicts` on detections and a parsed scene."""
+    words = prompt.lower().replace(",", " ").split()
+    wanted = {(o.colour, o.shape) for o in scene.objects}
+    stray = [d for d in detections if (d.colour, d.shape) not in wanted]
+    out, matches, start = [], [], 0
+    for n, o in enumerate(scene.objects):
+        if n == 1:
+            start = len(words) - 3  # the second object is the prompt's last three words
+        same = [d for d in detections if (d.colour, d.shape) == (o.colour, o.shape)]
+        matches.append(same)
+        colour_ok = bool(same) or any(d.colour == o.colour for d in stray)
+        shape_ok = bool(same) or any(d.shape == o.shape for d in stray)
+        for offset, role, ok in ((0, "count", len(same) == o.count), (1, "colour", colour_ok), (2, "shape", shape_ok)):
+            out.append(WordVerdict(start + offset, words[start + offset], role, ok))
+    if scene.relation:
+        held = bool(matches[0]) and bool(matches[1]) and _relation_ok(matches[0][0], matches[1][0], scene.relation)
+        for index in range(3, len(words) - 3):
+            out.append(WordVerdict(index, words[index], "relation", held))
+    return tuple(sorted(out, key=lambda v: v.index)), not stray
+
+
 def check(image, prompt: str) -> Verdict:
     """Judge whether a Shapes image follows its prompt (the world's exact stand-in for GenEval's detector)."""
     scene = parse(prompt)
