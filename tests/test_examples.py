@@ -34,3 +34,11 @@ def test_hub_models_example_runs_every_method(request, family, tmp_path, monkeyp
     assert [line.split(":")[0].strip() for line in lines] == ["plain", "best-of-n", "noise-optimization"]
     for name in ("plain", "best-of-n", "noise-optimization"):
         assert (tmp_path / "out" / f"{name}.png").is_file()
+
+
+def test_token_feedback_example_scores_every_word_three_ways(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["token_feedback.py", "a red circle left of a blue square", "--seeds", "1"])
+    runpy.run_path(str(EXAMPLES / "token_feedback.py"), run_name="__main__")
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["checker", "question", "clip"]
+    assert "left=" in lines[0] and "of=" in lines[0] and "of=" not in lines[2]  # the checker judges relation words

@@ -218,8 +218,38 @@ def test_the_paper_recipe_warms_up_fine_tunes_and_refuses_mismatches(tiny_shapes
     for bad in ({"recipe": "dpo"}, {"recipe": "paper", "warmup_steps": 1500}, {"dpo_beta": -1.0}):
         with pytest.raises(ValueError):
             ProjectorTrainConfig(**bad)
-    assert main(["train", "projector", "--recipe", "paper", "--out", str(tmp_path / "cli")]) == 2
+    for argv in (
+        ["--recipe", "paper"],  # no reward model
+        ["--recipe", "paper", "--noise-reward", str(folder), "--scorer", "shapes-latent"],  # a flag it would ignore
+        ["--warmup-steps", "5"],  # the reward recipe has no warm-up
+        ["--noise-reward", str(folder)],
+    ):
+        assert main(["train", "projector", *argv, "--out", str(tmp_path / "cli")]) == 2
     assert not (tmp_path / "cli").exists()
+
+
+def test_the_paper_recipe_resumes_to_the_same_weights(tiny_shapes_pipeline, reward_run, tmp_path, monkeypatch):
+    import latentalign.training.projector as projector_training
+
+    reward = load_noise_reward(reward_run[2])
+    cfg = replace(TINY_PAPER, checkpoint_every=3)
+    ref = load_file(str(train_projector(tmp_path / "ref", cfg, tiny_shapes_pipeline, reward, log=quiet)
+                        / "projector.safetensors"))  # fmt: skip
+    real_save = projector_training.save_checkpoint
+
+    def save_then_interrupt(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(projector_training, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):  # stopped after step 3: warm-up done, quasi-DPO begun
+        train_projector(tmp_path / "run", cfg, tiny_shapes_pipeline, reward, log=quiet)
+    monkeypatch.setattr(projector_training, "save_checkpoint", real_save)
+    got = load_file(str(train_projector(tmp_path / "run", cfg, tiny_shapes_pipeline, reward, log=quiet)
+                        / "projector.safetensors"))  # fmt: skip
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="config"):  # another reward model is another run
+        train_projector(tmp_path / "run", cfg, tiny_shapes_pipeline, reward, scorer_name="other", log=quiet)
 
 
 def test_bench_plans_new_seeds_from_a_seed_base():

@@ -177,20 +177,24 @@ def _train_one_step(args: argparse.Namespace) -> int:
 
 
 def _train_projector(args: argparse.Namespace) -> int:
-    from .training.projector import PAPER_KL_WEIGHT, ProjectorTrainConfig
+    from .training.projector import PAPER_SETTINGS, ProjectorTrainConfig
 
     paper = args.recipe == "paper"
     if paper and args.noise_reward is None:
         raise ValueError("--recipe paper needs --noise-reward FOLDER (from latentalign train noise-reward)")
     if not paper and args.noise_reward is not None:
         raise ValueError("--noise-reward is the paper recipe's reward: pass --recipe paper (or --scorer)")
+    if paper and args.scorer is not None:
+        raise ValueError("--scorer is the reward recipe's reward; the paper recipe reads --noise-reward")
+    if not paper and args.warmup_steps is not None:
+        raise ValueError("--warmup-steps is the paper recipe's warm-up: pass --recipe paper")
     ship_name = f"shapes-projector-paper-{args.model.removeprefix('shapes-')}" if paper else "shapes-projector"
     from .methods.noise_projection import SHIPPED_PROJECTORS
 
     if args.ship and ship_name not in SHIPPED_PROJECTORS:
         raise ValueError(f"--ship ships a projector for an embedded pipeline; {args.model!r} has no shipped name")
-    kl_weight = PAPER_KL_WEIGHT if paper and args.kl_weight is None else args.kl_weight
-    options = {"steps": args.steps, "kl_weight": kl_weight, "warmup_steps": args.warmup_steps}
+    options = {"steps": args.steps, "kl_weight": args.kl_weight, "warmup_steps": args.warmup_steps}
+    options = {**(PAPER_SETTINGS if paper else {}), **{k: v for k, v in options.items() if v is not None}}
     cfg = ProjectorTrainConfig(  # validates before any work
         recipe=args.recipe, batch=args.batch, lr=args.lr, width=args.width, seed=args.seed,
         **{k: v for k, v in options.items() if v is not None},
@@ -1071,15 +1075,17 @@ def build_parser() -> argparse.ArgumentParser:
         "against --noise-reward",
     )
     tp.add_argument("--noise-reward", default=None, help="paper recipe: the reward model folder (train noise-reward)")
-    tp.add_argument("--steps", type=int, default=None, help="optimiser steps, warm-up included (default 1500)")
-    tp.add_argument("--warmup-steps", type=int, default=None, help="paper recipe: KL + reconstruction steps (200)")
+    tp.add_argument(
+        "--steps", type=int, default=None, help="optimiser steps, warm-up included (default: reward 1500, paper 500)"
+    )
+    tp.add_argument("--warmup-steps", type=int, default=None, help="paper recipe: KL + reconstruction steps (150)")
     tp.add_argument("--batch", type=int, default=32)
     tp.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (cosine schedule after warm-up)")
     tp.add_argument(
         "--kl-weight",
         type=float,
         default=None,
-        help="weight of the KL to N(0, I), summed over elements (default: reward 0.0001, paper PAPER_KL_WEIGHT)",
+        help="weight of the KL to N(0, I), summed over elements (default: reward 0.0001, paper 0.001)",
     )
     tp.add_argument("--width", type=int, default=128)
     tp.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")

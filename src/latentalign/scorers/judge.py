@@ -155,13 +155,16 @@ class LatentJudge(Scorer):
 
     def word_positions(self, prompts: list[str]) -> list[list[int]]:
         """For each prompt, the token position (in `text_states`' order) of each of its words (split on spaces and
-        commas): a word's last token, after the tokenizer's start token."""
+        commas; a comma is tokenised but is no word): a word's last token, after the tokenizer's start token."""
+        import re
+
         out = []
         for prompt in prompts:
             at, positions = 1, []
-            for word in prompt.lower().replace(",", " ").split():
-                at += len(self.tokenizer(word, add_special_tokens=False).input_ids)
-                positions.append(at - 1)
+            for piece in re.findall(r"[^,\s]+|,", prompt.lower()):
+                at += len(self.tokenizer(piece, add_special_tokens=False).input_ids)
+                if piece != ",":
+                    positions.append(at - 1)
             out.append(positions)
         return out
 
@@ -171,6 +174,7 @@ class LatentJudge(Scorer):
         if self.word_head is None:
             raise ValueError("this judge has no word head (architecture tokens=0): see add_word_head")
         prompts = as_prompts(prompts, x.shape[0])
+        prompts = prompts * x.shape[0] if len(prompts) == 1 else prompts
         self.check_input(x, t)
         self.cost.scorer_calls += x.shape[0]
         steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()

@@ -129,7 +129,7 @@ class CLIPTokenJudge(TokenJudge):
             pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
             pixels = pixels.permute(2, 0, 1)[None].to(self.scorer.device)
             words, scored = prompt_words(prompt), content_words(prompt)
-            texts = [prompt] + [" ".join(w for j, w in enumerate(words) if j != i) for i in scored]
+            texts = [" ".join(words)] + [" ".join(w for j, w in enumerate(words) if j != i) for i in scored]
             s = self.scorer.score(pixels.expand(len(texts), -1, -1, -1), texts).float().cpu()
             gain = torch.sigmoid(self.sharpness * (s[0] - s[1:]))
             image_score = torch.sigmoid(self.sharpness * (s[0] - self.offset)).item()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..adapters import Denoiser
 from ..checkpoint import (
     checkpoint_exists,
     load_checkpoint,
@@ -110,7 +111,6 @@ def record_feedback(
 ) -> dict:  # fmt: skip
     """For every prompt x seed: the noise's preview and the token judge's feedback on plain generation's image from
     that seed; chunked and resumable in `folder`. Returns every chunk concatenated."""
-    from ..adapters import Denoiser
     from ..core import to_pil
     from ..generation import generate, sampling_defaults
 
@@ -121,11 +121,14 @@ def record_feedback(
     chunks = [prompts[i : i + chunk_prompts] for i in range(0, len(prompts), chunk_prompts)]
     for i in tqdm(range(len(chunks)), desc=desc):
         path = folder / f"chunk{i:05d}.safetensors"
-        if path.exists():
-            continue
         rows = [p for p in chunks[i] for _ in range(seeds_per_prompt)]
         first = seed_base + i * chunk_prompts * seeds_per_prompt
         seeds = list(range(first, first + len(rows)))
+        if path.exists():
+            saved = load_prompted_tensors(path)
+            if saved["prompts"] != rows or saved["seeds"].tolist() != seeds:
+                raise ValueError(f"{path} holds other prompts or seeds than this run's: use another folder")
+            continue
         cond = den.encode(rows, reward.guidance_scale)
         preview = reward.preview(den, den.initial_noise(seeds), cond, seeds).float()
         if reward.preview_steps == steps and reward.guidance_scale == sampling_defaults(pipe).guidance_scale:
@@ -160,6 +163,7 @@ def fidelity(reward: NoiseRewardModel, data: dict, rows: list[int] | None = None
     for i in range(0, len(rows), batch):
         part = rows[i : i + batch]
         w, img = reward.judge.word_logits(data["preview"][part], [data["prompts"][j] for j in part])
+        w = F.pad(w, (0, data["words"].shape[1] - w.shape[1]))  # batches pad to their own longest prompt
         word_p.append(torch.sigmoid(w).cpu())
         image_s.append(img.cpu())
     probs = torch.cat(word_p)
@@ -231,6 +235,8 @@ def new_reward(pipe, cfg: NoiseRewardTrainConfig) -> NoiseRewardModel:
     judge = copy.deepcopy(judge).requires_grad_(True).add_word_head()
     if judge.towers is not None:
         judge.towers.logit_scale.requires_grad_(False)
+    else:
+        judge.text_encoder.requires_grad_(False)  # the pipeline's text encoder stays as the pipeline reads prompts
     preview = cfg.preview_steps or recommended_steps(pipe)
     return NoiseRewardModel(judge, preview, sampling_defaults(pipe).guidance_scale, model_id(pipe))
 
@@ -245,9 +251,12 @@ def train_noise_reward(out: str | Path, cfg: NoiseRewardTrainConfig, pipe, *, lo
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
     recover_checkpoint(ckpt)
-    config = json.loads(json.dumps(asdict(cfg)))
-    checkpoint_exists(ckpt, config)  # refuse a mismatched resume before any work
     reward = new_reward(pipe, cfg)
+    run = {"pipeline": reward.pipeline, "preview_steps": reward.preview_steps, "guidance_scale": reward.guidance_scale}
+    config = json.loads(json.dumps({**asdict(cfg), **run}))
+    checkpoint_exists(ckpt, config)  # refuse a mismatched resume before any work
+    probe = torch.zeros(1, *Denoiser(pipe).latent_shape, device=reward.judge.device)
+    reward.judge.word_logits(probe, ["a red circle"])  # a judge that cannot read this pipeline fails now
     for module in (pipe.unet if hasattr(pipe, "unet") else pipe.transformer, pipe.vae):
         module.requires_grad_(False)
     prompts = train_prompts(cfg)
