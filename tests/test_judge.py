@@ -176,7 +176,8 @@ def test_a_judge_on_latent_clip_towers_adds_to_its_clipscore_and_round_trips(tmp
     loaded = load_scorer(tmp_path / "towers_judge")
     assert loaded.towers is not None and (tmp_path / "towers_judge" / "towers").is_dir()
     with torch.no_grad():
-        assert torch.equal(loaded.score(z, PROMPT, 300), judge.score(z, PROMPT, 300))
+        # the same weights (from_pretrained's towers may pick other kernels: equal to float rounding)
+        torch.testing.assert_close(loaded.score(z, PROMPT, 300), judge.score(z, PROMPT, 300), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="8x8"):
         judge.score(torch.randn(1, 4, 16, 16), PROMPT)
 

@@ -115,6 +115,9 @@ def record_feedback(
     from ..generation import generate, sampling_defaults
 
     token_judge = token_judge or ShapesTokenJudge()
+    long = next((p for p in prompts if len(p.replace(",", " ").split()) > MAX_WORDS), None)
+    if long is not None:
+        raise ValueError(f"prompts of at most {MAX_WORDS} words, got {long!r}")
     folder.mkdir(parents=True, exist_ok=True)
     den = Denoiser(pipe)
     steps = sampling_defaults(pipe).num_inference_steps
