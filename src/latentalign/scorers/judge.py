@@ -175,10 +175,7 @@ class LatentJudge(Scorer):
             raise ValueError("this judge has no word head (architecture tokens=0): see add_word_head")
         prompts = as_prompts(prompts, x.shape[0])
         prompts = prompts * x.shape[0] if len(prompts) == 1 else prompts
-        self.check_input(x, t)
-        self.cost.scorer_calls += x.shape[0]
-        steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
-        log_odds, heads = self(x, prompts, steps.to(self.device).expand(x.shape[0]), dense=True)
+        log_odds, heads = self(x, prompts, self._checked_steps(x, t), dense=True)
         positions = self.word_positions(prompts)
         most = max(len(p) for p in positions)
         index = torch.tensor([p + [0] * (most - len(p)) for p in positions], device=heads["tokens"].device)
@@ -296,14 +293,18 @@ class LatentJudge(Scorer):
         """`score`'s two terms from one pass: the learned log-odds, and whether the predicted object map passes the
         clause rules (None when `verdict_margin` is 0)."""
         prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
-        self.check_input(x, t)
-        self.cost.scorer_calls += x.shape[0]
-        steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
-        steps = steps.to(self.device).expand(x.shape[0])
+        steps = self._checked_steps(x, t)
         if not self.architecture["verdict_margin"]:
             return self(x, prompts, steps), None
         log_odds, heads = self(x, prompts, steps, dense=True)
         return log_odds, self.verdicts(heads["objects"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
+
+    def _checked_steps(self, x: torch.Tensor, t) -> torch.Tensor:
+        """Refuse input this judge cannot read, count the calls, and give one timestep per row (t = None: 0)."""
+        self.check_input(x, t)
+        self.cost.scorer_calls += x.shape[0]
+        steps = torch.zeros(1) if t is None else torch.as_tensor(t).flatten().float()
+        return steps.to(self.device).expand(x.shape[0])
 
     @staticmethod
     def verdicts(object_logits: torch.Tensor, prompts: list[str]) -> torch.Tensor:

@@ -46,19 +46,26 @@ def content_words(prompt: str) -> list[int]:
     return [i for i, w in enumerate(prompt_words(prompt)) if w not in STOP_WORDS]
 
 
-def scored_word_mask(prompts: Sequence[str], n: int) -> torch.Tensor:
-    """(batch, n) floats, 1 where a word is one a token judge scores: on Shapes prompts every word the checker
-    judges (all but "and"), elsewhere `content_words`."""
+def shapes_word_roles(prompt: str) -> dict[int, str] | None:
+    """A Shapes prompt's judged words, {word index: role ("count", "colour", "shape", "relation")}; None when the
+    prompt is not a Shapes prompt."""
     from ..world import parse
     from ..world.checker import words_judged
     from ..world.grammar import PromptError
 
+    try:
+        return {v.index: v.role for v in words_judged([], parse(prompt), prompt)[0]}
+    except PromptError:
+        return None
+
+
+def scored_word_mask(prompts: Sequence[str], n: int) -> torch.Tensor:
+    """(batch, n) floats, 1 where a word is one a token judge scores: on Shapes prompts every word the checker
+    judges (all but "and"), elsewhere `content_words`."""
     mask = torch.zeros(len(prompts), n)
     for row, prompt in enumerate(prompts):
-        try:
-            indices = [v.index for v in words_judged([], parse(prompt), prompt)[0]]
-        except PromptError:
-            indices = content_words(prompt)
+        roles = shapes_word_roles(prompt)
+        indices = content_words(prompt) if roles is None else list(roles)
         mask[row, [i for i in indices if i < n]] = 1.0
     return mask
 

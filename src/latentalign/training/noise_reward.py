@@ -199,19 +199,17 @@ def fidelity(reward: NoiseRewardModel, data: dict, rows: list[int] | None = None
 def word_roles(prompts: list[str], n: int) -> torch.Tensor | None:
     """Shapes prompts: each word's role as an index into (count, colour, shape, relation), -1 elsewhere; None when a
     prompt is not a Shapes prompt."""
-    from ..world import parse
-    from ..world.checker import words_judged
-    from ..world.grammar import PromptError
+    from ..scorers.token_judges import shapes_word_roles
 
+    names = ("count", "colour", "shape", "relation")
     roles = torch.full((len(prompts), n), -1)
     for row, prompt in enumerate(prompts):
-        try:
-            verdicts, _ = words_judged([], parse(prompt), prompt)
-        except PromptError:
+        judged = shapes_word_roles(prompt)
+        if judged is None:
             return None
-        for v in verdicts:
-            if v.index < n:
-                roles[row, v.index] = ("count", "colour", "shape", "relation").index(v.role)
+        for index, role in judged.items():
+            if index < n:
+                roles[row, index] = names.index(role)
     return roles
 
 
