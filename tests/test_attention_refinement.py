@@ -85,6 +85,7 @@ def test_refinement_moves_the_latents_and_counts_every_call(tiny_shapes_pipeline
     assert all(0 <= v <= 1 for v in losses.values())
     loss_calls = len(losses) + r.refine_iterations[0]  # one prompt-branch UNet call per loss
     assert r.cost.denoiser_evals == plain.cost.denoiser_evals + loss_calls
+    assert r.cost.denoiser_backwards == loss_calls and plain.cost.denoiser_backwards == 0  # each loss's gradient
     assert r.refine_iterations[0] <= CHEAP.max_refine_iterations * len(r.settings["refine_steps"])
     again = generate(tiny_shapes_pipeline, "a red circle and a blue square", seed=2, method=CHEAP)
     assert torch.equal(again.latents, r.latents) and steps == 3

@@ -163,9 +163,27 @@ def test_report_draws_the_frontier_of_bench_folders(pipe_dir, tmp_path, capsys):
     (runs,) = table.values()  # one model
     assert [r["label"] for r in runs] == ["plain", "best-of-n n=2 scorer=shapes-latent"]
     assert [r["denoiser_evals"] for r in runs] == [4, 8] and all(r["images"] == 4 for r in runs)
+    assert [r["denoiser_equivalents"] for r in runs] == [4, 8]  # no backward passes in sampling methods
     # same-seed pairs against the plain run of the same prompts and seeds
     assert "fixed" not in runs[0] and runs[1]["fixed"] + runs[1]["broken"] <= 4 and 0 <= runs[1]["sign_test_p"] <= 1
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
+    # a gradient method's backward passes count twice on the compute axis; rows from before they were counted say so
+    rows = read_rows(best)
+    for name, change in (
+        ("graded", lambda c: c.update(denoiser_backwards=2)),
+        ("old", lambda c: c.pop("denoiser_backwards")),
+    ):
+        (tmp_path / name).mkdir()
+        for r in rows:
+            change(r["cost"])
+            r["settings"] = {**r["settings"], "options": {"n": 2, "name": name}}
+        (tmp_path / name / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert (
+        main(["report", str(plain), str(tmp_path / "graded"), str(tmp_path / "old"), "--out", str(tmp_path / "r")]) == 0
+    )
+    graded, old = json.loads((tmp_path / "r" / "frontier.json").read_text()).popitem()[1][1:]
+    assert (graded["denoiser_backwards"], graded["denoiser_equivalents"]) == (2, 8 + 2 * 2)
+    assert old["denoiser_equivalents"] is None and old["label"].endswith("(backward passes not recorded)")
     other = tmp_path / "other"
     assert bench(pipe_dir, other, "--limit-prompts", "1") == 0
     capsys.readouterr()
@@ -370,3 +388,56 @@ def test_a_sweep_config_runs_every_combination_then_the_frontier(pipe_dir, tmp_p
     config.write_text('model = "shapes"\nmodle = 1\n')
     assert main(["bench", "--config", str(config), "--out", str(tmp_path / "x")]) == 2
     assert "unknown key 'modle'" in capsys.readouterr().err
+
+
+class ThreadProcesses:
+    """Two bench "processes" as threads of this one: accelerate's PartialState interface over a threading barrier."""
+
+    def __init__(self, index: int, barrier):
+        self.process_index, self.num_processes, self._barrier = index, 2, barrier
+
+    def wait_for_everyone(self) -> None:
+        self._barrier.wait(timeout=300)
+
+
+def test_a_sharded_bench_writes_the_rows_an_unsharded_one_does(pipe_dir, tmp_path):
+    import threading
+
+    from latentalign.bench import run_bench
+    from latentalign.pipeline import load_pipeline
+
+    pipe = load_pipeline(pipe_dir)
+    args = dict(split="train", limit_prompts=3, batch=2)
+    alone = run_bench(pipe, ["single_object"], 2, out=tmp_path / "alone", **args)
+    barrier, returned = threading.Barrier(2), {}
+
+    def shard(index):
+        processes = ThreadProcesses(index, barrier)
+        returned[index] = run_bench(pipe, ["single_object"], 2, out=tmp_path / "sharded", processes=processes, **args)
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert returned[1] is None and returned[0]["categories"] == alone["categories"]  # only the main one summarises
+    same = ("suite", "prompt", "seed", "ok", "failures", "settings", "image")
+    sharded, single = read_rows(tmp_path / "sharded"), read_rows(tmp_path / "alone")
+    assert [[r[k] for k in same] for r in sharded] == [[r[k] for k in same] for r in single]  # plan order, once each
+    assert not list((tmp_path / "sharded").glob("results.rank*.jsonl"))  # merged into results.jsonl
+    for r in single:
+        assert (tmp_path / "sharded" / r["image"]).read_bytes() == (tmp_path / "alone" / r["image"]).read_bytes()
+
+
+def test_an_interrupted_sharded_run_resumes_in_one_process(pipe_dir, tmp_path):
+    out = tmp_path / "b"
+    assert bench(pipe_dir, out) == 0
+    rows = read_rows(out)
+    # as a sharded run leaves it when killed: each process's rows in its own file, one with a torn last line
+    (out / RESULTS).unlink()
+    (out / "results.rank0.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[2])[:30])
+    (out / "results.rank1.jsonl").write_text(json.dumps(rows[1]) + "\n")
+    assert bench(pipe_dir, out) == 0
+    again = read_rows(out)
+    assert [(r["prompt"], r["seed"]) for r in again] == [(r["prompt"], r["seed"]) for r in rows]
+    assert again[:2] == rows[:2] and not list(out.glob("results.rank*.jsonl"))

@@ -17,6 +17,7 @@ from latentalign.exports import (
     write_geneval,
     write_jsonl,
     write_t2i_compbench,
+    write_tiam,
 )
 from latentalign.world import check, parse
 
@@ -74,6 +75,20 @@ def test_t2i_compbench_layout(tiny_shapes_pipeline, tmp_path):
     ]
 
 
+def test_tiam_layout(tiny_shapes_pipeline, tmp_path):
+    from PIL import Image
+
+    prompts = ["a red circle", "two blue squares"]
+    out = write_tiam(tiny_shapes_pipeline, prompts, tmp_path / "tiam", samples=2)
+    assert (out / "prompts.txt").read_text().splitlines() == prompts
+    names = sorted(p.name for p in (out / "images").iterdir())
+    assert names == ["a_red_circle_0.png", "a_red_circle_1.png", "two_blue_squares_0.png", "two_blue_squares_1.png"]
+    again = generate(tiny_shapes_pipeline, "two blue squares", seed=1).images[0]  # sample n has seed n
+    assert list(Image.open(out / "images" / "two_blue_squares_1.png").convert("RGB").getdata()) == list(again.getdata())
+    with pytest.raises(ValueError, match="given twice"):
+        write_tiam(tiny_shapes_pipeline, ["a red circle", "a  red circle"], tmp_path / "t2")
+
+
 def test_bad_metadata_and_prompts_are_refused_before_any_work(tiny_shapes_pipeline, tmp_path, monkeypatch):
     monkeypatch.setattr(tiny_shapes_pipeline.unet, "forward", lambda *a, **k: pytest.fail("the denoiser ran"))
     bad = tmp_path / "bad.jsonl"
@@ -113,3 +128,13 @@ def test_export_cli_round_trip(tiny_shapes_path, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["images"] == 2
     assert main(["export", "--format", "geneval", "--out", str(tmp_path / "y")]) == 2
     assert "--metadata" in capsys.readouterr().err
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\nthree green squares\n")
+    argv = ["export", "--format", "tiam", "--prompts", str(prompts), "--samples", "1", "--out", str(tmp_path / "t")]
+    assert main([*argv, "--model", str(tiny_shapes_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "t" / "images").iterdir()) == [
+        "a_red_circle_0.png",
+        "three_green_squares_0.png",
+    ]
+    assert main(["export", "--format", "tiam", "--out", str(tmp_path / "z")]) == 2
+    assert "--format tiam needs --prompts" in capsys.readouterr().err

@@ -53,6 +53,8 @@ def test_optimisation_moves_the_noise_and_keeps_the_best_iterate(tiny_shapes_pip
     assert any(flags)  # (some were on: the restore is seen)
     assert history[r.best_iteration[0]] == max(history)
     assert r.cost.denoiser_evals == 5 * 2 * 2  # iterates x steps x (guided: two evaluations)
+    assert r.cost.denoiser_backwards == 4 * 2 * 2  # every iterate but the last is differentiated through
+    assert r.cost.denoiser_equivalents == 20 + 2 * 16 == r.cost.to_dict()["denoiser_equivalents"]
     assert r.cost.vae_decodes == 5 + 1 and r.skipped_updates == [0]
 
 
@@ -77,6 +79,7 @@ def test_one_step_pipeline(tiny_sd_pipeline):
     r = reno(tiny_sd_pipeline, "a red ball", rewards=[Reward(scorer)], steps=1, iterations=2, guidance_scale=0.0)
     assert r.images[0].size == (16, 16) and len(r.rewards[0]) == 3
     assert r.cost.denoiser_evals == 3 and torch.isfinite(r.latents).all()
+    assert r.cost.denoiser_backwards == 2
 
 
 class NaNScorer(LatentCLIPScorer):

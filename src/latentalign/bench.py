@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
+from .cost import BACKWARD_TO_FORWARD, forward_equivalents
 from .embedded import model_id
 from .generation import generate, resolve, sampling_defaults
 from .world import SUITE_NAMES, check, suite
@@ -84,8 +85,8 @@ class FolderLock:
     kernel releases it when the process ends, however it ends), and writes its pid there for the message a second
     run gets. The file itself stays: deleting it would let a third run lock a new file beside a holder."""
 
-    def __init__(self, out: Path):
-        self.path = Path(out) / ".lock"
+    def __init__(self, out: Path, name: str = ".lock"):
+        self.path = Path(out) / name
         self.fd: int | None = None
 
     def __enter__(self) -> FolderLock:
@@ -245,16 +246,23 @@ def summarise(rows: list[dict], suites: list[str]) -> list[dict]:
 
 
 def method_summary(rows: list[dict], suites: tuple[str, ...] | list[str]) -> dict:
-    """One method's rows ("ok", "suite", "evals", "seconds") as a benchmark table row: accuracy with its 95% Wilson
-    interval, accuracy per suite, image count, mean denoiser evaluations and mean and median wall seconds."""
+    """One method's rows ("ok", "suite", "evals", "seconds", optionally "backwards": None where not recorded) as a
+    benchmark table row: accuracy with its 95% Wilson interval, accuracy per suite, image count, mean denoiser
+    evaluations, backward passes and their forward equivalents (`cost.forward_equivalents`; None where a row did
+    not record its backward passes), and mean and median wall seconds."""
     k, n = sum(r["ok"] for r in rows), len(rows)
     lo, hi = wilson_interval(k, n)
+    evals = statistics.fmean(r["evals"] for r in rows)
+    backwards = [r.get("backwards", 0) for r in rows]
+    backwards = None if None in backwards else statistics.fmean(backwards)
     return {
         "accuracy": round(k / n, 4),
         "ci95": [round(lo, 4), round(hi, 4)],
         "per_suite": {s: _share([r["ok"] for r in rows if r["suite"] == s]) for s in suites},
         "images": n,
-        "denoiser_evals": round(statistics.fmean(r["evals"] for r in rows), 1),
+        "denoiser_evals": round(evals, 1),
+        "denoiser_backwards": None if backwards is None else round(backwards, 1),
+        "denoiser_equivalents": None if backwards is None else round(forward_equivalents(evals, backwards), 1),
         "seconds": round(statistics.fmean(r["seconds"] for r in rows), 3),
         "median_seconds": round(statistics.median(r["seconds"] for r in rows), 4),
     }
@@ -334,13 +342,19 @@ def run_bench(
     method: str = "plain",
     options: dict | None = None,
     seed_base: int = 0,
-) -> dict:
+    processes=None,
+) -> dict | None:
     """Generate and check every (prompt, seed) of the suites, resuming `out/results.jsonl`; return the summary.
 
     `method` (a registered name or names joined by "+") and its `options` (JSON values: numbers, strings,
     lists) are recorded in every row's settings, so one folder holds one method's run.
     `rejudge=True` first checks every saved image again with the current checker (after a checker change) and
-    rewrites the results file atomically; generation is not repeated."""
+    rewrites the results file atomically; generation is not repeated.
+
+    `processes` shards the rows (under `accelerate launch`: an `accelerate.PartialState`; anything with
+    `process_index`, `num_processes` and `wait_for_everyone()`): process i makes every count-th missing row into
+    its own `results.rank<i>.jsonl`, then the main process merges them into `results.jsonl` in plan order (the
+    same file an unsharded run writes, but for the wall seconds) and writes the summary, which only it returns."""
     if sampling_defaults(pipe).world != "shapes":
         raise ValueError("the benchmark needs a Shapes-world pipeline (its latentalign.json must say world: shapes)")
     if batch < 1:
@@ -362,45 +376,62 @@ def run_bench(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} is not a folder")
-    with FolderLock(out):
-        return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options)
+    shards = Shards(processes)
+    if rejudge and shards.count > 1:
+        raise ValueError("--rejudge runs in one process: run it without accelerate launch")
+    with FolderLock(out, ".lock" if shards.main else f".lock.rank{shards.index}"):
+        return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards)
 
 
-def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options) -> dict:
+class Shards:
+    """This process's share of a bench run: index, count and a barrier (one process: 0, 1 and no wait)."""
+
+    def __init__(self, processes=None):
+        self.index = 0 if processes is None else processes.process_index
+        self.count = 1 if processes is None else processes.num_processes
+        self.main = self.index == 0
+        self._processes = processes
+
+    def wait(self) -> None:
+        if self._processes is not None and self.count > 1:
+            self._processes.wait_for_everyone()
+
+    def rows_file(self, out: Path) -> Path:
+        """Where this process appends its rows: the results file itself when it runs alone."""
+        return out / (RESULTS if self.count == 1 else f"{Path(RESULTS).stem}.rank{self.index}.jsonl")
+
+
+def merge_shards(out: Path, jobs: list[tuple]) -> list[dict]:
+    """Fold every `results.rank*.jsonl` of `out` into `results.jsonl` (each (prompt, seed) once, plan order first),
+    atomically, then remove the shard files; return the rows. Safe to repeat after a crash at any point."""
     results = out / RESULTS
-    existing = read_rows(results)
-    for row in existing:
-        if row["settings"] != settings:
-            raise ValueError(
-                f"{results} holds results made with {row['settings']}, not {settings}; "
-                "use another --out or the same settings"
-            )
-        if _row_split(row) != split:
-            raise ValueError(f"{results} holds {_row_split(row)}-split rows; this run is {split}: use another --out")
-    planned = {name for name, _, _ in jobs}
-    others = sorted({r["suite"] for r in existing} - planned)
-    if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
-        raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
-    record_run(out / "settings.json", {"settings": settings, "split": split})
-    images = out / "images"
-    has_images = images.is_dir() and any(images.iterdir())
-    # an image deleted or damaged: its row is made again; a folder without any image (committed results, whose
-    # images are not in git) keeps its rows
-    lost = {(r["prompt"], r["seed"]) for r in existing if has_images and not _readable(out / r["image"])}
-    if rejudge and existing and not has_images:
-        raise ValueError(f"{images} holds no images to re-judge")
-    if lost:
-        existing = [r for r in existing if (r["prompt"], r["seed"]) not in lost]
-        tmp = out / (RESULTS + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in existing))
-        tmp.replace(results)
-    if rejudge and existing:
-        _rejudge(out, existing)
-    done = {(r["prompt"], r["seed"]): r for r in existing}
-    todo = [j for j in jobs if (j[1], j[2]) not in done]
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    shard_files = sorted(out.glob(f"{Path(RESULTS).stem}.rank*.jsonl"))
+    rows = read_rows(results)
+    if not shard_files:
+        return rows
+    merged: dict[tuple, dict] = {}
+    for row in chain(rows, *(read_rows(f) for f in shard_files)):
+        merged.setdefault((row["prompt"], row["seed"]), row)
+    order = {(p, seed): i for i, (_, p, seed) in enumerate(jobs)}
+    rows = sorted(merged.values(), key=lambda r: order.get((r["prompt"], r["seed"]), len(order)))
+    tmp = out / (RESULTS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(results)
+    for f in shard_files:
+        f.unlink()
+    return rows
 
-    with results.open("a") as f, tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="bench", unit="img") as bar:
+
+def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards) -> dict:
+    if shards.main:  # the main process checks and tidies the folder (rows of an interrupted sharded run first)
+        _prepare_folder(out, jobs, settings, split, rejudge)
+    shards.wait()
+    results = out / RESULTS
+    done = {(r["prompt"], r["seed"]): r for r in read_rows(results)}
+    todo = [j for j in jobs if (j[1], j[2]) not in done][shards.index :: shards.count]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    desc = "bench" if shards.count == 1 else f"bench (process {shards.index} of {shards.count})"
+    with shards.rows_file(out).open("a") as f, tqdm(total=len(todo), desc=desc, unit="img") as bar:
         for i in range(0, len(todo), batch):
             chunk = todo[i : i + batch]
             result = generate(
@@ -431,10 +462,11 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
                 }
                 f.write(json.dumps(row) + "\n")  # one write per row, flushed: a row is never half-written
                 f.flush()
-                done[(prompt, seed)] = row
                 bar.update(1)
-
-    rows = list(done.values())  # the summary covers every row of the folder, this run's and earlier ones'
+    shards.wait()
+    if not shards.main:
+        return None
+    rows = merge_shards(out, jobs)  # the summary covers every row of the folder, this run's and earlier ones'
     names = list(dict.fromkeys([name for name, _, _ in jobs] + [r["suite"] for r in rows]))
     summary = {
         "settings": settings,
@@ -442,12 +474,53 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
         "seeds": sorted({r["seed"] for r in rows}),  # of every row in the folder, this run's and earlier ones'
         "prompts_per_suite": {n: len({r["prompt"] for r in rows if r["suite"] == n}) for n in names},
         "categories": summarise(rows, names),
-        "cost_per_image": {k: sum(r["cost"][k] for r in rows) / len(rows) for k in rows[0]["cost"]},
+        "cost_per_image": cost_per_image(rows),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(format_table(summary["categories"]) + "\n")
+    done = {(r["prompt"], r["seed"]): r for r in rows}
     _grid(out, [(r["suite"], r["prompt"], r["seed"]) for r in rows], done).save(out / "grid.png")
     return summary
+
+
+def _prepare_folder(out: Path, jobs: list[tuple], settings: dict, split: str, rejudge: bool) -> None:
+    """Before any row is made: fold in an interrupted sharded run's rows, refuse a folder of other settings, split
+    or suites, record this run, drop rows whose image was lost (they are made again) and re-judge if asked."""
+    results = out / RESULTS
+    existing = merge_shards(out, jobs) if out.is_dir() else []
+    for row in existing:
+        if row["settings"] != settings:
+            raise ValueError(
+                f"{results} holds results made with {row['settings']}, not {settings}; "
+                "use another --out or the same settings"
+            )
+        if _row_split(row) != split:
+            raise ValueError(f"{results} holds {_row_split(row)}-split rows; this run is {split}: use another --out")
+    planned = {name for name, _, _ in jobs}
+    others = sorted({r["suite"] for r in existing} - planned)
+    if others:  # a run may extend a folder (more suites, seeds, prompts), never leave its rows out of the summary
+        raise ValueError(f"{results} holds rows of suite(s) {others} that this run does not plan: add them to --suite")
+    record_run(out / "settings.json", {"settings": settings, "split": split})
+    images = out / "images"
+    has_images = images.is_dir() and any(images.iterdir())
+    # an image deleted or damaged: its row is made again; a folder without any image (committed results, whose
+    # images are not in git) keeps its rows
+    lost = {(r["prompt"], r["seed"]) for r in existing if has_images and not _readable(out / r["image"])}
+    if rejudge and existing and not has_images:
+        raise ValueError(f"{images} holds no images to re-judge")
+    if lost:
+        existing = [r for r in existing if (r["prompt"], r["seed"]) not in lost]
+        tmp = out / (RESULTS + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in existing))
+        tmp.replace(results)
+    if rejudge and existing:
+        _rejudge(out, existing)
+
+
+def cost_per_image(rows: list[dict]) -> dict:
+    """Each cost count's mean over rows; a count some rows did not record (older rows) is left out."""
+    keys = [k for k in rows[0]["cost"] if all(k in r["cost"] for r in rows)]
+    return {k: sum(r["cost"][k] for r in rows) / len(rows) for k in keys}
 
 
 def sign_test(wins: int, losses: int) -> float:
@@ -469,6 +542,11 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
 
     if not folders:
         raise ValueError("report needs at least one bench folder")
+
+    def compute(r: dict) -> float:
+        """The compute axis: forward equivalents, or forward evaluations where backward passes were not recorded."""
+        return r["denoiser_evals"] if r["denoiser_equivalents"] is None else r["denoiser_equivalents"]
+
     runs = []
     for folder in map(Path, folders):
         rows = read_rows(folder / RESULTS) if (folder / RESULTS).exists() else []
@@ -478,7 +556,13 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
         options = settings.get("options", {})
         label = settings.get("method", "plain") + "".join(f" {k}={v}" for k, v in sorted(options.items()))
         items = [
-            {"ok": r["ok"], "suite": r["suite"], "evals": r["cost"]["denoiser_evals"], "seconds": r["cost"]["seconds"]}
+            {
+                "ok": r["ok"],
+                "suite": r["suite"],
+                "evals": r["cost"]["denoiser_evals"],
+                "backwards": r["cost"].get("denoiser_backwards"),  # None: a row from before backward passes counted
+                "seconds": r["cost"]["seconds"],
+            }
             for r in rows
         ]
         suites = list(dict.fromkeys(r["suite"] for r in rows))
@@ -496,6 +580,8 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     table: dict[str, list[dict]] = {}
     for run in runs:
         table.setdefault(run["model"], []).append(run)
+        if run["denoiser_equivalents"] is None:  # rows from before backward passes were counted: forward evals only
+            run["label"] += " (backward passes not recorded)"
     for model, group in table.items():
         if any(r["jobs"].keys() != group[0]["jobs"].keys() for r in group):
             odd = next(r["folder"] for r in group if r["jobs"].keys() != group[0]["jobs"].keys())
@@ -524,17 +610,27 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
             "",
             "| method | "
             + " | ".join(suites)
-            + " | all (95% CI) | denoiser evals | seconds | images | vs plain: fixed / broken |",
-            "|---|" + "---:|" * (len(suites) + 5),
+            + " | all (95% CI) | denoiser evals | backward passes | equivalents | seconds | images"
+            + " | vs plain: fixed / broken |",
+            "|---|" + "---:|" * (len(suites) + 7),
         ]
-        for r in sorted(group, key=lambda r: r["denoiser_evals"]):
+        for r in sorted(group, key=compute):
             cells = [f"{r['per_suite'][s]:.3f}" for s in suites]
             versus = f"{r['fixed']} / {r['broken']} (p = {r['sign_test_p']:.3f})" if "fixed" in r else ""
+            backwards, equivalents = (
+                ("?", "?") if r["denoiser_equivalents"] is None
+                else (f"{r['denoiser_backwards']:.0f}", f"{r['denoiser_equivalents']:.0f}")
+            )  # fmt: skip
             lines.append(
                 f"| {r['label']} | " + " | ".join(cells) + f" | {r['accuracy']:.3f} ({r['ci95'][0]:.3f}-"
-                f"{r['ci95'][1]:.3f}) | {r['denoiser_evals']:.0f} | {r['seconds']:.2f} | {r['images']} | {versus} |"
+                f"{r['ci95'][1]:.3f}) | {r['denoiser_evals']:.0f} | {backwards} | {equivalents} | {r['seconds']:.2f} | "
+                f"{r['images']} | {versus} |"
             )
         lines.append("")
+    lines.append(
+        f"Equivalents: forward evaluations plus {BACKWARD_TO_FORWARD} per backward pass through the denoiser "
+        "(what the left panel plots)."
+    )
     (out / "frontier.md").write_text("\n".join(lines))
     internal = ("jobs", "sampling", "plain")
     clean = {m: [{k: v for k, v in r.items() if k not in internal} for r in g] for m, g in table.items()}
@@ -543,9 +639,12 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     for (model, group), (left, right) in zip(table.items(), axes, strict=True):
         for r in group:
             err = [[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]]
-            for ax, x in ((left, r["denoiser_evals"]), (right, r["seconds"])):
+            for ax, x in ((left, compute(r)), (right, r["seconds"])):
                 ax.errorbar([x], [r["accuracy"]], yerr=err, marker="o", capsize=3, label=r["label"])
-        for ax, name in ((left, "denoiser evaluations per image"), (right, "wall seconds per image")):
+        for ax, name in (
+            (left, f"denoiser evaluations per image (a backward pass = {BACKWARD_TO_FORWARD})"),
+            (right, "wall seconds per image"),
+        ):
             ax.set_xscale("log")
             ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
@@ -589,9 +688,10 @@ def sweep_runs(config: dict) -> list[tuple[str, str, dict]]:
     return runs
 
 
-def run_sweep(path: str | Path, out: str | Path) -> dict:
+def run_sweep(path: str | Path, out: str | Path, processes=None) -> dict | None:
     """Every run of a TOML sweep config (`benchmarks/configs/*.toml`) as a bench folder under `out`, on the same
-    prompts and seeds, then their frontier (`frontier` into `out`). Resumes like `run_bench`, run by run."""
+    prompts and seeds, then their frontier (`frontier` into `out`). Resumes like `run_bench`, run by run; sharded
+    like it over `processes` (the main process draws the frontier and returns it)."""
     import tomllib
 
     from .methods.base import compose
@@ -633,6 +733,7 @@ def run_sweep(path: str | Path, out: str | Path) -> dict:
             method=method,
             options=options,
             seed_base=seed_base,
+            processes=processes,
         )
         folders.append(out / name)
-    return frontier(folders, out)
+    return frontier(folders, out) if Shards(processes).main else None

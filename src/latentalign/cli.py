@@ -591,11 +591,9 @@ def _bench(args: argparse.Namespace) -> int:
         ]
         if given:
             raise ValueError(f"--config holds the runs' settings: --{given[0].replace('_', '-')} cannot come with it")
-        import torch
-
-        torch.set_num_threads(args.threads)
-        run_sweep(args.config, args.out)
-        print((Path(args.out) / "frontier.md").read_text())
+        processes = _bench_processes(args.threads)
+        if run_sweep(args.config, args.out, processes) is not None:
+            print((Path(args.out) / "frontier.md").read_text())
         return 0
     if args.seeds is None:
         raise ValueError("bench needs --seeds N (or --config FILE)")
@@ -612,13 +610,9 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model!r} is not a Shapes-world pipeline: its latentalign.json must say world: shapes")
     options = _method_options(args)
 
-    import torch
-
     from .pipeline import load_pipeline
 
-    if args.threads < 1:
-        raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
+    processes = _bench_processes(args.threads)
     pipe = load_pipeline(args.model)
     summary = run_bench(
         pipe,
@@ -634,10 +628,27 @@ def _bench(args: argparse.Namespace) -> int:
         method=args.method,
         options=options,
         seed_base=args.seed_base,
+        processes=processes,
     )
-    print(format_table(summary["categories"]))
-    print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
+    if summary is not None:  # the main process's (under accelerate launch, the others return None)
+        print(format_table(summary["categories"]))
+        print(f"wrote {Path(args.out) / 'results.jsonl'}, summary.json, summary.md and grid.png")
     return 0
+
+
+def _bench_processes(threads: int):
+    """Torch's threads, and the processes to shard the rows over: under `accelerate launch` (WORLD_SIZE > 1) its
+    PartialState, each process with `threads` threads; alone None."""
+    import torch
+
+    if threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    if os.environ.get("WORLD_SIZE", "1") == "1":
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=True)
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -655,7 +666,7 @@ def _export(args: argparse.Namespace) -> int:
         entries = exports.read_geneval_metadata(args.metadata)
     else:
         if args.prompts is None:
-            raise ValueError("--format t2i-compbench needs --prompts FILE (one prompt a line)")
+            raise ValueError(f"--format {args.format} needs --prompts FILE (one prompt a line)")
         prompts = [line.strip() for line in Path(args.prompts).read_text().splitlines() if line.strip()]
         if not prompts:
             raise ValueError(f"{args.prompts} holds no prompt")
@@ -669,6 +680,8 @@ def _export(args: argparse.Namespace) -> int:
     common = dict(samples=args.samples, method=args.method, options=options, batch=args.batch)
     if args.format == "geneval":
         out = exports.write_geneval(pipe, entries, args.out, **common)
+    elif args.format == "tiam":
+        out = exports.write_tiam(pipe, prompts, args.out, **common)
     else:
         out = exports.write_t2i_compbench(pipe, prompts, args.out, **common)
     print(f"wrote {out}")
@@ -1147,10 +1160,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(bench)
     _add_sampling_args(bench)
     bench.set_defaults(func=_bench)
-    exp = sub.add_parser("export", help="images in GenEval's or T2I-CompBench's layout, for their own evaluators")
-    exp.add_argument("--format", required=True, choices=["geneval", "t2i-compbench", "shapes-metadata"])
+    exp = sub.add_parser(
+        "export", help="images in GenEval's, T2I-CompBench's or TIAM's layout, for their own evaluators"
+    )
+    exp.add_argument("--format", required=True, choices=["geneval", "t2i-compbench", "tiam", "shapes-metadata"])
     exp.add_argument("--metadata", default=None, help="geneval: GenEval's evaluation_metadata.jsonl")
-    exp.add_argument("--prompts", default=None, help="t2i-compbench: a text file, one prompt a line")
+    exp.add_argument("--prompts", default=None, help="t2i-compbench, tiam: a text file, one prompt a line")
     exp.add_argument("--split", default="heldout", choices=["train", "heldout"], help="shapes-metadata: the split")
     exp.add_argument("--limit-prompts", type=int, default=None, help="shapes-metadata: first K prompts per suite")
     exp.add_argument("--samples", type=int, default=4, help="images per prompt (seeds 0..N-1)")

@@ -5,8 +5,9 @@ checker scoring a GenEval-layout folder (the end-to-end check of the export on t
 GenEval reads `evaluation_metadata.jsonl` (one JSON object per line: `tag`, `prompt`, `include` [{class, count,
 color?, position: [relation, index]?}], `exclude`?) and expects `OUT/<index:05d>/metadata.jsonl` (that line),
 `OUT/<index:05d>/samples/<n:05d>.png` and an optional `OUT/<index:05d>/grid.png`. T2I-CompBench reads
-`OUT/samples/<prompt>_<index:06d>.png`. Writes are resumable: an image already written is kept, every file is
-written to a temporary name and renamed.
+`OUT/samples/<prompt>_<index:06d>.png`. TIAM (Grimal et al., WACV 2024; its v2 tool) reads `OUT/prompts.txt` (one
+prompt a line) and `OUT/images/<the_prompt_with_underscores>_<n>.png`, n = 0 .. samples - 1. Writes are
+resumable: an image already written is kept, every file is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -176,6 +177,38 @@ def write_t2i_compbench(
     folder.mkdir(parents=True, exist_ok=True)
     _generate_missing(pipe, jobs, batch, method, dict(options or {}), "t2i-compbench")
     return Path(out)
+
+
+def tiam_name(prompt: str, n: int) -> str:
+    """TIAM's file name for sample `n` of `prompt`: its words joined by underscores, then `_<n>.png`."""
+    words = prompt.split()
+    if not words or any("/" in w or "_" in w for w in words) or prompt.startswith("."):
+        raise ValueError(f"a TIAM file name cannot hold {prompt!r}")  # it reads the prompt back from the name
+    return "_".join(words) + f"_{n}.png"
+
+
+def write_tiam(
+    pipe,
+    prompts: list[str],
+    out: str | Path,
+    *,
+    samples: int = 4,
+    method: str = "plain",
+    options: dict | None = None,
+    batch: int = 16,
+) -> Path:
+    """TIAM's layout: `out/prompts.txt` and `out/images/<the_prompt_with_underscores>_<n>.png` (seed = n)."""
+    _check_export(pipe, prompts, samples, method, options)
+    names = [tiam_name(p, 0) for p in prompts]  # every name refused before any work
+    if len(set(names)) != len(names):
+        raise ValueError("TIAM names images by their prompt: a prompt is given twice")
+    out = Path(out)
+    folder = out / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "prompts.txt", "".join(p + "\n" for p in prompts))
+    jobs = [(p, n, folder / tiam_name(p, n)) for p in prompts for n in range(samples)]
+    _generate_missing(pipe, jobs, batch, method, dict(options or {}), "tiam")
+    return out
 
 
 def score_geneval_folder(folder: str | Path) -> dict:

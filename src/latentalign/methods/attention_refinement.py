@@ -171,6 +171,7 @@ class AttentionGuidance(StepStage):
                     [self.row_loss(plan, maps[j].float(), run.prompt_of(r), grid) for j, r in enumerate(rows)]
                 )
                 (grad,) = torch.autograd.grad(per_row.sum(), z)
+            den.cost.denoiser_backwards += z.shape[0]  # counted as a whole backward, though it stops at the maps
             return per_row.detach(), torch.nan_to_num(grad)
 
         def prepare(info) -> torch.Tensor:

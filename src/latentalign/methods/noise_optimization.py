@@ -189,7 +189,9 @@ class NoiseOptimization(NoiseStage):
                 last = it == self.iterations
                 with torch.enable_grad() if not last else torch.no_grad():  # gradients opened for this step only
                     schedulers = run.schedulers([clone_generator(generators[r])])  # the same function at every iterate
+                    evals_before = cost.denoiser_evals
                     latents = differentiable_sample(den, z.to(den.dtype), cond, schedulers, self.gradient_checkpointing)
+                    sampled_evals = cost.denoiser_evals - evals_before
                     reward = _reward(list(self.rewards), den, latents, prompt, cost)
                     loss = -reward.sum() + chi_regulariser(z, self.reg_weight).sum()
                 value = float(reward.detach().sum())
@@ -202,7 +204,8 @@ class NoiseOptimization(NoiseStage):
                 if last:
                     break
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # through every denoiser evaluation of the sampling (recomputed ones add evals)
+                cost.denoiser_backwards += sampled_evals
                 if not torch.isfinite(z.grad).all():
                     bad += 1  # a non-finite gradient never reaches the noise
                     continue
