@@ -1,7 +1,7 @@
 """The latent judge (issue 23) on HELD-OUT prompts: detection per step, Best-of-N and early exit, honesty checks.
 
-With `--candidates benchmarks/results/best_of_n_train` the same on train prompts the judge never trained on: the
-evidence defaults are chosen on.
+With `--candidates benchmarks/results/archive/previous_world/best_of_n_train` the same on train prompts the judge
+never trained on: the evidence defaults are chosen on (that folder's candidates are the previous world's).
 
 Stage 1 (sharded, resumable) regenerates the candidates of `benchmarks/results/best_of_n_heldout` (same prompts,
 seed groups and seeds, so the checker's labels must agree with that run's, and the run counts any that do not),

@@ -1,5 +1,5 @@
-"""Best-of-N with early exit on the embedded Shapes world: 8 candidates, NoisyCLIP prunes them after 30% of the
-steps, a quarter of them finish, the best is kept; the checker judges every candidate's fate.
+"""Best-of-N with early exit on the embedded Shapes world: 8 candidates, the latent judge prunes them after 30% of
+the steps, half of them finish, the best is kept; the checker judges every candidate's fate.
 
 python examples/best_of_n.py "a red circle left of a cyan diamond" --n 8
 """

@@ -95,7 +95,7 @@ def test_full_pixel_best_of_n_decodes_every_candidate(tiny_shapes_pipeline, scor
 
 def test_generate_dispatches_methods(tiny_shapes_pipeline, scorers):
     r = generate(tiny_shapes_pipeline, "a red circle", seed=0, method="early-exit", n=4, scorer=scorers["noisy"])
-    assert r.settings["prune_steps"] == [1] and r.settings["keep"] == [1]
+    assert r.settings["prune_steps"] == [1] and r.settings["keep"] == [2]  # half of 4
     with pytest.raises(ValueError, match="unknown method"):
         generate(tiny_shapes_pipeline, "a red circle", method="best-of-all")
     with pytest.raises(TypeError, match="plain generation takes no option 'n'"):
@@ -120,7 +120,8 @@ def test_bad_options_fail_before_work(tiny_shapes_pipeline, scorers, kwargs, mat
 
 def test_schedules():
     assert early_exit_schedule(1, 20) == PruneSchedule()
-    assert early_exit_schedule(8, 20) == PruneSchedule((6,), (2,))
+    assert early_exit_schedule(8, 20) == PruneSchedule((6,), (4,))  # after 30% of the steps, keep half
+    assert early_exit_schedule(8, 20, keep=0.25) == PruneSchedule((6,), (2,))
     halving = successive_halving_schedule(8, 20)
     assert halving.keep == (4, 2, 1) and len(halving.steps) == 3
     halving.validate(8, 20)

@@ -241,9 +241,10 @@ def test_generate_with_early_exit_records_candidates(pipe_dir, tmp_path, capsys)
     assert main([*argv, "--scorer", str(scorer_dir)]) == 0
     record = json.loads((out / "a_red_circle_left_of_a_blue_square_s0.json").read_text())
     assert record["method"] == "early-exit" and len(record["candidate_scores"]) == 4
-    assert record["pruned_at"].count(None) == 1 and record["pruned_at"][record["chosen"]] is None
-    # 4 candidates for the first step, then one for the second, two evaluations each (guidance)
-    assert record["cost"]["denoiser_evals"] == 2 * (4 + 1) and record["cost"]["scorer_calls"] == 4
+    assert record["pruned_at"].count(None) == 2 and record["pruned_at"][record["chosen"]] is None
+    # 4 candidates for the first step, then the kept half for the second, two evaluations each (guidance); the
+    # scorer reads 4 at the prune and the 2 kept at the end
+    assert record["cost"]["denoiser_evals"] == 2 * (4 + 2) and record["cost"]["scorer_calls"] == 4 + 2
 
 
 def test_generate_with_attention_refinement_records_losses(pipe_dir, tmp_path):
