@@ -20,7 +20,7 @@ exit 0
 latentalign train flow --out runs/flow --high-noise-share 0
 # 2. steps x shift x guidance on TRAIN prompts
 python benchmarks/guidance_sweep.py --model runs/flow/pipeline --steps 10 20 --shifts 1 3 --scales 1.5 3 5 \
-    --limit-prompts 12 --seeds 2 --out benchmarks/results/flow_sweep
+    --limit-prompts 12 --seeds 2 --out benchmarks/results/archive/shapes-flow_run1/flow_sweep  # (moved there since)
 # 3. ship with the chosen defaults (SHAPES_FLOW_* in training/flow.py), then the held-out quality band
 latentalign train flow --out runs/flow --ship
 latentalign bench --model shapes-flow --suite all --seeds 4 --limit-prompts 40 --out benchmarks/results/plain_flow

@@ -7,10 +7,11 @@ import re
 from pathlib import Path
 
 import pytest
-import tomllib
 
 from latentalign.bench import SWEEP_KEYS, sweep_runs
 from latentalign.methods.base import compose
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 INDEX = (BENCHMARKS / "README.md").read_text()

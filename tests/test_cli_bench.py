@@ -168,22 +168,25 @@ def test_report_draws_the_frontier_of_bench_folders(pipe_dir, tmp_path, capsys):
     assert "fixed" not in runs[0] and runs[1]["fixed"] + runs[1]["broken"] <= 4 and 0 <= runs[1]["sign_test_p"] <= 1
     assert (tmp_path / "report" / "frontier.png").stat().st_size > 0
     # a gradient method's backward passes count twice on the compute axis; rows from before they were counted say so
+    # (a sampling method's old rows had none to record)
     rows = read_rows(best)
-    for name, change in (
-        ("graded", lambda c: c.update(denoiser_backwards=2)),
-        ("old", lambda c: c.pop("denoiser_backwards")),
+    for name, method, change in (
+        ("graded", "noise-optimization", lambda c: c.update(denoiser_backwards=2)),
+        ("old", "noise-optimization", lambda c: c.pop("denoiser_backwards")),
+        ("old-sampling", "best-of-n", lambda c: c.pop("denoiser_backwards", None)),
     ):
         (tmp_path / name).mkdir()
         for r in rows:
             change(r["cost"])
-            r["settings"] = {**r["settings"], "options": {"n": 2, "name": name}}
+            r["settings"] = {**r["settings"], "method": method, "options": {"name": name}}
         (tmp_path / name / RESULTS).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert (
-        main(["report", str(plain), str(tmp_path / "graded"), str(tmp_path / "old"), "--out", str(tmp_path / "r")]) == 0
-    )
-    graded, old = json.loads((tmp_path / "r" / "frontier.json").read_text()).popitem()[1][1:]
+    folders = [str(tmp_path / n) for n in ("plain", "graded", "old", "old-sampling")]
+    assert main(["report", *folders, "--out", str(tmp_path / "r")]) == 0
+    runs = {r["folder"]: r for r in json.loads((tmp_path / "r" / "frontier.json").read_text()).popitem()[1]}
+    graded, old, sampling = (runs[f] for f in folders[1:])
     assert (graded["denoiser_backwards"], graded["denoiser_equivalents"]) == (2, 8 + 2 * 2)
     assert old["denoiser_equivalents"] is None and old["label"].endswith("(backward passes not recorded)")
+    assert sampling["denoiser_equivalents"] == 8 and "not recorded" not in sampling["label"]
     other = tmp_path / "other"
     assert bench(pipe_dir, other, "--limit-prompts", "1") == 0
     capsys.readouterr()
@@ -442,3 +445,31 @@ def test_an_interrupted_sharded_run_resumes_in_one_process(pipe_dir, tmp_path):
     again = read_rows(out)
     assert [(r["prompt"], r["seed"]) for r in again] == [(r["prompt"], r["seed"]) for r in rows]
     assert again[:2] == rows[:2] and not list(out.glob("results.rank*.jsonl"))
+
+
+def test_a_sharded_bench_that_cannot_start_fails_on_every_process(pipe_dir, tmp_path):
+    """A folder of other settings: the main process refuses it, and the other process raises too (no hang)."""
+    import threading
+
+    from latentalign.bench import run_bench
+    from latentalign.pipeline import load_pipeline
+
+    pipe = load_pipeline(pipe_dir)
+    out = tmp_path / "sharded"
+    run_bench(pipe, ["single_object"], 1, split="train", limit_prompts=1, out=out)
+    barrier, raised = threading.Barrier(2), {}
+
+    def shard(index):
+        try:
+            run_bench(pipe, ["single_object"], 1, split="train", limit_prompts=1, out=out, guidance=3.0,
+                      processes=ThreadProcesses(index, barrier))  # fmt: skip
+        except ValueError as e:
+            raised[index] = str(e)
+
+    threads = [threading.Thread(target=shard, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and set(raised) == {0, 1}
+    assert "holds results made with" in raised[0] and raised[1] == raised[0]

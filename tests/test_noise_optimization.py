@@ -55,6 +55,10 @@ def test_optimisation_moves_the_noise_and_keeps_the_best_iterate(tiny_shapes_pip
     assert r.cost.denoiser_evals == 5 * 2 * 2  # iterates x steps x (guided: two evaluations)
     assert r.cost.denoiser_backwards == 4 * 2 * 2  # every iterate but the last is differentiated through
     assert r.cost.denoiser_equivalents == 20 + 2 * 16 == r.cost.to_dict()["denoiser_equivalents"]
+    again = reno(tiny_shapes_pipeline, "a red circle", rewards=rewards, seed=0, steps=2, iterations=4, lr=5.0,
+                 gradient_checkpointing=True)  # fmt: skip
+    assert torch.allclose(again.latents, r.latents, atol=1e-5)  # the same optimisation, less memory
+    assert again.cost.denoiser_evals == 20 + 16 and again.cost.denoiser_backwards == 16  # a recompute per backward
     assert r.cost.vae_decodes == 5 + 1 and r.skipped_updates == [0]
 
 

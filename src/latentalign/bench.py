@@ -14,6 +14,7 @@ import random
 import re
 import statistics
 import time
+from contextlib import contextmanager
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -253,7 +254,7 @@ def method_summary(rows: list[dict], suites: tuple[str, ...] | list[str]) -> dic
     k, n = sum(r["ok"] for r in rows), len(rows)
     lo, hi = wilson_interval(k, n)
     evals = statistics.fmean(r["evals"] for r in rows)
-    backwards = [r.get("backwards", 0) for r in rows]
+    backwards = [r.get("backwards") for r in rows]
     backwards = None if None in backwards else statistics.fmean(backwards)
     return {
         "accuracy": round(k / n, 4),
@@ -379,7 +380,7 @@ def run_bench(
     shards = Shards(processes)
     if rejudge and shards.count > 1:
         raise ValueError("--rejudge runs in one process: run it without accelerate launch")
-    with FolderLock(out, ".lock" if shards.main else f".lock.rank{shards.index}"):
+    with shards.agreeing(out, lambda: FolderLock(out, ".lock" if shards.main else f".lock.rank{shards.index}")):
         return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards)
 
 
@@ -395,6 +396,47 @@ class Shards:
     def wait(self) -> None:
         if self._processes is not None and self.count > 1:
             self._processes.wait_for_everyone()
+
+    @contextmanager
+    def agreeing(self, out: Path, lock):
+        """Enter `lock()` on every process and, on the main one, nothing else; if any process cannot (the folder in
+        use), every process raises its error after the barrier instead of waiting for it forever."""
+        failed = out / f".failed.rank{self.index}"
+        failed.unlink(missing_ok=True)
+        try:
+            held = lock().__enter__()
+        except ValueError as e:
+            if self.count > 1:
+                failed.parent.mkdir(parents=True, exist_ok=True)
+                failed.write_text(str(e))
+            self.wait()
+            raise
+        try:
+            self.wait()
+            others = [f.read_text() for f in sorted(out.glob(".failed.rank*")) if f != failed]
+            if others:
+                raise ValueError(others[0])
+            yield
+        finally:
+            held.__exit__(None, None, None)
+
+    def fail_together(self, out: Path, step) -> None:
+        """Run `step()` on the main process, then meet at the barrier; an error there is every process's error."""
+        failed = out / ".failed.prepare"
+        error = None
+        if self.main:
+            failed.unlink(missing_ok=True)
+            try:
+                step()
+            except ValueError as e:
+                error = e
+                if self.count > 1:
+                    failed.write_text(str(e))
+        self.wait()
+        if error is not None:
+            raise error
+        if not self.main and failed.exists():
+            raise ValueError(failed.read_text())
 
     def rows_file(self, out: Path) -> Path:
         """Where this process appends its rows: the results file itself when it runs alone."""
@@ -423,9 +465,8 @@ def merge_shards(out: Path, jobs: list[tuple]) -> list[dict]:
 
 
 def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards) -> dict:
-    if shards.main:  # the main process checks and tidies the folder (rows of an interrupted sharded run first)
-        _prepare_folder(out, jobs, settings, split, rejudge)
-    shards.wait()
+    # the main process checks and tidies the folder (rows of an interrupted sharded run first)
+    shards.fail_together(out, lambda: _prepare_folder(out, jobs, settings, split, rejudge))
     results = out / RESULTS
     done = {(r["prompt"], r["seed"]): r for r in read_rows(results)}
     todo = [j for j in jobs if (j[1], j[2]) not in done][shards.index :: shards.count]
@@ -517,6 +558,14 @@ def _prepare_folder(out: Path, jobs: list[tuple], settings: dict, split: str, re
         _rejudge(out, existing)
 
 
+def differentiates(method: str) -> bool:
+    """Whether a method (a name or names joined by "+") back-propagates through the denoiser."""
+    from .methods.base import registered
+
+    stages = registered()
+    return any(getattr(stages.get(m.strip()), "differentiates_denoiser", False) for m in method.split("+"))
+
+
 def cost_per_image(rows: list[dict]) -> dict:
     """Each cost count's mean over rows; a count some rows did not record (older rows) is left out."""
     keys = [k for k in rows[0]["cost"] if all(k in r["cost"] for r in rows)]
@@ -555,12 +604,15 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
         settings = rows[0]["settings"]
         options = settings.get("options", {})
         label = settings.get("method", "plain") + "".join(f" {k}={v}" for k, v in sorted(options.items()))
+        # a row from before backward passes were counted: 0 for a method that never differentiates the denoiser,
+        # else unknown (None)
+        unrecorded = None if differentiates(settings.get("method", "plain")) else 0
         items = [
             {
                 "ok": r["ok"],
                 "suite": r["suite"],
                 "evals": r["cost"]["denoiser_evals"],
-                "backwards": r["cost"].get("denoiser_backwards"),  # None: a row from before backward passes counted
+                "backwards": r["cost"].get("denoiser_backwards", unrecorded),
                 "seconds": r["cost"]["seconds"],
             }
             for r in rows
@@ -635,12 +687,14 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
     internal = ("jobs", "sampling", "plain")
     clean = {m: [{k: v for k, v in r.items() if k not in internal} for r in g] for m, g in table.items()}
     (out / "frontier.json").write_text(json.dumps(clean, indent=1) + "\n")
-    fig, axes = plt.subplots(len(table), 2, figsize=(11, 4 * len(table)), squeeze=False)
+    fig, axes = plt.subplots(len(table), 2, figsize=(12, 4.2 * len(table)), squeeze=False)
+    colours, markers = plt.cm.tab20.colors, "osD^vP*Xph<>"
     for (model, group), (left, right) in zip(table.items(), axes, strict=True):
-        for r in group:
+        for i, r in enumerate(sorted(group, key=compute)):  # one colour and marker a method, in the table's order
             err = [[r["accuracy"] - r["ci95"][0]], [r["ci95"][1] - r["accuracy"]]]
+            style = dict(marker=markers[i % len(markers)], color=colours[i % len(colours)], capsize=3)
             for ax, x in ((left, compute(r)), (right, r["seconds"])):
-                ax.errorbar([x], [r["accuracy"]], yerr=err, marker="o", capsize=3, label=r["label"])
+                ax.errorbar([x], [r["accuracy"]], yerr=err, label=r["label"], **style)
         for ax, name in (
             (left, f"denoiser evaluations per image (a backward pass = {BACKWARD_TO_FORWARD})"),
             (right, "wall seconds per image"),
@@ -653,9 +707,9 @@ def frontier(folders: list[str | Path], out: str | Path) -> dict:
             ax.set_ylabel("checker accuracy")
             ax.set_title(model)
             ax.grid(alpha=0.3)
-        left.legend(fontsize=7)
+        right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside, not over
     fig.tight_layout()
-    fig.savefig(out / "frontier.png", dpi=110)
+    fig.savefig(out / "frontier.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return clean
 

@@ -199,6 +199,7 @@ def write_tiam(
 ) -> Path:
     """TIAM's layout: `out/prompts.txt` and `out/images/<the_prompt_with_underscores>_<n>.png` (seed = n)."""
     _check_export(pipe, prompts, samples, method, options)
+    prompts = [" ".join(p.split()) for p in prompts]  # the prompt TIAM reads back from the file name, spaced once
     names = [tiam_name(p, 0) for p in prompts]  # every name refused before any work
     if len(set(names)) != len(names):
         raise ValueError("TIAM names images by their prompt: a prompt is given twice")

@@ -56,6 +56,7 @@ class AttentionGuidance(StepStage):
 
     needs_prompt_text: ClassVar[bool] = True
     changes_the_pipeline: ClassVar[bool] = True  # storing attention processors while it reads the maps
+    differentiates_denoiser: ClassVar[bool] = True  # each loss's gradient goes through the prompt branch
     # the storing processors that read the maps replace the model's own (and ignore processor arguments)
     refuses: ClassVar[tuple[str, ...]] = ("cross_attention_kwargs", "joint_attention_kwargs")
 

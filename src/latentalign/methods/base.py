@@ -78,6 +78,7 @@ class Stage:
     needs_prompt_text: ClassVar[bool] = False  # it reads the prompt's words (a scorer, token positions)
     # it changes the pipeline's modules while it runs (requires_grad, attention processors): the run restores them
     changes_the_pipeline: ClassVar[bool] = False
+    differentiates_denoiser: ClassVar[bool] = False  # back-propagates through denoiser calls (Cost counts them)
 
     def with_pipeline_defaults(self, pipe) -> Stage:
         """This stage with its None fields filled from the pipeline's latentalign.json key for this method."""

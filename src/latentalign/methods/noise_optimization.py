@@ -120,6 +120,7 @@ class NoiseOptimization(NoiseStage):
     pipeline the run defaults to a 4-step schedule, back-propagated through."""
 
     name: ClassVar[str] = "noise-optimization"
+    differentiates_denoiser: ClassVar[bool] = True  # every iterate's sampling is back-propagated
     changes_the_pipeline: ClassVar[bool] = True  # gradients off on the denoiser, VAE and rewards while it runs
     run_defaults: ClassVar[dict] = {"num_inference_steps": 4}
     shapes_scorer: ClassVar[str] = "shapes-latent"
@@ -204,7 +205,11 @@ class NoiseOptimization(NoiseStage):
                 if last:
                     break
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # through every denoiser evaluation of the sampling (recomputed ones add evals)
+                evals_before = cost.denoiser_evals
+                loss.backward()  # through every denoiser evaluation of the sampling
+                # gradient checkpointing recomputes each forward once in the backward pass; counted here, as torch may
+                # stop a recompute early before the adapter's own count
+                cost.denoiser_evals = evals_before + (sampled_evals if self.gradient_checkpointing else 0)
                 cost.denoiser_backwards += sampled_evals
                 if not torch.isfinite(z.grad).all():
                     bad += 1  # a non-finite gradient never reaches the noise
