@@ -14,7 +14,6 @@ import random
 import re
 import statistics
 import time
-from contextlib import contextmanager
 from itertools import chain, zip_longest
 from pathlib import Path
 
@@ -107,6 +106,10 @@ class FolderLock:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release()
+
+    def release(self) -> None:
+        """Let the folder go (once; again is a no-op)."""
         if self.fd is not None:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing releases the flock
@@ -235,6 +238,13 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Replace a results file with `rows`, one JSON line each, in one atomic rename (a reader sees old or new)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(path)
+
+
 def summarise(rows: list[dict], suites: list[str]) -> list[dict]:
     """Accuracy per suite and overall, with 95% Wilson intervals."""
     table = []
@@ -323,9 +333,7 @@ def _rejudge(out: Path, rows: list[dict]) -> None:
     for row in tqdm(rows, desc="re-judge", unit="img"):
         verdict = check(Image.open(out / row["image"]), row["prompt"])
         row["ok"], row["failures"] = verdict.ok, [fl.kind for fl in verdict.failures]
-    tmp = out / (RESULTS + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out / RESULTS)
+    write_rows(out / RESULTS, rows)
 
 
 def run_bench(
@@ -380,8 +388,12 @@ def run_bench(
     shards = Shards(processes)
     if rejudge and shards.count > 1:
         raise ValueError("--rejudge runs in one process: run it without accelerate launch")
-    with shards.agreeing(out, lambda: FolderLock(out, ".lock" if shards.main else f".lock.rank{shards.index}")):
+    lock = FolderLock(out, ".lock" if shards.main else f".lock.rank{shards.index}")
+    shards.together(out, "lock", lock.__enter__, everyone=True, undo=FolderLock.release)
+    try:
         return _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards)
+    finally:
+        lock.release()
 
 
 class Shards:
@@ -397,46 +409,31 @@ class Shards:
         if self._processes is not None and self.count > 1:
             self._processes.wait_for_everyone()
 
-    @contextmanager
-    def agreeing(self, out: Path, lock):
-        """Enter `lock()` on every process and, on the main one, nothing else; if any process cannot (the folder in
-        use), every process raises its error after the barrier instead of waiting for it forever."""
-        failed = out / f".failed.rank{self.index}"
-        failed.unlink(missing_ok=True)
-        try:
-            held = lock().__enter__()
-        except ValueError as e:
-            if self.count > 1:
-                failed.parent.mkdir(parents=True, exist_ok=True)
-                failed.write_text(str(e))
-            self.wait()
-            raise
-        try:
-            self.wait()
-            others = [f.read_text() for f in sorted(out.glob(".failed.rank*")) if f != failed]
-            if others:
-                raise ValueError(others[0])
-            yield
-        finally:
-            held.__exit__(None, None, None)
-
-    def fail_together(self, out: Path, step) -> None:
-        """Run `step()` on the main process, then meet at the barrier; an error there is every process's error."""
-        failed = out / ".failed.prepare"
-        error = None
-        if self.main:
-            failed.unlink(missing_ok=True)
+    def together(self, out: Path, phase: str, step, *, everyone: bool, undo=None):
+        """Run `step()` on every process (`everyone`) or on the main one, then meet at the barrier. A ValueError any
+        process raised is then every process's error (none is left waiting at a barrier the failed one never
+        reaches); a process whose own step succeeded first calls `undo(its result)`. Returns the step's result.
+        Each `phase` has its own failure files: a process already in the next phase cannot be read as failing this."""
+        mine = out / f".failed.{phase}.rank{self.index}"
+        mine.unlink(missing_ok=True)
+        result = error = None
+        if everyone or self.main:
             try:
-                step()
+                result = step()
             except ValueError as e:
                 error = e
                 if self.count > 1:
-                    failed.write_text(str(e))
+                    mine.parent.mkdir(parents=True, exist_ok=True)
+                    mine.write_text(str(e))
         self.wait()
         if error is not None:
             raise error
-        if not self.main and failed.exists():
-            raise ValueError(failed.read_text())
+        others = [f.read_text() for f in sorted(out.glob(f".failed.{phase}.rank*")) if f != mine]
+        if others:
+            if undo is not None and (everyone or self.main):
+                undo(result)
+            raise ValueError(others[0])
+        return result
 
     def rows_file(self, out: Path) -> Path:
         """Where this process appends its rows: the results file itself when it runs alone."""
@@ -456,9 +453,7 @@ def merge_shards(out: Path, jobs: list[tuple]) -> list[dict]:
         merged.setdefault((row["prompt"], row["seed"]), row)
     order = {(p, seed): i for i, (_, p, seed) in enumerate(jobs)}
     rows = sorted(merged.values(), key=lambda r: order.get((r["prompt"], r["seed"]), len(order)))
-    tmp = out / (RESULTS + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(results)
+    write_rows(results, rows)
     for f in shard_files:
         f.unlink()
     return rows
@@ -466,7 +461,7 @@ def merge_shards(out: Path, jobs: list[tuple]) -> list[dict]:
 
 def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge, method, options, shards) -> dict:
     # the main process checks and tidies the folder (rows of an interrupted sharded run first)
-    shards.fail_together(out, lambda: _prepare_folder(out, jobs, settings, split, rejudge))
+    shards.together(out, "prepare", lambda: _prepare_folder(out, jobs, settings, split, rejudge), everyone=False)
     results = out / RESULTS
     done = {(r["prompt"], r["seed"]): r for r in read_rows(results)}
     todo = [j for j in jobs if (j[1], j[2]) not in done][shards.index :: shards.count]
@@ -528,7 +523,7 @@ def _prepare_folder(out: Path, jobs: list[tuple], settings: dict, split: str, re
     """Before any row is made: fold in an interrupted sharded run's rows, refuse a folder of other settings, split
     or suites, record this run, drop rows whose image was lost (they are made again) and re-judge if asked."""
     results = out / RESULTS
-    existing = merge_shards(out, jobs) if out.is_dir() else []
+    existing = merge_shards(out, jobs)
     for row in existing:
         if row["settings"] != settings:
             raise ValueError(
@@ -551,9 +546,7 @@ def _prepare_folder(out: Path, jobs: list[tuple], settings: dict, split: str, re
         raise ValueError(f"{images} holds no images to re-judge")
     if lost:
         existing = [r for r in existing if (r["prompt"], r["seed"]) not in lost]
-        tmp = out / (RESULTS + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in existing))
-        tmp.replace(results)
+        write_rows(results, existing)
     if rejudge and existing:
         _rejudge(out, existing)
 
