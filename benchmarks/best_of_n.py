@@ -157,8 +157,9 @@ def replay(row: dict, n: int, method: dict, rng: random.Random) -> tuple[float, 
     alive = list(range(n))
     if kind == "prune":
         for k, keep in zip(method["schedule"].steps, method["schedule"].keep, strict=True):
-            # NoisyCLIP (and the judge) read z_t after k steps; Latent-CLIP the x0 prediction the k-th evaluation made
-            s = k - 1 if method["scorer"] == "latent_x0" else k
+            # NoisyCLIP (and the judge on z_t) read z_t after k steps; Latent-CLIP (and the judge on x0) the x0
+            # prediction the k-th evaluation made
+            s = k - 1 if method["scorer"] in ("latent_x0", "judge_x0") else k
             values = torch.tensor([row[f"{method['scorer']}_steps"][i][s] for i in alive])
             best = values.argsort(descending=True, stable=True)[:keep].sort().values.tolist()
             alive = [alive[j] for j in best]
@@ -199,6 +200,7 @@ def compute(method: dict, n: int, steps: int, guided: bool, unit: dict[str, floa
         "pixel": "pixel_score",
         "check": "check",
         "judge": "judge_score",
+        "judge_x0": "judge_score",
         "logit": "judge_log_odds",  # the judge's forward alone, without its clause verdict
     }
     seconds = evals * unit["denoiser_eval"] + decodes * unit["vae_decode"]

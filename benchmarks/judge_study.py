@@ -57,6 +57,8 @@ def judge_row(pipe, judge, pixel, row: dict) -> dict:
     judge_steps = judge.combine(logit_steps, passes_steps).view(n, steps)
     judge_final = judge.combine(logit_final, passes_final)
     logit_steps = logit_steps.view(n, steps)
+    # the judge reading the generator's x0 prediction at each step as clean latents (its shipped `space`)
+    x0_steps = judge.reading("latents").score(flat(traj.x0), row["prompt"]).view(n, steps)
     pixel_steps = pixel.score(pixel.decode(flat(traj.x0)).clamp(0, 1), row["prompt"]).view(n, steps)
     return {
         "prompt": row["prompt"],
@@ -66,6 +68,7 @@ def judge_row(pipe, judge, pixel, row: dict) -> dict:
         "judge_final": judge_final.round(decimals=4).tolist(),
         "logit_steps": logit_steps.round(decimals=4).tolist(),
         "logit_final": logit_final.round(decimals=4).tolist(),
+        "judge_x0_steps": x0_steps.round(decimals=4).tolist(),
         "pixel_x0_steps": pixel_steps.round(decimals=5).tolist(),
     }
 
@@ -104,6 +107,7 @@ def detection(rows: list[dict], steps: int) -> dict:
         "steps": {
             "judge on z_t": curve("judge_steps"),
             "judge log-odds alone on z_t": curve("logit_steps"),
+            "judge on the x0 prediction": curve("judge_x0_steps"),
             "pixel CLIP on decoded x0": curve("pixel_x0_steps"),
             "Latent-CLIP on x0": curve("latent_x0_steps"),
             "NoisyCLIP on z_t": curve("noisy_steps"),
@@ -127,14 +131,15 @@ def methods(n: int, steps: int) -> dict[str, dict]:
         "full BoN, judge log-odds alone": {"kind": "full", "final": "logit_final"},
         "oracle (checker picks)": {"kind": "oracle"},
     }
-    for k in (2, 4, 6, 8):
-        for keep in sorted({1, max(1, n // 4), max(1, n // 2)}):
-            m[f"early exit, judge, k={k}, m={keep}"] = {
-                "kind": "prune",
-                "schedule": PruneSchedule((k,), (keep,)),
-                "scorer": "judge",
-                "final": "judge_final",
-            }
+    for scorer, reads in (("judge", "judge"), ("judge_x0", "judge on x0")):
+        for k in (2, 4, 6, 8):
+            for keep in sorted({1, max(1, n // 4), max(1, n // 2)}):
+                m[f"early exit, {reads}, k={k}, m={keep}"] = {
+                    "kind": "prune",
+                    "schedule": PruneSchedule((k,), (keep,)),
+                    "scorer": scorer,
+                    "final": "judge_final",
+                }
     return m
 
 
@@ -246,7 +251,8 @@ def real_runs(pipe, judge, rows: list[dict], steps: int, rng, per_suite: int = 3
     chosen = [r for s in SUITE_NAMES for r in [r for r in rows if r["suite"] == s and r["group"] == 0][:per_suite]]
     table = methods(8, steps)
     out = {}
-    for label in ("full BoN, judge", "early exit, judge, k=4, m=2"):
+    reads = "judge on x0" if judge.space == "latents" else "judge"  # what the real early exit hands the judge
+    for label in ("full BoN, judge", f"early exit, {reads}, k=4, m=2"):
         m, agree, seconds = table[label], 0, 0.0
         for r in chosen:
             stage = (
@@ -264,11 +270,21 @@ def real_runs(pipe, judge, rows: list[dict], steps: int, rng, per_suite: int = 3
 def targets(result: dict) -> list[str]:
     det, table = result["detection"], result["table"]
     pixel_final = det["final"]["pixel CLIP"]
-    at8 = det["steps"]["judge on z_t"][TARGET_STEP]
-    lines = [
-        f"- detection: judge within-prompt AUROC at step {TARGET_STEP} of 20 {at8:.3f} against 0.9 x pixel CLIP's "
-        f"final {pixel_final:.3f} = {0.9 * pixel_final:.3f}: {'met' if at8 >= 0.9 * pixel_final else 'NOT met'}"
-    ]
+    lines = []
+    # after TARGET_STEP evaluations: z_t after that many steps, or the x0 prediction the last of them made
+    for reads, field, s in (
+        ("z_t", "judge on z_t", TARGET_STEP),
+        ("the x0 prediction", "judge on the x0 prediction", TARGET_STEP - 1),
+    ):
+        at8 = det["steps"][field][s]
+        if at8 is None:  # no prompt with both an accepted and a rejected sample (a --limit smoke run)
+            lines.append(f"- detection: judge on {reads}: no prompt with both kinds of sample")
+            continue
+        lines.append(
+            f"- detection: judge on {reads} after {TARGET_STEP} of 20 evaluations, within-prompt AUROC {at8:.3f} "
+            f"against 0.9 x pixel CLIP's final {pixel_final:.3f} = {0.9 * pixel_final:.3f}: "
+            f"{'met' if at8 >= 0.9 * pixel_final else 'NOT met'}"
+        )  # fmt: skip
     row = lambda n, m: next(e for e in table if e["n"] == n and e["method"] == m)  # noqa: E731
     pix, orc, jud = row(8, "full BoN, pixel CLIP"), row(8, "oracle (checker picks)"), row(8, "full BoN, judge")
     half = pix["accuracy"] + 0.5 * (orc["accuracy"] - pix["accuracy"])
@@ -276,18 +292,19 @@ def targets(result: dict) -> list[str]:
         f"- Best-of-8 with the judge {jud['accuracy']:.3f} against half the pixel-CLIP-to-oracle gap {half:.3f}: "
         f"{'met' if jud['accuracy'] >= half else 'NOT met'}"
     )
-    for n in bon.NS:
+    for n, reads in ((n, reads) for reads in ("z_t", "x0") for n in bon.NS):
         ok = [
             e
             for e in table
             if e["n"] == n
             and e["method"].startswith("early exit, judge")
+            and (reads == "x0") == ("on x0" in e["method"])
             and e["accuracy_vs_full_pixel"] >= 1
             and e["compute_vs_full_pixel"] <= 0.35
         ]
         best = max(ok, key=lambda e: e["accuracy"]) if ok else None
         lines.append(
-            f"- early exit N={n}, >= 100% of full pixel CLIP at <= 35% compute: "
+            f"- early exit N={n}, the judge pruning on {reads}, >= 100% of full pixel CLIP at <= 35% compute: "
             + (f"met ({best['method']}: {best['accuracy_vs_full_pixel']:.3f} at {best['compute_vs_full_pixel']:.3f})"
                if best else "NOT met")
         )  # fmt: skip
@@ -322,13 +339,15 @@ def write_report(out: Path, result: dict) -> None:
     finals = {
         "judge on z_t": "judge",
         "judge log-odds alone on z_t": "judge log-odds alone",
+        "judge on the x0 prediction": "judge",
         "pixel CLIP on decoded x0": "pixel CLIP",
         "Latent-CLIP on x0": "Latent-CLIP",
         "NoisyCLIP on z_t": "NoisyCLIP",
     }
+    cell = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731  (None: no prompt with both kinds of sample)
     for name, curve in det["steps"].items():
-        cells = [f"{curve[s]:.3f}" for s in range(0, 20, 2)]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {det['final'][finals[name]]:.3f} |")
+        cells = [cell(curve[s]) for s in range(0, 20, 2)]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {cell(det['final'][finals[name]])} |")
     lines += [
         "",
         "## Best-of-N (accuracy by the exact checker; compute in denoiser-evaluation equivalents)",

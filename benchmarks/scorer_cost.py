@@ -2,7 +2,10 @@
 
 The three Shapes scorers share width and depth (configs/shapes_clip_*.json: width 64, 2 layers, 64 image tokens),
 so the difference is the decode; the distilled Latent-CLIP (shapes-latent-distilled) adds a convolutional stem on the
-latent grid to the same tower. Also times one denoiser evaluation, the unit the methods' benchmarks convert to.
+latent grid to the same tower. The latent judge (shapes-judge, a joint transformer over prompt tokens and latent
+cells) is timed as a call (log-odds plus the clause verdict on its predicted object map) and its log-odds alone,
+against issue 23's target of <= 0.25 of decode + pixel CLIP. Also times one denoiser evaluation, the unit the
+methods' benchmarks convert to.
 
 python benchmarks/scorer_cost.py   # writes benchmarks/results/scorer_cost/{table.md,table.json}
 """
@@ -27,6 +30,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--distilled", default="shapes-latent-distilled", help="the Latent-CLIP with a stem to time")
+    ap.add_argument("--judge", default="shapes-judge", help="the latent judge to time")
     ap.add_argument("--out", default="benchmarks/results/scorer_cost")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -35,10 +39,13 @@ def main() -> None:
     latent = load_scorer("shapes-latent")
     noisy = load_scorer("shapes-noisy")
     distilled = load_scorer(args.distilled)
+    judge = load_scorer(args.judge)
     den = Denoiser(pipe)
     z = den.initial_noise(list(range(args.batch)))
     t = torch.full((args.batch,), 500)
     prompts = ["a red circle left of a blue square"] * args.batch
+    two = ("a red circle left of a blue square", "two green squares")  # two token lengths: the padded path
+    mixed = [two[i % 2] for i in range(args.batch)]
     cond = den.encode(prompts[:1], 1.0)  # unguided: one evaluation per latent
     embeds = cond.prompt_embeds.expand(args.batch, -1, -1)
 
@@ -53,6 +60,9 @@ def main() -> None:
             "Latent-CLIP score": lambda: latent.score(z, prompts),
             "NoisyCLIP score": lambda: noisy.score(z, prompts, t),
             "distilled Latent-CLIP score (stem)": lambda: distilled.score(z, prompts),
+            "latent judge score": lambda: judge.score(z, prompts, t),
+            "latent judge log-odds alone": lambda: judge(z, prompts, t.float()),
+            "latent judge score, two prompts of two lengths": lambda: judge.score(z, mixed, t),
         }
         seconds = {name: median_seconds(fn, args.repeats) for name, fn in calls.items()}
         pixels = pixel.decode(z)
@@ -67,6 +77,14 @@ def main() -> None:
         "distilled Latent-CLIP score / (decode + pixel CLIP score)": per_item["distilled Latent-CLIP score (stem)"]
         / pixel_total,
     }
+    judge_ratios = {
+        f"{name} / (decode + pixel CLIP score)": per_item[name] / pixel_total
+        for name in (
+            "latent judge score",
+            "latent judge log-odds alone",
+            "latent judge score, two prompts of two lengths",
+        )
+    }
     result = {
         "batch": args.batch,
         "threads": args.threads,
@@ -75,6 +93,8 @@ def main() -> None:
         "denoiser_eval_equivalents": {k: round(v / unit, 4) for k, v in per_item.items()},
         "ratios": {k: round(v, 4) for k, v in ratios.items()},
         "target_met": all(v <= 0.5 for v in ratios.values()),
+        "judge_ratios": {k: round(v, 4) for k, v in judge_ratios.items()},
+        "judge_target_met": {k: v <= 0.25 for k, v in judge_ratios.items()},
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +108,8 @@ def main() -> None:
     lines += [f"| {k} | {v * 1000:.4f} | {v / unit:.3f} |" for k, v in per_item.items()]
     lines += ["", "| ratio | value (target <= 0.5) |", "|---|---:|"]
     lines += [f"| {k} | {v:.3f} |" for k, v in ratios.items()]
+    lines += ["", "| the latent judge | value (target <= 0.25) |", "|---|---:|"]
+    lines += [f"| {k} | {v:.3f} ({'met' if v <= 0.25 else 'NOT met'}) |" for k, v in judge_ratios.items()]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print((out / "table.md").read_text())
 

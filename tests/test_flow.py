@@ -171,3 +171,17 @@ def test_the_shipped_shapes_flow_loads_with_stock_diffusers_and_generates_the_sa
     check_stock_parity(stock_pipe, load_pipeline("shapes-flow"))
     sizes = sum(f.stat().st_size for f in Path(SHAPES_FLOW_WEIGHTS.parent).rglob("*.safetensors"))
     assert sizes < 80 * 2**20  # every shipped weight together
+
+
+@pytest.mark.skipif(not (SHAPES_FLOW_WEIGHTS / "model_index.json").exists(), reason="shapes-flow is not shipped")
+def test_the_shipped_shapes_flow_settings_are_what_shipping_writes(tmp_path):
+    from latentalign.generation import sampling_defaults
+    from latentalign.methods import BestOfN
+
+    flow_training.write_flow_defaults(tmp_path)
+    shipped = json.loads((SHAPES_FLOW_WEIGHTS / "latentalign.json").read_text())
+    assert json.loads((tmp_path / "latentalign.json").read_text()) == shipped
+    pipe = load_pipeline("shapes-flow")
+    assert sampling_defaults(pipe).for_method("best-of-n") == {"scorer": "shapes-pixel"}  # chosen on train prompts
+    assert BestOfN(n=4).with_pipeline_defaults(pipe).scorer == "shapes-pixel"
+    assert BestOfN(n=4, scorer="shapes-judge").with_pipeline_defaults(pipe).scorer == "shapes-judge"

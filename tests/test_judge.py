@@ -226,3 +226,129 @@ def test_a_judge_trains_for_any_pipeline_from_a_prompt_file_and_your_judge(tiny_
         assert judge.score(torch.randn(2, 4, 8, 8), "a red ball", 100).shape == (2,)
     with pytest.raises(ValueError, match="prompt_file"):
         train_judge(tmp_path / "run2", JudgeTrainConfig(towers=None), tiny_sd_pipeline)  # the checker is Shapes-only
+
+
+def test_what_a_judge_reads_mid_sampling_is_its_space_and_round_trips(tiny_shapes_pipeline, judge, tmp_path):
+    from latentalign import generate
+    from latentalign.methods import EarlyExit
+    from latentalign.methods.best_of_n import SEED_STRIDE
+    from latentalign.trajectories import record_trajectories
+
+    assert judge.space == "noisy_latents" and judge.reading("noisy_latents") is judge
+    clean = judge.reading("latents")
+    assert clean.space == "latents" and judge.space == "noisy_latents"  # a view sharing the weights
+    assert clean.blocks is judge.blocks
+    with pytest.raises(ValueError, match="noisy_latents' or 'latents"):
+        judge.reading("pixels")
+    save_scorer(clean, tmp_path / "clean")
+    assert load_scorer(tmp_path / "clean").space == "latents"
+
+    seen = []
+    for view in (judge, clean):
+        original = view.score
+
+        def spy(x, prompts, t=None, original=original, view=view):
+            seen.append((view.space, x.detach().clone(), t))
+            return original(x, prompts, t)
+
+        object.__setattr__(view, "score", spy)
+    n, k, seed = 4, 3, 5
+    for view in (judge, clean):
+        stage = EarlyExit(scorer=view, n=n, prune_steps=(k,), keep=(2,))
+        generate(tiny_shapes_pipeline, PROMPT, method=stage, seed=seed, num_inference_steps=6)
+    traj = record_trajectories(
+        tiny_shapes_pipeline, [PROMPT] * n, [seed + i * SEED_STRIDE for i in range(n)], num_inference_steps=6,
+        progress=False,
+    )  # fmt: skip
+    noisy_prune, clean_prune = seen[0], next(s for s in seen if s[0] == "latents")
+    # z_t after k steps with its timestep, against the x0 prediction the k-th evaluation made, without one
+    torch.testing.assert_close(noisy_prune[1], traj.latents[:, k], rtol=1e-4, atol=1e-4)
+    assert int(torch.as_tensor(noisy_prune[2]).flatten()[0]) == int(traj.timesteps[k])
+    torch.testing.assert_close(clean_prune[1], traj.x0[:, k - 1], rtol=1e-4, atol=1e-4)
+    assert clean_prune[2] is None
+
+
+def test_vectorised_map_regions_equal_the_checkers_connected_components():
+    import numpy as np
+
+    from latentalign.world.checker import (
+        COLOURS,
+        IMAGE_SIZE,
+        MIN_AREA,
+        SHAPES,
+        _components,
+        map_component_labels,
+        map_detections,
+        map_verdict,
+        map_verdicts,
+    )
+
+    def by_search(classes):  # the checker's breadth-first 8-connected components, class by class
+        scale = IMAGE_SIZE / classes.shape[0]
+        out = []
+        for c in np.unique(classes):
+            for comp in _components(classes == c) if c else []:
+                if len(comp) * scale * scale >= MIN_AREA:
+                    ys, xs = np.array(comp).T
+                    out.append((COLOURS[(c - 1) // len(SHAPES)], SHAPES[(c - 1) % len(SHAPES)],
+                                (xs.mean() + 0.5) * scale - 0.5, (ys.mean() + 0.5) * scale - 0.5,
+                                round(len(comp) * scale * scale)))  # fmt: skip
+        return out
+
+    rng = np.random.default_rng(0)
+    maps = []
+    for _ in range(12):  # blobs, speckle, snakes and touching regions of different classes
+        m = np.zeros((32, 32), dtype=np.int64)
+        for _ in range(rng.integers(1, 6)):
+            y, x, r = *rng.integers(0, 32, 2), rng.integers(1, 8)
+            m[max(0, y - r) : y + r, max(0, x - r) : x + r] = rng.integers(1, 25)
+        m[rng.random((32, 32)) < 0.05] = rng.integers(0, 25)
+        maps.append(m)
+    snake = np.zeros((32, 32), dtype=np.int64)
+    snake[::2, :] = 3
+    snake[1::4, -1] = 3
+    snake[3::4, 0] = 3
+    maps.append(snake)
+    batch = np.stack(maps)
+    labels = map_component_labels(batch)
+    for m, lab in zip(maps, labels, strict=True):
+        want = by_search(m)
+        got = [(d.colour, d.shape, d.cx, d.cy, d.area) for d in map_detections(m)]
+        assert len(got) == len(want)
+        for a, b in zip(got, want, strict=True):
+            assert a[:2] == b[:2] and a[4] == b[4] and np.allclose(a[2:4], b[2:4])
+        assert np.array_equal(lab, map_component_labels(m))  # batched == single
+    assert len(map_detections(snake)) == 1  # one region, however long its path
+    prompts = ["a red circle left of a blue square"] * len(maps)
+    assert map_verdicts(batch, prompts) == [map_verdict(m, p) for m, p in zip(maps, prompts, strict=True)]
+
+
+def test_the_shipped_judge_reading_x0_has_its_own_name():
+    from latentalign.scorers.factory import SHIPPED, scorer_folder, shared_scorer
+
+    assert "shapes-judge-x0" in SHIPPED and scorer_folder("shapes-judge-x0") == scorer_folder("shapes-judge")
+    base, view = load_scorer("shapes-judge"), load_scorer("shapes-judge-x0")
+    assert base.space == "noisy_latents" and view.space == "latents"
+    z = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(view.score(z, PROMPT), base.score(z, PROMPT, 0))
+    shared = shared_scorer("shapes-judge-x0")
+    assert shared.space == "latents" and shared.blocks is shared_scorer("shapes-judge").blocks
+
+
+def test_the_shapes_pipeline_early_exits_with_the_judge_on_x0():
+    import latentalign
+    from latentalign.methods import EarlyExit, SuccessiveHalving
+    from latentalign.methods.base import PruneSchedule
+
+    pipe = latentalign.load_pipeline("shapes")
+    stage = EarlyExit(n=8).with_pipeline_defaults(pipe)  # its latentalign.json's choice (pipeline.SHAPES_EARLY_EXIT)
+    assert (stage.scorer, stage.at, stage.keep_share) == ("shapes-judge-x0", 0.5, 0.125)
+    assert stage.schedule(20) == PruneSchedule((10,), (1,))
+    own = EarlyExit(n=8, at=0.3).with_pipeline_defaults(pipe)  # an option the caller gives wins over the file's
+    assert (own.at, own.keep_share) == (0.3, 0.125)
+    assert SuccessiveHalving(n=8).with_pipeline_defaults(pipe).scorer is None  # its own key: none
+    result = latentalign.generate(pipe, PROMPT, seed=0, method="early-exit", n=2)
+    assert result.cost.denoiser_evals == 2 * (2 * 10 + 1 * 10)  # both candidates for 10 steps, one after (guidance)
+    settings = result.stages[0]["settings"]
+    assert settings["at"] == 0.5 and settings["keep_share"] == 0.125, settings

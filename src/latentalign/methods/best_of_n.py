@@ -31,7 +31,9 @@ __all__ = ["SEED_STRIDE", "BestOfN", "EarlyExit", "SuccessiveHalving", "early_ex
 # (benchmarks/configs/early_exit_choice_train.toml, benchmarks/results/early_exit_choice_train/): at N = 8, among
 # pruning after 20/30/50% of the steps, keeping 25/50%, with NoisyCLIP or the latent judge reading z_t, the best
 # train accuracy (0.793, full Best-of-8 0.796, plain 0.637) was the judge pruning after 30% and keeping half, at
-# 208 of Best-of-8's 320 denoiser evaluations. (The previous world's choice kept a quarter, with NoisyCLIP.)
+# 208 of Best-of-8's 320 denoiser evaluations. The Shapes pipeline's own latentalign.json now overrides them with
+# the judge reading the x0 prediction (pipeline.SHAPES_EARLY_EXIT: after half the steps keeping one, 0.796 at 180);
+# these stay the defaults elsewhere, where the user passes the scorer.
 EARLY_EXIT_AT = 0.3
 EARLY_EXIT_KEEP = 0.5
 
@@ -134,7 +136,8 @@ class EarlyExit(BestOfN):
     z_t by a noisy-latent scorer by default), or follow an explicit `prune_steps` / `keep` schedule."""
 
     name: ClassVar[str] = "early-exit"
-    shapes_scorer: ClassVar[str] = "shapes-judge"  # chosen on train prompts with the schedule (above)
+    # chosen on train prompts with the schedule (above); the Shapes pipeline's latentalign.json names the x0 reading
+    shapes_scorer: ClassVar[str] = "shapes-judge"
     prunes: ClassVar[bool] = True
 
     prune_steps: tuple[int, ...] | None = None  # explicit schedule: keep keep[j] candidates after prune_steps[j]

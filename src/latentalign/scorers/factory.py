@@ -114,7 +114,10 @@ SHIPPED_FOLDERS = {
     "shapes-latent-distilled": ("latent_distilled", "latentalign train distill --model shapes-one-step --ship"),
     "shapes-judge": ("judge", "latentalign train judge --model shapes --ship"),
 }
-SHIPPED = tuple(SHIPPED_FOLDERS)
+# shipped names for a shipped judge read another way: the latent judge reading the generator's x0 prediction in the
+# middle of sampling instead of z_t (`LatentJudge.reading`; docs/judges.md), for configs and the command line
+SHIPPED_VIEWS = {"shapes-judge-x0": ("shapes-judge", "latents")}
+SHIPPED = tuple(SHIPPED_FOLDERS) + tuple(SHIPPED_VIEWS)
 
 
 def check_scorer_source(name: str, field: str = "init_from") -> None:
@@ -134,14 +137,18 @@ def ship_scorer(folder: str | Path, name: str) -> Path:
 
 def scorer_folder(source: str | Path) -> Path:
     """The folder a scorer source names: a shipped Shapes scorer's (one of `SHIPPED`) or the path itself."""
-    if str(source) in SHIPPED:
-        return embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[str(source)][0]
+    name = SHIPPED_VIEWS.get(str(source), (str(source),))[0]
+    if name in SHIPPED_FOLDERS:
+        return embedded.SHAPES_SCORERS / SHIPPED_FOLDERS[name][0]
     return Path(source)
 
 
 def load_scorer(folder: str | Path, *, vae=None) -> Scorer:
     """Load a scorer written by `save_scorer`, or a shipped Shapes scorer by name (one of `SHIPPED`);
     `vae` re-attaches a pixel scorer's decoder."""
+    if str(folder) in SHIPPED_VIEWS:
+        name, space = SHIPPED_VIEWS[str(folder)]
+        return load_scorer(name, vae=vae).reading(space)
     source, folder = str(folder), scorer_folder(folder)
     if source in SHIPPED and not (folder / SCORER_FILE).exists():
         raise FileNotFoundError(f"{folder} is missing: train it with `{SHIPPED_FOLDERS[source][1]}`")
@@ -179,6 +186,9 @@ _LOADED: dict[tuple, tuple] = {}  # (folder, file times, id(vae)) -> (scorer, va
 def shared_scorer(source: str | Path, *, vae=None) -> Scorer:
     """`load_scorer`, once per process: a scorer named by a string is loaded the first time and reused while its
     files are unchanged (methods call this for every `generate`; train with `load_scorer`, which always loads)."""
+    if str(source) in SHIPPED_VIEWS:
+        name, space = SHIPPED_VIEWS[str(source)]
+        return shared_scorer(name, vae=vae).reading(space)
     folder = scorer_folder(source)
     key = (str(folder.resolve()), file_stamp(folder), id(vae))
     hit = _LOADED.get(key)

@@ -13,6 +13,14 @@ over 81 tokens is cheap; larger latents are read through `patch_size` x `patch_s
 The text side is the generator's own text encoder (frozen by default: it already separates the prompts the generator
 follows), so a judge trained for one pipeline reads prompts exactly as that pipeline does. The timestep is an
 embedding added to every token; t = 0 reads clean latents.
+
+What the judge reads in the middle of sampling is its `space`: "noisy_latents" hands it z_t with the timestep (what
+it trained on, the default), "latents" the generator's own x0 prediction at that step, read as clean latents
+(`judge.reading("latents")`). The x0 prediction is free (the sampler computes it at every step) and carries what the
+prompt-conditioned denoiser already knows about the final image: on the shipped judge's kept-aside train prompts its
+within-prompt AUROC after 8 of 20 steps is 0.69 on the x0 prediction against 0.51 on z_t. Early exit nonetheless
+picks better with the judge on z_t on train prompts (docs/judges.md), so the shipped `shapes-judge` keeps
+"noisy_latents". Both spaces read final latents the same way (t = 0).
 """
 
 from __future__ import annotations
@@ -70,6 +78,16 @@ def check_architecture(arch: dict) -> dict:
     return arch
 
 
+JUDGE_SPACES = ("noisy_latents", "latents")  # z_t with its timestep; the x0 prediction (or final latents)
+
+
+def check_judge_space(space: str) -> None:
+    if space not in JUDGE_SPACES:
+        raise ValueError(
+            f"a judge reads {' or '.join(map(repr, JUDGE_SPACES))} in the middle of sampling, got {space!r}"
+        )
+
+
 def sincos_positions(height: int, width: int, dim: int) -> torch.Tensor:
     """Fixed 2D sine-cosine positions (MAE, He et al., 2022), (height * width, dim): any grid size reads them."""
     quarter = dim // 4
@@ -83,7 +101,7 @@ class LatentJudge(Scorer):
     """Cross-encoder latent reward model distilled from a pixel judge (as ImageReward / VQAScore read text and image
     jointly), on z_t and t: `score` returns the log-odds that the final image satisfies the prompt."""
 
-    space = "noisy_latents"
+    space = "noisy_latents"  # the default; each judge's own is its `space` setting (see the module docstring)
     kind = "judge"
     needs_t = False  # t = None reads clean latents (t = 0)
 
@@ -97,8 +115,11 @@ class LatentJudge(Scorer):
         latent_scale: float | None = None,
         latent_shift: float | None = None,
         towers: nn.Module | None = None,
+        space: str = "noisy_latents",
     ):
         super().__init__()
+        check_judge_space(space)
+        self.space = space
         if (text_encoder is None) == (towers is None):
             raise ValueError("a LatentJudge reads prompts with either a text encoder or a Latent-CLIP's towers")
         arch = check_architecture(architecture or {})
@@ -144,6 +165,16 @@ class LatentJudge(Scorer):
         )
         if text_encoder is not None:
             text_encoder.requires_grad_(False)
+
+    def reading(self, space: str) -> LatentJudge:
+        """This judge reading `space` in the middle of sampling ("noisy_latents": z_t with its timestep; "latents":
+        the x0 prediction): a shallow copy sharing the weights, or itself when it already reads `space`."""
+        check_judge_space(space)
+        if space == self.space:
+            return self
+        view = copy.copy(self)
+        view.space = space
+        return view
 
     def add_word_head(self) -> LatentJudge:
         """Give this judge a (new, trainable) word head, if it has none; returns it."""
@@ -207,7 +238,13 @@ class LatentJudge(Scorer):
 
     def text_states(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The text encoder's last hidden states (batch, tokens, width), which tokens are padding (batch, tokens),
-        and with towers the projected text embedding (batch, projection_dim), else None."""
+        and with towers the projected text embedding (batch, projection_dim), else None. A prompt repeated in the
+        batch (Best-of-N's candidates) is encoded once."""
+        unique = {p: i for i, p in enumerate(dict.fromkeys(prompts))}
+        if len(unique) < len(prompts):
+            index = torch.tensor([unique[p] for p in prompts], device=self.device)
+            states, padding, pooled = self.text_states(list(unique))
+            return states[index], padding[index], None if pooled is None else pooled[index]
         config = self.text_encoder.config if self.towers is None else self.towers.config.text_config
         max_length = getattr(self.tokenizer, "model_max_length", 77)
         max_length = min(max_length, getattr(config, "max_position_embeddings", max_length))
@@ -256,7 +293,9 @@ class LatentJudge(Scorer):
         keep_out = torch.cat(
             [padding.new_zeros(x.shape[0], 1), padding, padding.new_zeros(x.shape[0], cells.shape[1])], dim=1
         )
-        out = self.blocks(tokens, src_key_padding_mask=keep_out)
+        # no padding (one prompt, or prompts of one length): no mask, so inference takes the fused attention kernel
+        # instead of the masked softmax, which costs a fifth of a call on CPU (the same result up to rounding)
+        out = self.blocks(tokens, src_key_padding_mask=keep_out if bool(keep_out.any()) else None)
         logits = self.head(out[:, 0]).squeeze(-1).float()
         if prior is not None:
             logits = logits + prior.float()
@@ -309,10 +348,10 @@ class LatentJudge(Scorer):
     @staticmethod
     def verdicts(object_logits: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         """Whether each predicted object map (the argmax of `object_logits`) passes the checker's clause rules."""
-        from ..world.checker import map_verdict
+        from ..world.checker import map_verdicts
 
         maps = object_logits.detach().argmax(1).cpu().numpy()
-        return torch.tensor([float(map_verdict(m, p)) for m, p in zip(maps, prompts, strict=True)])
+        return torch.tensor(map_verdicts(maps, prompts), dtype=torch.float32)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Every trained tensor outside the text encoder or towers (which save themselves)."""
@@ -325,6 +364,7 @@ class LatentJudge(Scorer):
             "latent_scale": self.latent_scale,
             "latent_shift": self.latent_shift,
             "architecture": self.architecture,
+            "space": self.space,
         }
 
     def save_parts(self, folder: Path) -> None:

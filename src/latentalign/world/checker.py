@@ -130,26 +130,67 @@ def object_map(image) -> np.ndarray:
     return out
 
 
-def map_detections(classes: np.ndarray) -> list[Detection]:
+def map_component_labels(classes: np.ndarray) -> np.ndarray:
+    """The 8-connected regions of one class in each (..., H, W) object-class map, vectorised: every non-background
+    pixel labelled by the raster index (within its map) of its region's first pixel; background -1."""
+    classes = np.asarray(classes)
+    h, w = classes.shape[-2:]
+    flat = classes.reshape(-1, h, w)
+    n = flat.shape[0]
+    index = np.arange(n * h * w).reshape(n, h, w)
+    fg = flat != 0
+    big = n * h * w
+    labels = np.where(fg, index, big)
+    padded_classes = np.pad(flat, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
+    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    same = [padded_classes[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] == flat for dy, dx in shifts]
+    while True:
+        padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=big)
+        new = labels
+        for (dy, dx), neighbour_same in zip(shifts, same, strict=True):
+            neighbour = padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+            new = np.where(neighbour_same & fg, np.minimum(new, neighbour), new)
+        new = np.where(fg, new.reshape(-1)[np.minimum(new, big - 1)].reshape(new.shape), big)  # pointer jumping
+        if np.array_equal(new, labels):
+            break
+        labels = new
+    labels = np.where(fg, labels - index[:, :1, :1], -1)
+    return labels.reshape(classes.shape)
+
+
+def map_detections(classes: np.ndarray, labels: np.ndarray | None = None) -> list[Detection]:
     """Objects in an object-class map (as `object_map` writes it, any resolution): each connected region of one
-    class covering at least MIN_AREA pixels at image scale, at its centroid in image pixels."""
+    class covering at least MIN_AREA pixels at image scale, at its centroid in image pixels, by class and then in
+    raster order of the region's first pixel. `labels`: the map's `map_component_labels`, if already computed."""
     scale = IMAGE_SIZE / classes.shape[0]
+    labels = map_component_labels(classes) if labels is None else labels
+    fg = labels >= 0
+    ys, xs = np.nonzero(fg)
+    regions = labels[fg]
+    first, inverse, counts = np.unique(regions, return_inverse=True, return_counts=True)
+    cy = np.bincount(inverse, weights=ys) / counts
+    cx = np.bincount(inverse, weights=xs) / counts
+    cls = classes.reshape(-1)[first]
     out = []
-    for c in np.unique(classes):
-        if c == 0:
-            continue
-        for comp in _components(classes == c):
-            if len(comp) * scale * scale >= MIN_AREA:
-                ys, xs = np.array(comp).T
-                colour, shape = COLOURS[(c - 1) // len(SHAPES)], SHAPES[(c - 1) % len(SHAPES)]
-                cx, cy = (xs.mean() + 0.5) * scale - 0.5, (ys.mean() + 0.5) * scale - 0.5
-                out.append(Detection(colour, shape, float(cx), float(cy), round(len(comp) * scale * scale), 0, 0, 0))
+    for j in np.lexsort((first, cls)):
+        c, area = int(cls[j]), counts[j] * scale * scale
+        if area >= MIN_AREA:
+            colour, shape = COLOURS[(c - 1) // len(SHAPES)], SHAPES[(c - 1) % len(SHAPES)]
+            x, y = (cx[j] + 0.5) * scale - 0.5, (cy[j] + 0.5) * scale - 0.5
+            out.append(Detection(colour, shape, float(x), float(y), round(area), 0, 0, 0))
     return out
 
 
-def map_verdict(classes: np.ndarray, prompt: str) -> bool:
-    """The checker's verdict on an object-class map instead of an image (a latent judge's object head predicts one)."""
-    return not judge(map_detections(classes), parse(prompt))
+def map_verdict(classes: np.ndarray, prompt: str, labels: np.ndarray | None = None) -> bool:
+    """The checker's verdict on an object-class map instead of an image (a latent judge's object head predicts one);
+    `labels` as for `map_detections`."""
+    return not judge(map_detections(classes, labels), parse(prompt))
+
+
+def map_verdicts(classes: np.ndarray, prompts: list[str]) -> list[bool]:
+    """`map_verdict` of a batch of maps (batch, H, W), their regions labelled together."""
+    labels = map_component_labels(classes)
+    return [map_verdict(c, p, lab) for c, p, lab in zip(classes, prompts, labels, strict=True)]
 
 
 def _detections(image) -> list[tuple[Detection, list[tuple[int, int]]]]:
