@@ -473,3 +473,20 @@ def test_a_sharded_bench_that_cannot_start_fails_on_every_process(pipe_dir, tmp_
         t.join(timeout=120)
     assert not any(t.is_alive() for t in threads) and set(raised) == {0, 1}
     assert "holds results made with" in raised[0] and raised[1] == raised[0]
+
+
+def test_generate_takes_the_early_exit_schedule(pipe_dir, tmp_path, capsys):
+    from latentalign.scorers import build_shapes_scorer, fit_preview_map, save_scorer
+
+    preview = fit_preview_map(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 32, 32))
+    scorer_dir = tmp_path / "noisy"
+    save_scorer(build_shapes_scorer("noisy", 0.5, preview_map=preview), scorer_dir)
+    out = tmp_path / "gen"
+    argv = ["generate", PROMPT, "--out", str(out), "--model", str(pipe_dir), "--method", "early-exit", "--n", "4"]
+    assert main([*argv, "--scorer", str(scorer_dir), "--at", "0.5", "--keep-share", "0.25"]) == 0
+    record = json.loads((out / "a_red_circle_left_of_a_blue_square_s0.json").read_text())
+    assert record["pruned_at"].count(None) == 1  # one of four kept after the first of the two steps
+    assert record["cost"]["denoiser_evals"] == 2 * (4 + 1)
+    capsys.readouterr()
+    assert main([*argv, "--scorer", str(scorer_dir), "--at", "1.5"]) != 0
+    assert "at must be in (0, 1)" in capsys.readouterr().err

@@ -515,7 +515,9 @@ def _run_bench(pipe, jobs, out, settings, split, steps, guidance, batch, rejudge
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     (out / "summary.md").write_text(format_table(summary["categories"]) + "\n")
     done = {(r["prompt"], r["seed"]): r for r in rows}
-    _grid(out, [(r["suite"], r["prompt"], r["seed"]) for r in rows], done).save(out / "grid.png")
+    # a folder resumed without its images (they are not committed) keeps the grid it has instead of a blank one
+    if any((out / r["image"]).exists() for r in rows) or not (out / "grid.png").exists():
+        _grid(out, [(r["suite"], r["prompt"], r["seed"]) for r in rows], done).save(out / "grid.png")
     return summary
 
 

@@ -329,6 +329,8 @@ GENERATE_OPTIONS = (
     "loss",
     "step_size",
     "at_steps",
+    "at",
+    "keep_share",
 )
 OPTION_FIELDS = {"at_steps": "steps"}  # flags named apart from their stage field (--steps is the run's)
 
@@ -395,6 +397,12 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="noise-optimization iterations (default: the pipeline's latentalign.json, else 50)",
+    )
+    p.add_argument(
+        "--at", type=float, default=None, help="early-exit: prune after this share of the steps (default 0.3)"
+    )
+    p.add_argument(
+        "--keep-share", type=float, default=None, help="early-exit: keep this share of the candidates (default 0.5)"
     )
 
 

@@ -33,7 +33,7 @@ __all__ = ["SEED_STRIDE", "BestOfN", "EarlyExit", "SuccessiveHalving", "early_ex
 # train accuracy (0.793, full Best-of-8 0.796, plain 0.637) was the judge pruning after 30% and keeping half, at
 # 208 of Best-of-8's 320 denoiser evaluations. The Shapes pipeline's own latentalign.json now overrides them with
 # the judge reading the x0 prediction (pipeline.SHAPES_EARLY_EXIT: after half the steps keeping one, 0.796 at 180);
-# these stay the defaults elsewhere, where the user passes the scorer.
+# these stay the defaults elsewhere, and on Shapes for a caller who passes their own scorer or schedule.
 EARLY_EXIT_AT = 0.3
 EARLY_EXIT_KEEP = 0.5
 
@@ -154,6 +154,16 @@ class EarlyExit(BestOfN):
             object.__setattr__(self, "keep", tuple(self.keep))
         if not 0 < self.at < 1 or not 0 < self.keep_share <= 1:
             raise ValueError(f"at must be in (0, 1) and keep_share in (0, 1], got {self.at} and {self.keep_share}")
+
+    def defaults_not_applying(self) -> set[str]:
+        # a pipeline's recommended schedule was chosen with its recommended scorer: a caller's own scorer or
+        # explicit schedule keeps the library's `at` / `keep_share` (and an explicit schedule needs neither)
+        given = getattr(self, "_given", None) or set()
+        if "prune_steps" in given or "keep" in given:
+            return {"at", "keep_share"}
+        if "scorer" in given:
+            return {"at", "keep_share"} - given
+        return set()
 
     def schedule(self, num_inference_steps: int) -> PruneSchedule:
         if self.prune_steps is not None:
