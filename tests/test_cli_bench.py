@@ -233,12 +233,18 @@ def test_wilson_interval():
     assert wilson_interval(0, 0) == (0.0, 1.0)
 
 
-def test_generate_with_early_exit_records_candidates(pipe_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def scorer_dir(tmp_path_factory):
+    """A tiny random NoisyCLIP saved to a folder, for the early-exit commands."""
     from latentalign.scorers import build_shapes_scorer, fit_preview_map, save_scorer
 
     preview = fit_preview_map(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 32, 32))
-    scorer_dir = tmp_path / "noisy"
-    save_scorer(build_shapes_scorer("noisy", 0.5, preview_map=preview), scorer_dir)
+    folder = tmp_path_factory.mktemp("scorer") / "noisy"
+    save_scorer(build_shapes_scorer("noisy", 0.5, preview_map=preview), folder)
+    return folder
+
+
+def test_generate_with_early_exit_records_candidates(pipe_dir, scorer_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     argv = ["generate", PROMPT, "--out", str(out), "--model", str(pipe_dir), "--method", "early-exit", "--n", "4"]
     assert main([*argv, "--scorer", str(scorer_dir)]) == 0
@@ -475,12 +481,7 @@ def test_a_sharded_bench_that_cannot_start_fails_on_every_process(pipe_dir, tmp_
     assert "holds results made with" in raised[0] and raised[1] == raised[0]
 
 
-def test_generate_takes_the_early_exit_schedule(pipe_dir, tmp_path, capsys):
-    from latentalign.scorers import build_shapes_scorer, fit_preview_map, save_scorer
-
-    preview = fit_preview_map(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 32, 32))
-    scorer_dir = tmp_path / "noisy"
-    save_scorer(build_shapes_scorer("noisy", 0.5, preview_map=preview), scorer_dir)
+def test_generate_takes_the_early_exit_schedule(pipe_dir, scorer_dir, tmp_path, capsys):
     out = tmp_path / "gen"
     argv = ["generate", PROMPT, "--out", str(out), "--model", str(pipe_dir), "--method", "early-exit", "--n", "4"]
     assert main([*argv, "--scorer", str(scorer_dir), "--at", "0.5", "--keep-share", "0.25"]) == 0

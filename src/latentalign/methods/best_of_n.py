@@ -159,11 +159,7 @@ class EarlyExit(BestOfN):
         # a pipeline's recommended schedule was chosen with its recommended scorer: a caller's own scorer or
         # explicit schedule keeps the library's `at` / `keep_share` (and an explicit schedule needs neither)
         given = getattr(self, "_given", None) or set()
-        if "prune_steps" in given or "keep" in given:
-            return {"at", "keep_share"}
-        if "scorer" in given:
-            return {"at", "keep_share"} - given
-        return set()
+        return {"at", "keep_share"} if given & {"scorer", "prune_steps", "keep"} else set()
 
     def schedule(self, num_inference_steps: int) -> PruneSchedule:
         if self.prune_steps is not None:

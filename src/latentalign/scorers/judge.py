@@ -18,9 +18,9 @@ What the judge reads in the middle of sampling is its `space`: "noisy_latents" h
 it trained on, the default), "latents" the generator's own x0 prediction at that step, read as clean latents
 (`judge.reading("latents")`). The x0 prediction is free (the sampler computes it at every step) and carries what the
 prompt-conditioned denoiser already knows about the final image: on the shipped judge's kept-aside train prompts its
-within-prompt AUROC after 8 of 20 steps is 0.69 on the x0 prediction against 0.51 on z_t. Early exit nonetheless
-picks better with the judge on z_t on train prompts (docs/judges.md), so the shipped `shapes-judge` keeps
-"noisy_latents". Both spaces read final latents the same way (t = 0).
+within-prompt AUROC after 8 of 20 steps is 0.69 on the x0 prediction against 0.51 on z_t. The shipped `shapes-judge`
+keeps "noisy_latents"; the `shapes` pipeline's early exit asks its x0 reading, `shapes-judge-x0`, chosen on train
+prompts (docs/selection.md). Both spaces read final latents the same way (t = 0).
 """
 
 from __future__ import annotations
