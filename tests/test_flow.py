@@ -55,6 +55,28 @@ def test_the_trainers_text_path_equals_the_stock_pipelines():
     torch.testing.assert_close(ours.sample, stock, rtol=1e-5, atol=1e-5)
 
 
+def test_the_adapters_compact_text_gives_the_same_guided_prediction_and_restores_the_processors():
+    """Denoiser.compact_repeated_text: the zero T5 block as one weighted row, the same guided velocity as the full
+    conditioning up to rounding, and the transformer's own processors back afterwards."""
+    from latentalign.adapters import Denoiser
+
+    pipe = assemble_flow(build_shapes_flow_components(0))
+    den = Denoiser(pipe)
+    cond = den.encode(PROMPTS, 3.0)
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = {n: type(p) for n, p in den.core.attn_processors.items()}
+    with torch.no_grad():
+        full, _ = den.denoise(z, 800, cond)
+        with den.compact_repeated_text(cond) as compact:
+            assert compact.prompt_embeds.shape[1] == compact.negative_embeds.shape[1] == 17
+            fast, _ = den.denoise(z, 800, compact)
+    torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-4)
+    assert {n: type(p) for n, p in den.core.attn_processors.items()} == before
+    distinct = replace(cond, prompt_embeds=torch.randn_like(cond.prompt_embeds))  # a real T5: nothing repeats
+    with den.compact_repeated_text(distinct) as same:
+        assert same is distinct
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow")

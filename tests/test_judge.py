@@ -277,6 +277,7 @@ def test_vectorised_map_regions_equal_the_checkers_connected_components():
         MIN_AREA,
         SHAPES,
         _components,
+        batch_map_detections,
         map_component_labels,
         map_detections,
         map_verdict,
@@ -319,8 +320,30 @@ def test_vectorised_map_regions_equal_the_checkers_connected_components():
             assert a[:2] == b[:2] and a[4] == b[4] and np.allclose(a[2:4], b[2:4])
         assert np.array_equal(lab, map_component_labels(m))  # batched == single
     assert len(map_detections(snake)) == 1  # one region, however long its path
-    prompts = ["a red circle left of a blue square"] * len(maps)
+    found = batch_map_detections(batch)
+    assert found == [map_detections(m) for m in maps]  # measured together == one by one
+    prompts = ["a red circle left of a blue square", "two green squares", "a blue circle"] * 5
+    prompts = prompts[: len(maps)]
     assert map_verdicts(batch, prompts) == [map_verdict(m, p) for m, p in zip(maps, prompts, strict=True)]
+    with pytest.raises(ValueError, match="13 maps for 2 prompts"):
+        map_verdicts(batch, prompts[:2])
+
+
+def test_the_judges_class_map_is_the_argmax_of_its_object_logits(tiny_shapes_pipeline):
+    from latentalign.scorers.judge import judge_for_pipeline
+
+    arch = {"width": 32, "layers": 1, "heads": 2, "objects": 25, "object_pixels": 4, "verdict_margin": 10}
+    judge = judge_for_pipeline(tiny_shapes_pipeline, arch, seed=1).eval()
+    z = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        _, heads = judge(z, [PROMPT] * 3, torch.zeros(3), dense=True)
+        _, only = judge(z, [PROMPT] * 3, torch.zeros(3), dense=("object_classes",))
+        log_odds, passes = judge.score_terms(z, PROMPT)
+    assert set(only) == {"object_classes"} and only["object_classes"].shape == (3, 32, 32)
+    assert torch.equal(only["object_classes"], heads["objects"].argmax(1))
+    assert torch.equal(passes, judge.verdicts(heads["objects"], [PROMPT] * 3))  # logits or classes: one verdict
+    with pytest.raises(ValueError, match="choose from"):
+        judge(z, [PROMPT] * 3, torch.zeros(3), dense=("pictures",))
 
 
 def test_the_shipped_judge_reading_x0_has_its_own_name():

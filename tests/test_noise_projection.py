@@ -169,6 +169,9 @@ def test_trainer_refuses_bad_settings(tiny_shapes_pipeline, tmp_path, capsys):
             ProjectorTrainConfig(**bad)
     assert main(["train", "projector", "--kl-weight", "-1", "--out", str(tmp_path / "cli")]) == 2
     assert "kl_weight" in capsys.readouterr().err and not (tmp_path / "cli").exists()
+    # --ship names the reward recipe's projector per pipeline: shapes' would overwrite shapes-one-step's
+    assert main(["train", "projector", "--model", "shapes", "--ship", "--out", str(tmp_path / "cli")]) == 2
+    assert "'shapes' has no shipped name" in capsys.readouterr().err and not (tmp_path / "cli").exists()
     assert main(["generate", "a red circle", "--projector", "x", "--out", str(tmp_path / "g")]) == 2
     assert "--projector needs --method noise-projection" in capsys.readouterr().err
 

@@ -188,8 +188,10 @@ def _train_projector(args: argparse.Namespace) -> int:
         raise ValueError("--scorer is the reward recipe's reward; the paper recipe reads --noise-reward")
     if not paper and args.warmup_steps is not None:
         raise ValueError("--warmup-steps is the paper recipe's warm-up: pass --recipe paper")
-    ship_name = f"shapes-projector-paper-{args.model.removeprefix('shapes-')}" if paper else "shapes-projector"
-    from .methods.noise_projection import SHIPPED_PROJECTORS
+    from .methods.noise_projection import REWARD_PROJECTOR_NAMES, SHIPPED_PROJECTORS
+
+    short = args.model.removeprefix("shapes-")
+    ship_name = f"shapes-projector-paper-{short}" if paper else REWARD_PROJECTOR_NAMES.get(args.model, "")
 
     if args.ship and ship_name not in SHIPPED_PROJECTORS:
         raise ValueError(f"--ship ships a projector for an embedded pipeline; {args.model!r} has no shipped name")

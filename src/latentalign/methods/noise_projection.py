@@ -35,6 +35,8 @@ SHIPPED_PROJECTORS = {
     "shapes-projector-paper-one-step": WEIGHTS / "shapes_projector_paper_one_step",
     "shapes-projector-paper-shapes": WEIGHTS / "shapes_projector_paper_shapes",
 }
+# the shipped name `train projector --ship` gives the reward recipe's projector for each embedded pipeline
+REWARD_PROJECTOR_NAMES = {"shapes-one-step": "shapes-projector"}
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ ARCHITECTURE = {  # configs/shapes_judge.json overrides these for the Shapes wor
     "tokens": 0,
 }
 JUDGE_WEIGHTS = "judge.safetensors"
+DENSE_OUTPUTS = ("foresight", "objects", "object_classes", "tokens")  # what forward(dense=...) can give
 OPTIONAL = ("foresight", "objects", "verdict_margin", "tokens")  # fields that may be 0 (off)
 
 
@@ -206,7 +207,7 @@ class LatentJudge(Scorer):
             raise ValueError("this judge has no word head (architecture tokens=0): see add_word_head")
         prompts = as_prompts(prompts, x.shape[0])
         prompts = prompts * x.shape[0] if len(prompts) == 1 else prompts
-        log_odds, heads = self(x, prompts, self._checked_steps(x, t), dense=True)
+        log_odds, heads = self(x, prompts, self._checked_steps(x, t), dense=("tokens",))
         positions = self.word_positions(prompts)
         most = max(len(p) for p in positions)
         index = torch.tensor([p + [0] * (most - len(p)) for p in positions], device=heads["tokens"].device)
@@ -259,10 +260,13 @@ class LatentJudge(Scorer):
             states = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return states.to(self.dtype), mask == 0, None
 
-    def forward(self, x: torch.Tensor, prompts: list[str], t: torch.Tensor, dense: bool = False):
+    def forward(self, x: torch.Tensor, prompts: list[str], t: torch.Tensor, dense: bool | tuple[str, ...] = False):
         """Log-odds for checked latents `x` (pipeline scaling), one prompt per row, one timestep per row. With
         `dense`, also a dict of the dense heads' outputs: "foresight", the picture of the final image in [0, 1]
-        (batch, 3, H, W); "objects", object-class logits (batch, classes, h * object_pixels, w * object_pixels)."""
+        (batch, 3, H, W); "objects", object-class logits (batch, classes, h * object_pixels, w * object_pixels);
+        "tokens", one log-odds per prompt token. `dense` may name the outputs wanted instead (True: every head the
+        judge has), among them "object_classes": the argmax of "objects" (batch, H', W'), taken before the logits
+        are laid out as a picture (what the clause verdict reads; cheaper than "objects")."""
         width = self.architecture["width"]
         prior = None
         if self.towers is None:
@@ -301,17 +305,24 @@ class LatentJudge(Scorer):
             logits = logits + prior.float()
         if not dense:
             return logits
+        wanted = set(DENSE_OUTPUTS if dense is True else dense)
+        if wanted - set(DENSE_OUTPUTS):
+            raise ValueError(f"dense names {sorted(wanted - set(DENSE_OUTPUTS))}; choose from {DENSE_OUTPUTS}")
         heads = {}
         cell_states = out[:, -cells.shape[1] :]
-        if self.foresight_head is not None:
+        if self.foresight_head is not None and "foresight" in wanted:
             patches = self.foresight_head(cell_states).transpose(1, 2).reshape(x.shape[0], -1, h, w)
             side = self.architecture["foresight"] * self.architecture["patch_size"]
             heads["foresight"] = torch.sigmoid(nn.functional.pixel_shuffle(patches, side).float())
-        if self.object_head is not None:
+        if self.object_head is not None and wanted & {"objects", "object_classes"}:
             grid = self.object_head(cell_states).transpose(1, 2).reshape(x.shape[0], -1, h, w)
             pixels = self.architecture["object_pixels"] * self.architecture["patch_size"]
-            heads["objects"] = nn.functional.pixel_shuffle(grid, pixels).float()
-        if self.word_head is not None:  # one log-odds per prompt token, in the tokenizer's order
+            if "objects" in wanted:
+                heads["objects"] = nn.functional.pixel_shuffle(grid, pixels).float()
+            if "object_classes" in wanted:  # pixel_shuffle's layout (class, row, column within a cell), argmax first
+                classes = grid.detach().view(x.shape[0], -1, pixels, pixels, h, w).argmax(1)
+                heads["object_classes"] = classes.permute(0, 3, 1, 4, 2).reshape(x.shape[0], h * pixels, w * pixels)
+        if self.word_head is not None and "tokens" in wanted:  # one log-odds per prompt token, the tokenizer's order
             heads["tokens"] = self.word_head(out[:, 1 : 1 + text.shape[1]]).squeeze(-1).float()
         return logits, heads
 
@@ -335,8 +346,8 @@ class LatentJudge(Scorer):
         steps = self._checked_steps(x, t)
         if not self.architecture["verdict_margin"]:
             return self(x, prompts, steps), None
-        log_odds, heads = self(x, prompts, steps, dense=True)
-        return log_odds, self.verdicts(heads["objects"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
+        log_odds, heads = self(x, prompts, steps, dense=("object_classes",))
+        return log_odds, self.verdicts(heads["object_classes"], prompts * (x.shape[0] if len(prompts) == 1 else 1))
 
     def _checked_steps(self, x: torch.Tensor, t) -> torch.Tensor:
         """Refuse input this judge cannot read, count the calls, and give one timestep per row (t = None: 0)."""
@@ -346,12 +357,14 @@ class LatentJudge(Scorer):
         return steps.to(self.device).expand(x.shape[0])
 
     @staticmethod
-    def verdicts(object_logits: torch.Tensor, prompts: list[str]) -> torch.Tensor:
-        """Whether each predicted object map (the argmax of `object_logits`) passes the checker's clause rules."""
+    def verdicts(object_classes: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Whether each predicted object map (batch, H, W of classes; with a class dimension, logits whose argmax
+        it takes) passes the checker's clause rules."""
         from ..world.checker import map_verdicts
 
-        maps = object_logits.detach().argmax(1).cpu().numpy()
-        return torch.tensor(map_verdicts(maps, prompts), dtype=torch.float32)
+        maps = object_classes.detach()
+        maps = maps.argmax(1) if maps.ndim == 4 else maps
+        return torch.tensor(map_verdicts(maps.cpu().numpy(), prompts), dtype=torch.float32)
 
     def head_state(self) -> dict[str, torch.Tensor]:
         """Every trained tensor outside the text encoder or towers (which save themselves)."""

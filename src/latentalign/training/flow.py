@@ -10,15 +10,16 @@ config gains SD3's `shift_factor` and a `scaling_factor` for the shifted latents
 - the text the transformer reads is exactly what the stock `StableDiffusion3Pipeline` builds without T5: both
   CLIPs' penultimate states side by side, then `max_sequence_length` (256) zero tokens in T5's place. Those
   zeros are identical tokens, so they stay identical through every block, and attention over n copies equals
-  attention over one with log(n) added to its logit: training keeps one copy and that bias (`RepeatedLastToken`),
-  5x cheaper than feeding 256 (tests/test_flow.py checks it against the stock pipeline's own embeddings).
+  attention over one with log(n) added to its logit: training keeps one copy and that bias
+  (`adapters.RepeatedLastToken`, which `Denoiser.compact_repeated_text` also applies where a projector is trained
+  through the sampler), 5x cheaper than feeding 256 (tests/test_flow.py checks it against the stock pipeline's own
+  embeddings).
 Resumable from atomic checkpoints; held-out prompts are never touched.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
+from ..adapters import RepeatedLastToken
 from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..embedded import SHAPES
 from ..world.dataset import build_dataset
@@ -80,41 +82,6 @@ class FlowTrainConfig:
             raise ValueError(f"high_noise_share must lie in [0, 1], got {self.high_noise_share}")
         if not 0.0 <= self.high_noise_start < 1.0:
             raise ValueError(f"high_noise_start must lie in [0, 1), got {self.high_noise_start}")
-
-
-class RepeatedLastToken:
-    """SD3's joint attention with the last text token standing for `repeats` identical copies of itself
-    (log(repeats) on its attention logit): equal to feeding the copies, at the cost of one."""
-
-    def __init__(self, repeats: int):
-        from diffusers.models.attention_processor import JointAttnProcessor2_0
-
-        self.bias = math.log(repeats)
-        self.inner = JointAttnProcessor2_0()
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        batch = hidden_states.shape[0]
-
-        def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
-
-        q, k, v = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
-        if attn.norm_q is not None:
-            q, k = attn.norm_q(q), attn.norm_k(k)
-        cq, ck = heads(attn.add_q_proj(encoder_hidden_states)), heads(attn.add_k_proj(encoder_hidden_states))
-        cv = heads(attn.add_v_proj(encoder_hidden_states))
-        if attn.norm_added_q is not None:
-            cq, ck = attn.norm_added_q(cq), attn.norm_added_k(ck)
-        q, k, v = torch.cat([q, cq], 2), torch.cat([k, ck], 2), torch.cat([v, cv], 2)
-        mask = torch.zeros(1, k.shape[2], dtype=q.dtype, device=q.device)
-        mask[0, -1] = self.bias
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * (out.shape[-1]))
-        image, text = out[:, : hidden_states.shape[1]], out[:, hidden_states.shape[1] :]
-        if not attn.context_pre_only:
-            text = attn.to_add_out(text)
-        image = attn.to_out[1](attn.to_out[0](image))
-        return image, text
 
 
 def text_states(text_encoders, ids: torch.Tensor, joint_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,22 +162,31 @@ def map_detections(classes: np.ndarray, labels: np.ndarray | None = None) -> lis
     """Objects in an object-class map (as `object_map` writes it, any resolution): each connected region of one
     class covering at least MIN_AREA pixels at image scale, at its centroid in image pixels, by class and then in
     raster order of the region's first pixel. `labels`: the map's `map_component_labels`, if already computed."""
-    scale = IMAGE_SIZE / classes.shape[0]
+    classes = np.asarray(classes)
+    return batch_map_detections(classes[None], None if labels is None else np.asarray(labels)[None])[0]
+
+
+def batch_map_detections(classes: np.ndarray, labels: np.ndarray | None = None) -> list[list[Detection]]:
+    """`map_detections` of each map of a batch (batch, H, W), their regions measured together."""
+    classes = np.asarray(classes)
+    n, h, w = classes.shape
+    scale = IMAGE_SIZE / h
     labels = map_component_labels(classes) if labels is None else labels
     fg = labels >= 0
-    ys, xs = np.nonzero(fg)
-    regions = labels[fg]
+    owners, ys, xs = np.nonzero(fg)
+    regions = owners * (h * w) + labels[fg]  # one id per region across the batch
     first, inverse, counts = np.unique(regions, return_inverse=True, return_counts=True)
     cy = np.bincount(inverse, weights=ys) / counts
     cx = np.bincount(inverse, weights=xs) / counts
-    cls = classes.reshape(-1)[first]
-    out = []
-    for j in np.lexsort((first, cls)):
+    owner, start = first // (h * w), first % (h * w)
+    cls = classes.reshape(n, -1)[owner, start]
+    out: list[list[Detection]] = [[] for _ in range(n)]
+    for j in np.lexsort((start, cls, owner)):
         c, area = int(cls[j]), counts[j] * scale * scale
         if area >= MIN_AREA:
             colour, shape = COLOURS[(c - 1) // len(SHAPES)], SHAPES[(c - 1) % len(SHAPES)]
             x, y = (cx[j] + 0.5) * scale - 0.5, (cy[j] + 0.5) * scale - 0.5
-            out.append(Detection(colour, shape, float(x), float(y), round(area), 0, 0, 0))
+            out[int(owner[j])].append(Detection(colour, shape, float(x), float(y), round(area), 0, 0, 0))
     return out
 
 
@@ -188,9 +197,13 @@ def map_verdict(classes: np.ndarray, prompt: str, labels: np.ndarray | None = No
 
 
 def map_verdicts(classes: np.ndarray, prompts: list[str]) -> list[bool]:
-    """`map_verdict` of a batch of maps (batch, H, W), their regions labelled together."""
-    labels = map_component_labels(classes)
-    return [map_verdict(c, p, lab) for c, p, lab in zip(classes, prompts, labels, strict=True)]
+    """`map_verdict` of a batch of maps (batch, H, W), their regions labelled and measured together and each
+    distinct prompt parsed once."""
+    if len(classes) != len(prompts):
+        raise ValueError(f"{len(classes)} maps for {len(prompts)} prompts")
+    scenes = {p: parse(p) for p in dict.fromkeys(prompts)}
+    found = batch_map_detections(classes)
+    return [not judge(d, scenes[p]) for d, p in zip(found, prompts, strict=True)]
 
 
 def _detections(image) -> list[tuple[Detection, list[tuple[int, int]]]]:
