@@ -117,6 +117,15 @@ class RepeatedLastToken:
         return image, text
 
 
+def repeat_last_text_token(transformer, repeats: int) -> dict:
+    """Install `RepeatedLastToken` on every joint attention of an SD3 transformer; returns the processors to restore."""
+    original = transformer.attn_processors
+    transformer.set_attn_processor(
+        {n: RepeatedLastToken(repeats) if n.endswith(".attn.processor") else p for n, p in original.items()}
+    )
+    return original
+
+
 def _cells(size: int | tuple[int, int]) -> int:
     """Query tokens of an attention grid: `size` x `size`, or height x width."""
     return size * size if isinstance(size, int) else size[0] * size[1]
@@ -860,10 +869,7 @@ class SD3Denoiser(Denoiser):
             yield cond
             return
         keep = embeds.shape[1] - repeats + 1
-        original = self.core.attn_processors
-        self.core.set_attn_processor(
-            {n: RepeatedLastToken(repeats) if n.endswith(".attn.processor") else p for n, p in original.items()}
-        )
+        original = repeat_last_text_token(self.core, repeats)
         try:
             yield replace(
                 cond,

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from ..adapters import RepeatedLastToken
+from ..adapters import repeat_last_text_token
 from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..embedded import SHAPES
 from ..world.dataset import build_dataset
@@ -97,11 +97,7 @@ def text_states(text_encoders, ids: torch.Tensor, joint_dim: int) -> tuple[torch
 
 def compressed_t5(transformer, repeats: int = T5_ZERO_TOKENS):
     """Install `RepeatedLastToken` on every joint attention of `transformer`; returns the processors to restore."""
-    original = transformer.attn_processors
-    transformer.set_attn_processor(
-        {n: RepeatedLastToken(repeats) if n.endswith(".attn.processor") else p for n, p in original.items()}
-    )
-    return original
+    return repeat_last_text_token(transformer, repeats)
 
 
 def flow_matching_loss(transformer, text_encoders, z0, ids, noise, sigma) -> dict[str, torch.Tensor]:
