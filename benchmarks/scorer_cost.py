@@ -14,14 +14,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import time
 from pathlib import Path
 
 import torch
 
 from latentalign import load_pipeline
 from latentalign.adapters import Denoiser
-from latentalign.bench import median_seconds
 from latentalign.scorers import load_scorer
+
+
+def interleaved_median_seconds(calls: dict, repeats: int) -> dict[str, float]:
+    """Each call's median wall seconds over `repeats` rounds, every round timing each call once in turn (after one
+    warm-up round), so that a shared machine's drifting load weighs on every call alike and the ratios hold."""
+    for fn in calls.values():
+        fn()
+    times = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -50,10 +65,11 @@ def main() -> None:
     embeds = cond.prompt_embeds.expand(args.batch, -1, -1)
 
     with torch.no_grad():
+        pixels = pixel.decode(z)
         calls = {
             "denoiser evaluation (UNet)": lambda: den.model(z, 500, embeds),
             "VAE decode": lambda: pixel.decode(z),
-            "pixel CLIP image tower (on decoded pixels)": lambda: pixel.embed_images(pixel.decode(z)),
+            "pixel CLIP image tower (on decoded pixels)": lambda: pixel.embed_images(pixels),
             "latent CLIP image tower": lambda: latent.embed_images(z),
             "noisy CLIP image tower": lambda: noisy.embed_images(z, t),
             "VAE decode + pixel CLIP score": lambda: pixel.score(pixel.decode(z), prompts),
@@ -64,10 +80,7 @@ def main() -> None:
             "latent judge log-odds alone": lambda: judge(z, prompts, t.float()),
             "latent judge score, two prompts of two lengths": lambda: judge.score(z, mixed, t),
         }
-        seconds = {name: median_seconds(fn, args.repeats) for name, fn in calls.items()}
-        pixels = pixel.decode(z)
-        tower = median_seconds(lambda: pixel.embed_images(pixels), args.repeats)
-        seconds["pixel CLIP image tower (on decoded pixels)"] = tower
+        seconds = interleaved_median_seconds(calls, args.repeats)
     per_item = {k: v / args.batch for k, v in seconds.items()}
     unit = per_item["denoiser evaluation (UNet)"]
     pixel_total = per_item["VAE decode + pixel CLIP score"]
@@ -100,7 +113,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [
-        f"Batch {args.batch}, {args.threads} CPU threads, median of {args.repeats} runs, no gradients.",
+        f"Batch {args.batch}, {args.threads} CPU threads, median of {args.repeats} interleaved rounds, no gradients.",
         "",
         "| call | ms per item | denoiser-evaluation equivalents |",
         "|---|---:|---:|",

@@ -45,3 +45,9 @@ out='benchmarks/results/methods/$model/attention-refinement-step1', method='atte
 options={'step_size': 1.0})"
   latentalign report benchmarks/results/methods/"$model"/* --out "benchmarks/results/methods/frontier_$model"
 done
+# noise projection on shapes-flow with its own projector (benchmarks/results/noise_projection_flow/README.md), then the
+# frontier of both pipelines' folders
+latentalign bench --model shapes-flow --suite all --seeds 2 --limit-prompts 16 --method noise-projection \
+    --out benchmarks/results/methods/shapes-flow/noise-projection
+latentalign report benchmarks/results/methods/shapes/* benchmarks/results/methods/shapes-flow/* \
+    --out benchmarks/results/methods/frontier

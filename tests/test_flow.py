@@ -198,7 +198,8 @@ def test_the_shipped_shapes_flow_loads_with_stock_diffusers_and_generates_the_sa
 @pytest.mark.skipif(not (SHAPES_FLOW_WEIGHTS / "model_index.json").exists(), reason="shapes-flow is not shipped")
 def test_the_shipped_shapes_flow_settings_are_what_shipping_writes(tmp_path):
     from latentalign.generation import sampling_defaults
-    from latentalign.methods import BestOfN
+    from latentalign.methods import BestOfN, NoiseProjection
+    from latentalign.methods.noise_projection import load_projector
 
     flow_training.write_flow_defaults(tmp_path)
     shipped = json.loads((SHAPES_FLOW_WEIGHTS / "latentalign.json").read_text())
@@ -207,3 +208,6 @@ def test_the_shipped_shapes_flow_settings_are_what_shipping_writes(tmp_path):
     assert sampling_defaults(pipe).for_method("best-of-n") == {"scorer": "shapes-pixel"}  # chosen on train prompts
     assert BestOfN(n=4).with_pipeline_defaults(pipe).scorer == "shapes-pixel"
     assert BestOfN(n=4, scorer="shapes-judge").with_pipeline_defaults(pipe).scorer == "shapes-judge"
+    projector = NoiseProjection().with_pipeline_defaults(pipe).projector  # the one trained through shapes-flow
+    assert projector == "shapes-projector-flow"
+    assert (load_projector(projector).config.latent_channels, load_projector(projector).config.text_dim) == (4, 128)

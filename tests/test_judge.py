@@ -42,6 +42,23 @@ def test_judge_scores_are_deterministic_batched_equals_single_and_read_t(judge):
         torch.testing.assert_close(judge.score(z, PROMPT), judge.score(z, PROMPT, 0))
 
 
+def test_prompts_of_several_lengths_read_as_one_pass_per_length_equal_the_masked_pass(tiny_shapes_pipeline):
+    judge = build_shapes_judge(tiny_shapes_pipeline, seed=1).add_word_head().eval()
+    z = torch.randn(5, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([0, 250, 500, 750, 999])
+    prompts = [PROMPT, "a green square", PROMPT, "a red circle above a square", "a green square"]  # three lengths
+    lengths = [len(judge.tokenizer(p).input_ids) for p in prompts]
+    assert len(set(lengths)) == 3
+    with torch.no_grad():
+        grouped, grouped_heads = judge(z, prompts, t.float(), dense=True)
+        judge.train()  # training keeps one masked pass (no dropout: the same function)
+        masked, masked_heads = judge(z, prompts, t.float(), dense=True)
+    torch.testing.assert_close(grouped, masked, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grouped_heads["objects"], masked_heads["objects"], rtol=1e-4, atol=1e-4)
+    for row, length in enumerate(lengths):  # every real token's log-odds; padding is read by no head
+        torch.testing.assert_close(grouped_heads["tokens"][row, :length], masked_heads["tokens"][row, :length])
+
+
 def test_judge_reads_the_prompt_and_is_differentiable_in_the_latents(judge):
     z = torch.randn(2, 4, 8, 8, requires_grad=True)
     scores = judge.score(z, [PROMPT, "three purple diamonds"])
@@ -124,6 +141,14 @@ def test_judges_of_the_wrong_shape_fail_before_any_work(tiny_shapes_pipeline, tm
         JudgeTrainConfig(split="heldout")
     with pytest.raises(ValueError, match="seeds_per_prompt"):
         JudgeTrainConfig(seeds_per_prompt=1)
+
+
+def test_train_judge_refuses_to_ship_another_pipelines_judge_before_any_work(tmp_path, capsys):
+    from latentalign.cli import main
+
+    out = tmp_path / "flow_judge"
+    assert main(["train", "judge", "--model", "shapes-flow", "--ship", "--out", str(out)]) == 2
+    assert "--ship ships the judge of the shapes pipeline" in capsys.readouterr().err and not out.exists()
 
 
 def test_training_with_a_fake_judge_separates_two_synthetic_classes(tiny_shapes_pipeline, tmp_path):

@@ -267,6 +267,8 @@ def _train_judge(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     resolve_judge(cfg.judge)  # a misspelt judge fails before the pipeline loads
+    if args.ship and args.model != "shapes":
+        raise ValueError("--ship ships the judge of the shapes pipeline (shapes-judge); pass --model shapes")
 
     import torch
 
@@ -278,8 +280,6 @@ def _train_judge(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/judge_{args.model}")
     final = train_judge(out, cfg, load_pipeline(args.model))
     if args.ship and os.environ.get("RANK", "0") == "0":
-        if args.model != "shapes":
-            raise ValueError("--ship ships the judge of the shapes pipeline (shapes-judge); pass --model shapes")
         print(f"shipped to {ship_scorer(final, 'shapes-judge')} as shapes-judge")
     return 0
 
@@ -1117,7 +1117,8 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument(
         "--ship",
         action="store_true",
-        help="copy the result into the package as shapes-projector (paper recipe: shapes-projector-paper-<model>)",
+        help="copy the result into the package under its pipeline's shipped name: shapes-projector (shapes-one-step), "
+        "shapes-projector-flow (shapes-flow); paper recipe: shapes-projector-paper-<model>",
     )
     tp.set_defaults(func=_user_errors(_train_projector))
 

@@ -31,12 +31,13 @@ CONFIG_FILE, WEIGHTS_FILE = "projector.json", "projector.safetensors"
 WEIGHTS = Path(__file__).parents[1] / "weights"
 SHIPPED_PROJECTORS = {
     "shapes-projector": WEIGHTS / "shapes_projector",  # the reward recipe, through shapes-one-step
+    "shapes-projector-flow": WEIGHTS / "shapes_projector_flow",  # the reward recipe, through shapes-flow
     # the paper recipe (quasi-DPO against a noise reward model), one per pipeline it was trained for
     "shapes-projector-paper-one-step": WEIGHTS / "shapes_projector_paper_one_step",
     "shapes-projector-paper-shapes": WEIGHTS / "shapes_projector_paper_shapes",
 }
 # the shipped name `train projector --ship` gives the reward recipe's projector for each embedded pipeline
-REWARD_PROJECTOR_NAMES = {"shapes-one-step": "shapes-projector"}
+REWARD_PROJECTOR_NAMES = {"shapes-one-step": "shapes-projector", "shapes-flow": "shapes-projector-flow"}
 
 
 @dataclass(frozen=True)

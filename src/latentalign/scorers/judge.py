@@ -297,9 +297,7 @@ class LatentJudge(Scorer):
         keep_out = torch.cat(
             [padding.new_zeros(x.shape[0], 1), padding, padding.new_zeros(x.shape[0], cells.shape[1])], dim=1
         )
-        # no padding (one prompt, or prompts of one length): no mask, so inference takes the fused attention kernel
-        # instead of the masked softmax, which costs a fifth of a call on CPU (the same result up to rounding)
-        out = self.blocks(tokens, src_key_padding_mask=keep_out if bool(keep_out.any()) else None)
+        out = self.attend(tokens, keep_out)
         logits = self.head(out[:, 0]).squeeze(-1).float()
         if prior is not None:
             logits = logits + prior.float()
@@ -325,6 +323,25 @@ class LatentJudge(Scorer):
         if self.word_head is not None and "tokens" in wanted:  # one log-odds per prompt token, the tokenizer's order
             heads["tokens"] = self.word_head(out[:, 1 : 1 + text.shape[1]]).squeeze(-1).float()
         return logits, heads
+
+    def attend(self, tokens: torch.Tensor, keep_out: torch.Tensor) -> torch.Tensor:
+        """The transformer blocks over each row's tokens, `keep_out` marking the padding (batch, tokens).
+
+        Without padding (one prompt, or prompts of one length) no mask is passed, so inference takes the fused
+        attention kernel instead of the masked softmax, which costs a fifth of a call on CPU. Prompts of several
+        lengths run, outside training, as one unmasked pass per padding pattern, the padding cut out (its outputs
+        are left zero: no head reads them); in training, as one masked pass. Both agree up to rounding (tested).
+        """
+        if not bool(keep_out.any()):
+            return self.blocks(tokens)
+        if self.training:
+            return self.blocks(tokens, src_key_padding_mask=keep_out)
+        patterns, group = torch.unique(keep_out, dim=0, return_inverse=True)
+        out = tokens.new_zeros(tokens.shape)
+        for g, pattern in enumerate(patterns):
+            rows, kept = (group == g).nonzero().squeeze(1), (~pattern).nonzero().squeeze(1)
+            out[rows[:, None], kept] = self.blocks(tokens[rows][:, kept])
+        return out
 
     def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
         """Log-odds that each latent's final image satisfies its prompt (or the one prompt), shape (batch,).

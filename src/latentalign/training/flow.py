@@ -205,6 +205,11 @@ SHAPES_FLOW_SHIFT = 3.0
 # images a row, N = 4): pixel CLIP on the decode 0.555, the latent judge zero-shot 0.539, plain 0.492. Early exit's
 # two scorers tied (NoisyCLIP and the judge, 0.500 at 52 evaluations): it keeps the Shapes default, the judge
 SHAPES_FLOW_BEST_OF_N = {"scorer": "shapes-pixel"}
+# noise projection's projector: the reward recipe trained through shapes-flow itself (`latentalign train projector
+# --model shapes-flow`, 1500 steps, 58.9 min; benchmarks/results/noise_projection_flow). On TRAIN prompts
+# (benchmarks/configs/flow_projector_choice_train.toml, 128 images a row) it scored 0.508 against plain's 0.492
+# (9 fixed / 7 broken, p = 0.80): no measurable gain, no loss, and the only projector trained for this pipeline
+SHAPES_FLOW_NOISE_PROJECTION = {"projector": "shapes-projector-flow"}
 
 
 def write_flow_defaults(folder: str | Path) -> None:
@@ -217,6 +222,7 @@ def write_flow_defaults(folder: str | Path) -> None:
         "guidance_scale": SHAPES_FLOW_GUIDANCE,
         "world": SHAPES,
         "best-of-n": SHAPES_FLOW_BEST_OF_N,
+        "noise-projection": SHAPES_FLOW_NOISE_PROJECTION,
     }
     (folder / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     scheduler = folder / "scheduler" / "scheduler_config.json"

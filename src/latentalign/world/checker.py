@@ -132,30 +132,37 @@ def object_map(image) -> np.ndarray:
 
 def map_component_labels(classes: np.ndarray) -> np.ndarray:
     """The 8-connected regions of one class in each (..., H, W) object-class map, vectorised: every non-background
-    pixel labelled by the raster index (within its map) of its region's first pixel; background -1."""
+    pixel labelled by the raster index (within its map) of its region's first pixel; background -1.
+
+    Works on the foreground pixels alone (a few percent of a judge's map): each takes the smallest label among its
+    same-class neighbours, then jumps to its label's label, until nothing changes."""
     classes = np.asarray(classes)
     h, w = classes.shape[-2:]
     flat = classes.reshape(-1, h, w)
-    n = flat.shape[0]
-    index = np.arange(n * h * w).reshape(n, h, w)
-    fg = flat != 0
-    big = n * h * w
-    labels = np.where(fg, index, big)
-    padded_classes = np.pad(flat, ((0, 0), (1, 1), (1, 1)), constant_values=-1)
-    shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
-    same = [padded_classes[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] == flat for dy, dx in shifts]
+    padded = np.pad(flat, ((0, 0), (1, 1), (1, 1)), constant_values=0)
+    owners, ys, xs = np.nonzero(flat)  # raster order, map by map
+    pixel = (owners * (h + 2) + ys + 1) * (w + 2) + xs + 1  # each foreground pixel's index in the padded maps
+    cls = padded.reshape(-1)[pixel]
+    position = np.full(padded.size, -1, dtype=np.int64)  # padded index -> foreground index
+    position[pixel] = np.arange(len(pixel))
+    edges = []  # per direction: (pixel, its same-class neighbour), at most one neighbour a pixel
+    for dy, dx in ((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx):
+        neighbour = position[pixel + dy * (w + 2) + dx]
+        joined = neighbour >= 0
+        joined[joined] = cls[neighbour[joined]] == cls[joined]
+        edges.append((np.nonzero(joined)[0], neighbour[joined]))
+    labels = np.arange(len(pixel))  # the smallest foreground index of a region is its first pixel in raster order
     while True:
-        padded = np.pad(labels, ((0, 0), (1, 1), (1, 1)), constant_values=big)
-        new = labels
-        for (dy, dx), neighbour_same in zip(shifts, same, strict=True):
-            neighbour = padded[:, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
-            new = np.where(neighbour_same & fg, np.minimum(new, neighbour), new)
-        new = np.where(fg, new.reshape(-1)[np.minimum(new, big - 1)].reshape(new.shape), big)  # pointer jumping
+        new = labels.copy()
+        for source, neighbour in edges:
+            new[source] = np.minimum(new[source], labels[neighbour])
+        new = new[new]  # pointer jumping: a label is always a pixel of the same region
         if np.array_equal(new, labels):
             break
         labels = new
-    labels = np.where(fg, labels - index[:, :1, :1], -1)
-    return labels.reshape(classes.shape)
+    out = np.full(flat.shape, -1, dtype=np.int64)
+    out[owners, ys, xs] = ys[labels] * w + xs[labels]
+    return out.reshape(classes.shape)
 
 
 def map_detections(classes: np.ndarray, labels: np.ndarray | None = None) -> list[Detection]:
