@@ -14,6 +14,19 @@ python benchmarks/relation_probe.py --model shapes-flow --out benchmarks/results
 python benchmarks/relation_probe.py --model shapes-flow --twin above \
     --out benchmarks/results/relation_probe_flow_run2/above.jsonl
 # (then step 5 below, for shapes-flow, into benchmarks/results/methods/shapes-flow)
+# 6. noise projection with shapes-flow's own projector (58.9 min), checked on TRAIN prompts, shipped as
+#    shapes-projector-flow (benchmarks/results/noise_projection_flow/README.md), then its held-out row and the frontier
+#    of both pipelines' folders
+latentalign train projector --model shapes-flow --out runs/proj_flow_latent --threads 2
+cp -r runs/proj_flow_latent/projector benchmarks/results/noise_projection_flow/projector
+latentalign bench --config benchmarks/configs/flow_projector_choice_train.toml \
+    --out benchmarks/results/flow_projector_choice_train --threads 2
+python -c "from latentalign.methods.noise_projection import ship_projector; \
+ship_projector('benchmarks/results/noise_projection_flow/projector', 'shapes-projector-flow')"
+latentalign bench --model shapes-flow --suite all --seeds 2 --limit-prompts 16 --method noise-projection \
+    --out benchmarks/results/methods/shapes-flow/noise-projection
+latentalign report benchmarks/results/methods/shapes/* benchmarks/results/methods/shapes-flow/* \
+    --out benchmarks/results/methods/frontier
 exit 0
 # ---- the first run (archived results) ----
 # 1. train (about 45 min on 2 cores), then finish the folder (the zero T5) by running the same command again
@@ -45,9 +58,3 @@ out='benchmarks/results/methods/$model/attention-refinement-step1', method='atte
 options={'step_size': 1.0})"
   latentalign report benchmarks/results/methods/"$model"/* --out "benchmarks/results/methods/frontier_$model"
 done
-# noise projection on shapes-flow with its own projector (benchmarks/results/noise_projection_flow/README.md), then the
-# frontier of both pipelines' folders
-latentalign bench --model shapes-flow --suite all --seeds 2 --limit-prompts 16 --method noise-projection \
-    --out benchmarks/results/methods/shapes-flow/noise-projection
-latentalign report benchmarks/results/methods/shapes/* benchmarks/results/methods/shapes-flow/* \
-    --out benchmarks/results/methods/frontier

@@ -77,6 +77,20 @@ def test_the_adapters_compact_text_gives_the_same_guided_prediction_and_restores
         assert same is distinct
 
 
+def test_trajectories_recorded_through_the_compact_text_are_the_plain_ones_up_to_rounding():
+    from latentalign.trajectories import record_trajectories
+
+    pipe = assemble_flow(build_shapes_flow_components(0))
+    args = (pipe, PROMPTS, [3, 4])
+    plain = record_trajectories(*args, num_inference_steps=3, progress=False)
+    compact = record_trajectories(*args, num_inference_steps=3, progress=False, compact_text=True)
+    torch.testing.assert_close(compact.latents, plain.latents, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(compact.final, plain.final, rtol=1e-4, atol=1e-4)
+    assert {n: type(p) for n, p in pipe.transformer.attn_processors.items()} == {
+        n: type(p) for n, p in assemble_flow(build_shapes_flow_components(0)).transformer.attn_processors.items()
+    }  # the transformer's own processors are back
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("flow")
@@ -201,9 +215,11 @@ def test_the_shipped_shapes_flow_settings_are_what_shipping_writes(tmp_path):
     from latentalign.methods import BestOfN, NoiseProjection
     from latentalign.methods.noise_projection import load_projector
 
-    flow_training.write_flow_defaults(tmp_path)
+    flow_training.write_flow_defaults(tmp_path, shipped=True)
     shipped = json.loads((SHAPES_FLOW_WEIGHTS / "latentalign.json").read_text())
     assert json.loads((tmp_path / "latentalign.json").read_text()) == shipped
+    flow_training.write_flow_defaults(tmp_path)  # a newly trained model: no projector trained through it yet
+    assert "noise-projection" not in json.loads((tmp_path / "latentalign.json").read_text())
     pipe = load_pipeline("shapes-flow")
     assert sampling_defaults(pipe).for_method("best-of-n") == {"scorer": "shapes-pixel"}  # chosen on train prompts
     assert BestOfN(n=4).with_pipeline_defaults(pipe).scorer == "shapes-pixel"

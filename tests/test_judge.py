@@ -55,8 +55,11 @@ def test_prompts_of_several_lengths_read_as_one_pass_per_length_equal_the_masked
         masked, masked_heads = judge(z, prompts, t.float(), dense=True)
     torch.testing.assert_close(grouped, masked, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grouped_heads["objects"], masked_heads["objects"], rtol=1e-4, atol=1e-4)
-    for row, length in enumerate(lengths):  # every real token's log-odds; padding is read by no head
+    for row, length in enumerate(lengths):  # every real token's log-odds (word_logits masks the padding)
         torch.testing.assert_close(grouped_heads["tokens"][row, :length], masked_heads["tokens"][row, :length])
+    judge.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # the groups' outputs keep autocast's dtype
+        assert torch.isfinite(judge(z, prompts, t.float())).all()
 
 
 def test_judge_reads_the_prompt_and_is_differentiable_in_the_latents(judge):

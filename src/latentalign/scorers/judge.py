@@ -328,19 +328,23 @@ class LatentJudge(Scorer):
         """The transformer blocks over each row's tokens, `keep_out` marking the padding (batch, tokens).
 
         Without padding (one prompt, or prompts of one length) no mask is passed, so inference takes the fused
-        attention kernel instead of the masked softmax, which costs a fifth of a call on CPU. Prompts of several
-        lengths run, outside training, as one unmasked pass per padding pattern, the padding cut out (its outputs
-        are left zero: no head reads them); in training, as one masked pass. Both agree up to rounding (tested).
+        attention kernel instead of the masked softmax, which costs a fifth of a call on CPU. On CPU, outside
+        training, prompts of several lengths run as one unmasked pass per padding pattern with the padding cut
+        out (padded positions come back zero; only `word_logits` reads token outputs, and it masks them);
+        elsewhere (training, or an accelerator, where each group would cost a synchronisation), as one masked
+        pass. Both agree up to rounding (tested).
         """
         if not bool(keep_out.any()):
             return self.blocks(tokens)
-        if self.training:
+        if self.training or tokens.device.type != "cpu":
             return self.blocks(tokens, src_key_padding_mask=keep_out)
         patterns, group = torch.unique(keep_out, dim=0, return_inverse=True)
-        out = tokens.new_zeros(tokens.shape)
+        out = None
         for g, pattern in enumerate(patterns):
             rows, kept = (group == g).nonzero().squeeze(1), (~pattern).nonzero().squeeze(1)
-            out[rows[:, None], kept] = self.blocks(tokens[rows][:, kept])
+            part = self.blocks(tokens[rows][:, kept])
+            out = part.new_zeros(tokens.shape[:2] + part.shape[2:]) if out is None else out  # autocast's dtype
+            out[rows[:, None], kept] = part
         return out
 
     def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:

@@ -205,15 +205,18 @@ SHAPES_FLOW_SHIFT = 3.0
 # images a row, N = 4): pixel CLIP on the decode 0.555, the latent judge zero-shot 0.539, plain 0.492. Early exit's
 # two scorers tied (NoisyCLIP and the judge, 0.500 at 52 evaluations): it keeps the Shapes default, the judge
 SHAPES_FLOW_BEST_OF_N = {"scorer": "shapes-pixel"}
-# noise projection's projector: the reward recipe trained through shapes-flow itself (`latentalign train projector
-# --model shapes-flow`, 1500 steps, 58.9 min; benchmarks/results/noise_projection_flow). On TRAIN prompts
+# noise projection's projector: the reward recipe trained through the shipped shapes-flow itself (`latentalign train
+# projector --model shapes-flow`, 1500 steps, 58.9 min; benchmarks/results/noise_projection_flow). On TRAIN prompts
 # (benchmarks/configs/flow_projector_choice_train.toml, 128 images a row) it scored 0.508 against plain's 0.492
-# (9 fixed / 7 broken, p = 0.80): no measurable gain, no loss, and the only projector trained for this pipeline
+# (9 fixed / 7 broken, p = 0.80): no measurable gain, no loss, and the only projector trained for this pipeline.
+# Held out, reported once after the choice: 0.407 against 0.463 (2 fixed / 8 broken, p = 0.11). Written only when
+# shipping (a newly trained flow model is another generator: its projector needs training again)
 SHAPES_FLOW_NOISE_PROJECTION = {"projector": "shapes-projector-flow"}
 
 
-def write_flow_defaults(folder: str | Path) -> None:
-    """The recommended steps and guidance beside model_index.json, the schedule's shift in the scheduler's config."""
+def write_flow_defaults(folder: str | Path, shipped: bool = False) -> None:
+    """The recommended steps and guidance beside model_index.json, the schedule's shift in the scheduler's config;
+    `shipped`: also the projector trained through the shipped weights (`SHAPES_FLOW_NOISE_PROJECTION`)."""
     from ..generation import DEFAULTS_FILE
 
     folder = Path(folder)
@@ -222,7 +225,7 @@ def write_flow_defaults(folder: str | Path) -> None:
         "guidance_scale": SHAPES_FLOW_GUIDANCE,
         "world": SHAPES,
         "best-of-n": SHAPES_FLOW_BEST_OF_N,
-        "noise-projection": SHAPES_FLOW_NOISE_PROJECTION,
+        **({"noise-projection": SHAPES_FLOW_NOISE_PROJECTION} if shipped else {}),
     }
     (folder / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     scheduler = folder / "scheduler" / "scheduler_config.json"
@@ -239,5 +242,5 @@ def ship_flow(folder: str | Path) -> Path:
     if SHAPES_FLOW_WEIGHTS.exists():
         shutil.rmtree(SHAPES_FLOW_WEIGHTS)
     shutil.copytree(folder, SHAPES_FLOW_WEIGHTS)
-    write_flow_defaults(SHAPES_FLOW_WEIGHTS)
+    write_flow_defaults(SHAPES_FLOW_WEIGHTS, shipped=True)
     return SHAPES_FLOW_WEIGHTS

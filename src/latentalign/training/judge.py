@@ -186,8 +186,6 @@ def train_prompts(cfg: JudgeTrainConfig) -> list[str]:
 @torch.no_grad()
 def record_chunks(pipe, cfg: JudgeTrainConfig, judge: Judge, folder: Path, prompts: list[str], acc) -> dict:
     """Record and label this process's chunks of trajectories (skipping saved ones), then load every chunk."""
-    from ..adapters import Denoiser
-    from ..core import to_pil
     from ..trajectories import record_trajectories
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -195,13 +193,12 @@ def record_chunks(pipe, cfg: JudgeTrainConfig, judge: Judge, folder: Path, promp
     chunks = [prompts[i : i + per] for i in range(0, len(prompts), per)]
     mine = [i for i in range(len(chunks)) if i % acc.num_processes == acc.process_index]
     todo = [i for i in mine if not (folder / f"chunk{i:05d}.safetensors").exists()]
-    decoder = Denoiser(pipe)
     for i in tqdm(todo, desc=f"judge data (rank {acc.process_index})", disable=not todo):
         chunk = [p for p in chunks[i] for _ in range(k)]
         first = 30_000_000 + cfg.seed * 1_000_000 + i * per * k  # never a bench, scorer or reward seed
         seeds = list(range(first, first + len(chunk)))
-        traj = record_trajectories(pipe, chunk, seeds, batch=len(chunk), progress=False)
-        labels = judge_labels(judge, to_pil(decoder.decode(traj.final)), chunk)
+        traj = record_trajectories(pipe, chunk, seeds, batch=len(chunk), progress=False, compact_text=True)
+        labels = judge_labels(judge, traj.images, chunk)  # its decodes of the final latents
         tensors = {"latents": traj.latents, "final": traj.final, "timesteps": traj.timesteps, "labels": labels}
         save_prompted_tensors(folder / f"chunk{i:05d}.safetensors", tensors, chunk)
     acc.wait_for_everyone()

@@ -134,7 +134,7 @@ def map_component_labels(classes: np.ndarray) -> np.ndarray:
     """The 8-connected regions of one class in each (..., H, W) object-class map, vectorised: every non-background
     pixel labelled by the raster index (within its map) of its region's first pixel; background -1.
 
-    Works on the foreground pixels alone (a few percent of a judge's map): each takes the smallest label among its
+    Works on the foreground pixels alone (a small share of a judge's map): each takes the smallest label among its
     same-class neighbours, then jumps to its label's label, until nothing changes."""
     classes = np.asarray(classes)
     h, w = classes.shape[-2:]
