@@ -27,6 +27,15 @@ latentalign bench --model shapes-flow --suite all --seeds 2 --limit-prompts 16 -
     --out benchmarks/results/methods/shapes-flow/noise-projection
 latentalign report benchmarks/results/methods/shapes/* benchmarks/results/methods/shapes-flow/* \
     --out benchmarks/results/methods/frontier
+# 7. shapes-flow's own latent judge (resumable), shipped as shapes-flow-judge, its scorer rows on TRAIN prompts, then
+#    held out once
+accelerate launch --multi_gpu --num_processes 2 -m latentalign.cli train judge --model shapes-flow --prompts 1536 \
+    --steps 2000 --out runs/judge_flow
+python -c "from latentalign.scorers.factory import ship_scorer; ship_scorer('runs/judge_flow/judge', 'shapes-flow-judge')"
+latentalign bench --config benchmarks/configs/flow_own_judge_choice_train.toml \
+    --out benchmarks/results/flow_own_judge_choice_train --threads 2
+latentalign bench --config benchmarks/configs/flow_own_judge_heldout.toml \
+    --out benchmarks/results/flow_own_judge_heldout --threads 2
 exit 0
 # ---- the first run (archived results) ----
 # 1. train (about 45 min on 2 cores), then finish the folder (the zero T5) by running the same command again

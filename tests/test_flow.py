@@ -212,17 +212,19 @@ def test_the_shipped_shapes_flow_loads_with_stock_diffusers_and_generates_the_sa
 @pytest.mark.skipif(not (SHAPES_FLOW_WEIGHTS / "model_index.json").exists(), reason="shapes-flow is not shipped")
 def test_the_shipped_shapes_flow_settings_are_what_shipping_writes(tmp_path):
     from latentalign.generation import sampling_defaults
-    from latentalign.methods import BestOfN, NoiseProjection
+    from latentalign.methods import BestOfN, EarlyExit, NoiseProjection
     from latentalign.methods.noise_projection import load_projector
 
     flow_training.write_flow_defaults(tmp_path, shipped=True)
     shipped = json.loads((SHAPES_FLOW_WEIGHTS / "latentalign.json").read_text())
     assert json.loads((tmp_path / "latentalign.json").read_text()) == shipped
-    flow_training.write_flow_defaults(tmp_path)  # a newly trained model: no projector trained through it yet
-    assert "noise-projection" not in json.loads((tmp_path / "latentalign.json").read_text())
+    flow_training.write_flow_defaults(tmp_path)  # a newly trained model: no judge or projector trained through it
+    fresh = json.loads((tmp_path / "latentalign.json").read_text())
+    assert fresh["best-of-n"] == {"scorer": "shapes-pixel"} and not {"early-exit", "noise-projection"} & set(fresh)
     pipe = load_pipeline("shapes-flow")
-    assert sampling_defaults(pipe).for_method("best-of-n") == {"scorer": "shapes-pixel"}  # chosen on train prompts
-    assert BestOfN(n=4).with_pipeline_defaults(pipe).scorer == "shapes-pixel"
+    assert sampling_defaults(pipe).for_method("best-of-n") == {"scorer": "shapes-flow-judge"}  # chosen on train prompts
+    assert BestOfN(n=4).with_pipeline_defaults(pipe).scorer == "shapes-flow-judge"
+    assert EarlyExit(n=4).with_pipeline_defaults(pipe).scorer == "shapes-flow-judge"
     assert BestOfN(n=4, scorer="shapes-judge").with_pipeline_defaults(pipe).scorer == "shapes-judge"
     projector = NoiseProjection().with_pipeline_defaults(pipe).projector  # the one trained through shapes-flow
     assert projector == "shapes-projector-flow"

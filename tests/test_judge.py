@@ -149,9 +149,9 @@ def test_judges_of_the_wrong_shape_fail_before_any_work(tiny_shapes_pipeline, tm
 def test_train_judge_refuses_to_ship_another_pipelines_judge_before_any_work(tmp_path, capsys):
     from latentalign.cli import main
 
-    out = tmp_path / "flow_judge"
-    assert main(["train", "judge", "--model", "shapes-flow", "--ship", "--out", str(out)]) == 2
-    assert "--ship ships the judge of the shapes pipeline" in capsys.readouterr().err and not out.exists()
+    out = tmp_path / "one_step_judge"
+    assert main(["train", "judge", "--model", "shapes-one-step", "--ship", "--out", str(out)]) == 2
+    assert "'shapes-one-step' has none" in capsys.readouterr().err and not out.exists()
 
 
 def test_training_with_a_fake_judge_separates_two_synthetic_classes(tiny_shapes_pipeline, tmp_path):

@@ -267,8 +267,11 @@ def _train_judge(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     resolve_judge(cfg.judge)  # a misspelt judge fails before the pipeline loads
-    if args.ship and args.model != "shapes":
-        raise ValueError("--ship ships the judge of the shapes pipeline (shapes-judge); pass --model shapes")
+    from .scorers.factory import JUDGE_SHIP_NAMES
+
+    if args.ship and args.model not in JUDGE_SHIP_NAMES:
+        names = ", ".join(f"{m} ({n})" for m, n in JUDGE_SHIP_NAMES.items())
+        raise ValueError(f"--ship ships the judge of an embedded pipeline: {names}; {args.model!r} has none")
 
     import torch
 
@@ -280,7 +283,8 @@ def _train_judge(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/judge_{args.model}")
     final = train_judge(out, cfg, load_pipeline(args.model))
     if args.ship and os.environ.get("RANK", "0") == "0":
-        print(f"shipped to {ship_scorer(final, 'shapes-judge')} as shapes-judge")
+        name = JUDGE_SHIP_NAMES[args.model]
+        print(f"shipped to {ship_scorer(final, name)} as {name}")
     return 0
 
 
@@ -986,7 +990,11 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--lr", type=float, default=5e-4)
     tj.add_argument("--seed", type=int, default=0)
     tj.add_argument("--threads", type=int, default=2)
-    tj.add_argument("--ship", action="store_true", help="copy the result into the package as shapes-judge")
+    tj.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the result into the package: shapes-judge (--model shapes), shapes-flow-judge (--model shapes-flow)",
+    )
     tj.set_defaults(func=_user_errors(_train_judge))
     td = train_sub.add_parser(
         "distill",

@@ -113,10 +113,17 @@ SHIPPED_FOLDERS = {
     "shapes-noisy": ("noisy", "latentalign train scorer --kind noisy --ship"),
     "shapes-latent-distilled": ("latent_distilled", "latentalign train distill --model shapes-one-step --ship"),
     "shapes-judge": ("judge", "latentalign train judge --model shapes --ship"),
+    # the same recipe on the flow-matching pipeline's own trajectories (issue 26; docs/shapes_flow.md)
+    "shapes-flow-judge": ("flow_judge", "latentalign train judge --model shapes-flow --ship"),
 }
+# the shipped judge `latentalign train judge --ship` writes for each embedded pipeline
+JUDGE_SHIP_NAMES = {"shapes": "shapes-judge", "shapes-flow": "shapes-flow-judge"}
 # shipped names for a shipped judge read another way: the latent judge reading the generator's x0 prediction in the
 # middle of sampling instead of z_t (`LatentJudge.reading`; docs/judges.md), for configs and the command line
-SHIPPED_VIEWS = {"shapes-judge-x0": ("shapes-judge", "latents")}
+SHIPPED_VIEWS = {
+    "shapes-judge-x0": ("shapes-judge", "latents"),
+    "shapes-flow-judge-x0": ("shapes-flow-judge", "latents"),
+}
 SHIPPED = tuple(SHIPPED_FOLDERS) + tuple(SHIPPED_VIEWS)
 
 

@@ -201,10 +201,17 @@ def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log
 SHAPES_FLOW_STEPS = 10
 SHAPES_FLOW_GUIDANCE = 3.0
 SHAPES_FLOW_SHIFT = 3.0
-# Best-of-N's scorer on shapes-flow, chosen on TRAIN prompts (benchmarks/configs/flow_judge_choice_train.toml, 128
-# images a row, N = 4): pixel CLIP on the decode 0.555, the latent judge zero-shot 0.539, plain 0.492. Early exit's
-# two scorers tied (NoisyCLIP and the judge, 0.500 at 52 evaluations): it keeps the Shapes default, the judge
+# Best-of-N's and early exit's scorer on shapes-flow, chosen on TRAIN prompts (128 images a row, N = 4). First
+# (benchmarks/configs/flow_judge_choice_train.toml): Best-of-4 with pixel CLIP on the decode 0.555, the shapes latent
+# judge zero-shot 0.539, plain 0.492; early exit with NoisyCLIP or that judge 0.500. Then shapes-flow's own judge
+# (shapes-flow-judge, `latentalign train judge --model shapes-flow`; flow_own_judge_choice_train.toml): Best-of-4
+# 0.562 against pixel CLIP's 0.555 there, within 0.01 at the same 80 evaluations, so the cheaper call decides (the
+# judge: about 0.2 of decode + pixel CLIP, benchmarks/results/scorer_cost); early exit 0.531 on z_t, 0.523 on the x0
+# prediction, the zero-shot judge 0.500 (52 evaluations each). The own judge read the shipped weights' trajectories:
+# a newly trained flow model keeps pixel CLIP for Best-of-N (and the Shapes default for early exit)
 SHAPES_FLOW_BEST_OF_N = {"scorer": "shapes-pixel"}
+SHAPES_FLOW_OWN_BEST_OF_N = {"scorer": "shapes-flow-judge"}
+SHAPES_FLOW_OWN_EARLY_EXIT = {"scorer": "shapes-flow-judge"}
 # noise projection's projector: the reward recipe trained through the shipped shapes-flow itself (`latentalign train
 # projector --model shapes-flow`, 1500 steps, 58.9 min; benchmarks/results/noise_projection_flow). On TRAIN prompts
 # (benchmarks/configs/flow_projector_choice_train.toml, 128 images a row) it scored 0.508 against plain's 0.492
@@ -216,7 +223,8 @@ SHAPES_FLOW_NOISE_PROJECTION = {"projector": "shapes-projector-flow"}
 
 def write_flow_defaults(folder: str | Path, shipped: bool = False) -> None:
     """The recommended steps and guidance beside model_index.json, the schedule's shift in the scheduler's config;
-    `shipped`: also the projector trained through the shipped weights (`SHAPES_FLOW_NOISE_PROJECTION`)."""
+    `shipped`: the shipped weights' own judge and projector (`SHAPES_FLOW_OWN_*`, `SHAPES_FLOW_NOISE_PROJECTION`),
+    trained through those weights, where another flow model reads pixel CLIP and has no projector."""
     from ..generation import DEFAULTS_FILE
 
     folder = Path(folder)
@@ -225,8 +233,10 @@ def write_flow_defaults(folder: str | Path, shipped: bool = False) -> None:
         "guidance_scale": SHAPES_FLOW_GUIDANCE,
         "world": SHAPES,
         "best-of-n": SHAPES_FLOW_BEST_OF_N,
-        **({"noise-projection": SHAPES_FLOW_NOISE_PROJECTION} if shipped else {}),
     }
+    if shipped:
+        own = {"best-of-n": SHAPES_FLOW_OWN_BEST_OF_N, "early-exit": SHAPES_FLOW_OWN_EARLY_EXIT}
+        settings.update(own, **{"noise-projection": SHAPES_FLOW_NOISE_PROJECTION})
     (folder / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.exists():
