@@ -342,7 +342,7 @@ class LatentJudge(Scorer):
         out = None
         for g, pattern in enumerate(patterns):
             rows, kept = (group == g).nonzero().squeeze(1), (~pattern).nonzero().squeeze(1)
-            part = self.blocks(tokens[rows][:, kept])
+            part = self.blocks(tokens[rows[:, None], kept])  # the rows' kept positions, as they are scattered back
             out = part.new_zeros(tokens.shape[:2] + part.shape[2:]) if out is None else out  # autocast's dtype
             out[rows[:, None], kept] = part
         return out

@@ -235,8 +235,11 @@ def write_flow_defaults(folder: str | Path, shipped: bool = False) -> None:
         "best-of-n": SHAPES_FLOW_BEST_OF_N,
     }
     if shipped:
-        own = {"best-of-n": SHAPES_FLOW_OWN_BEST_OF_N, "early-exit": SHAPES_FLOW_OWN_EARLY_EXIT}
-        settings.update(own, **{"noise-projection": SHAPES_FLOW_NOISE_PROJECTION})
+        settings |= {
+            "best-of-n": SHAPES_FLOW_OWN_BEST_OF_N,
+            "early-exit": SHAPES_FLOW_OWN_EARLY_EXIT,
+            "noise-projection": SHAPES_FLOW_NOISE_PROJECTION,
+        }
     (folder / DEFAULTS_FILE).write_text(json.dumps(settings, indent=1) + "\n")
     scheduler = folder / "scheduler" / "scheduler_config.json"
     if scheduler.exists():
