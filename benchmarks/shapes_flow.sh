@@ -36,6 +36,11 @@ latentalign bench --config benchmarks/configs/flow_own_judge_choice_train.toml \
     --out benchmarks/results/flow_own_judge_choice_train --threads 2
 latentalign bench --config benchmarks/configs/flow_own_judge_heldout.toml \
     --out benchmarks/results/flow_own_judge_heldout --threads 2
+# 8. a third run for two-object scenes (not shipped: its train sweep is far below the second run's; archived)
+latentalign train flow --out runs/flow3 --steps 3300 --category-weights 0.1 0.4 0.3 0.2
+cp runs/flow3/pipeline/training.json benchmarks/results/flow_training/training_run3.json
+python benchmarks/guidance_sweep.py --model runs/flow3/pipeline --steps 10 --shifts 1 3 --scales 1.5 3 5 \
+    --limit-prompts 12 --seeds 2 --threads 2 --out benchmarks/results/archive/shapes-flow_run3/flow_sweep
 exit 0
 # ---- the first run (archived results) ----
 # 1. train (about 45 min on 2 cores), then finish the folder (the zero T5) by running the same command again

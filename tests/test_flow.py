@@ -184,11 +184,22 @@ def test_resume_with_another_config_is_refused(trained, tmp_path):
         dict(logit_std=0.0),
         dict(high_noise_share=1.5),
         dict(high_noise_start=1.0),
+        dict(category_weights=(0.5, 0.5, 0.0)),
+        dict(category_weights=(0.1, 0.4, 0.3, -0.2)),
+        dict(category_weights=(0.0, 0.0, 0.0, 0.0)),
     ],
 )
 def test_bad_flow_config_is_refused_at_once(bad):
     with pytest.raises(ValueError):
         FlowTrainConfig(**bad)
+
+
+def test_train_flow_refuses_bad_category_weights_before_any_work(tmp_path):
+    from latentalign.cli import main
+
+    out = tmp_path / "flow"
+    assert main(["train", "flow", "--category-weights", "0.1", "0.4", "0.3", "-0.2", "--out", str(out)]) == 2
+    assert not out.exists()
 
 
 def test_noise_levels_put_the_high_noise_share_in_the_upper_range():

@@ -35,8 +35,14 @@ def _train_world(args: argparse.Namespace) -> int:
 def _train_flow(args: argparse.Namespace) -> int:
     from .training.flow import FlowTrainConfig
 
+    extra = {} if args.category_weights is None else {"category_weights": tuple(args.category_weights)}
     cfg = FlowTrainConfig(  # validates before work
-        steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed, high_noise_share=args.high_noise_share
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        high_noise_share=args.high_noise_share,
+        **extra,
     )
     import torch
 
@@ -867,6 +873,14 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=int, default=1, help="seeds weights, scenes, batches (1: the shipped run)")
     tf.add_argument(
         "--high-noise-share", type=float, default=0.5, help="share of each batch drawn from the upper half of s"
+    )
+    tf.add_argument(
+        "--category-weights",
+        type=float,
+        nargs=4,
+        default=None,
+        metavar=("SINGLE", "TWO", "RELATION", "COUNTING"),
+        help="shares of the rendered scenes per suite (default 0.1 0.25 0.4 0.25)",
     )
     tf.add_argument("--threads", type=int, default=2)
     tf.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-flow'")

@@ -77,6 +77,7 @@ def score_rows(scorer: Scorer, run, rows: list[int], view: dict) -> torch.Tensor
         values = scorer.score(z, prompts, t)
     elif scorer.space == "latents":
         values = scorer.score(x0, prompts)
+        run.cost.vae_decodes += scorer.decodes_per_item * len(keep)
     else:
         values = scorer.score(run.den.decode(x0), prompts)
     scores[keep] = values.float().cpu()
@@ -90,7 +91,8 @@ class BestOfN(SelectionStage):
 
     name: ClassVar[str] = "best-of-n"
     # the default scorer on the Shapes world: the latent judge, whose Best-of-8 among the 8 samples of each train
-    # prompt it never trained on is 0.720 against pixel CLIP's 0.589 (benchmarks/results/judge_train/)
+    # prompt it never trained on is 0.720 against pixel CLIP's 0.589 (benchmarks/results/judge_train/); the `shapes`
+    # pipeline's latentalign.json names the judge beside pixel CLIP, shapes-judge-pixel (pipeline.SHAPES_BEST_OF_N)
     shapes_scorer: ClassVar[str] = "shapes-judge"
 
     n: int = 4  # candidates per image

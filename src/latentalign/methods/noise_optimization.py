@@ -76,6 +76,7 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
             t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device) if noisy else None
         cost.scorer_calls += latents.shape[0]
         texts = [r.prompt] if isinstance(r.prompt, str) else (r.prompt or [prompt])
+        cost.vae_decodes += r.scorer.decodes_per_item * latents.shape[0] * len(texts)  # a sum's own decodes
         scores = torch.stack([r.scorer.score(x, text, t) for text in texts], dim=0)
         total = total + r.weight * ((1 - scores.max(0).values) if r.avoid else scores.mean(0))
     return total

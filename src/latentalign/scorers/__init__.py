@@ -7,6 +7,7 @@ from .judge import LatentJudge
 from .latent_clip import LatentCLIPScorer, convert_open_clip_state_dict
 from .noisy_clip import NoisyCLIPScorer, fit_preview_map, sdxl_preview_map
 from .pixel_clip import PixelCLIPScorer
+from .score_sum import ScoreSum
 
 __all__ = [
     "SPACES",
@@ -15,6 +16,7 @@ __all__ = [
     "LatentJudge",
     "NoisyCLIPScorer",
     "PixelCLIPScorer",
+    "ScoreSum",
     "Scorer",
     "build_shapes_judge",
     "build_shapes_scorer",

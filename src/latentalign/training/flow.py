@@ -82,6 +82,11 @@ class FlowTrainConfig:
             raise ValueError(f"high_noise_share must lie in [0, 1], got {self.high_noise_share}")
         if not 0.0 <= self.high_noise_start < 1.0:
             raise ValueError(f"high_noise_start must lie in [0, 1), got {self.high_noise_start}")
+        if len(self.category_weights) != 4 or min(self.category_weights) < 0 or sum(self.category_weights) <= 0:
+            raise ValueError(
+                "category_weights must be 4 non-negative shares (single object, two objects, relation, counting),"
+                f" not all zero; got {self.category_weights}"
+            )
 
 
 def text_states(text_encoders, ids: torch.Tensor, joint_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
