@@ -394,18 +394,24 @@ def test_the_shapes_pipeline_early_exits_with_the_judge_on_x0():
 
     pipe = latentalign.load_pipeline("shapes")
     stage = EarlyExit(n=8).with_pipeline_defaults(pipe)  # its latentalign.json's choice (pipeline.SHAPES_EARLY_EXIT)
-    assert (stage.scorer, stage.at, stage.keep_share) == ("shapes-judge-x0", 0.5, 0.125)
-    assert stage.schedule(20) == PruneSchedule((10,), (1,))
+    assert (stage.scorer, stage.final_scorer, stage.at, stage.keep_share) == (
+        "shapes-judge-x0",
+        "shapes-judge-pixel",
+        0.5,
+        0.5,
+    )
+    assert stage.schedule(20) == PruneSchedule((10,), (4,))
     own = EarlyExit(n=8, at=0.3).with_pipeline_defaults(pipe)  # an option the caller gives wins over the file's
-    assert (own.at, own.keep_share) == (0.3, 0.125)
+    assert (own.at, own.keep_share) == (0.3, 0.5)
     assert SuccessiveHalving(n=8).with_pipeline_defaults(pipe).scorer is None  # its own key: none
     # the file's schedule was chosen with its scorer: a caller's own scorer or schedule keeps the library's
     noisy = EarlyExit(n=8, scorer="shapes-noisy").with_pipeline_defaults(pipe)
     assert (noisy.scorer, noisy.at, noisy.keep_share) == ("shapes-noisy", 0.3, 0.5)
+    assert noisy.final_scorer is None  # the caller's own scorer also makes the final pick
     assert EarlyExit(n=8, scorer="shapes-noisy", at=0.5).with_pipeline_defaults(pipe).keep_share == 0.5
     explicit = EarlyExit(n=8, prune_steps=(5,), keep=(2,)).with_pipeline_defaults(pipe)
     assert (explicit.scorer, explicit.at, explicit.keep_share) == ("shapes-judge-x0", 0.3, 0.5)
     result = latentalign.generate(pipe, PROMPT, seed=0, method="early-exit", n=2)
     assert result.cost.denoiser_evals == 2 * (2 * 10 + 1 * 10)  # both candidates for 10 steps, one after (guidance)
     settings = result.stages[0]["settings"]
-    assert settings["at"] == 0.5 and settings["keep_share"] == 0.125, settings
+    assert settings["at"] == 0.5 and settings["keep_share"] == 0.5, settings

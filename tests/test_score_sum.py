@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from latentalign import generate
-from latentalign.methods import BestOfN, EarlyExit
-from latentalign.scorers import ScoreSum, build_shapes_judge, build_shapes_scorer, load_scorer
+from latentalign.methods import BestOfN, EarlyExit, NoiseOptimization, Reward
+from latentalign.scorers import ScoreSum, build_shapes_judge, build_shapes_scorer, load_scorer, save_scorer
 from latentalign.scorers.factory import SHIPPED_SUMS
 
 
@@ -29,6 +29,10 @@ def test_the_sum_is_its_members_weighted_scores_and_differentiates(parts):
     got = total.score(z, prompts)
     want = judge.reading("latents").score(z, prompts) + 50.0 * pixel.score(pixel.decode(z), prompts)
     assert got.shape == (3,) and torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    decoded = ScoreSum([(judge, 1.0), (pixel, 50.0)]).score(z, prompts, pixels=pixel.decode(z))
+    assert torch.allclose(decoded, got, rtol=1e-5, atol=1e-5)  # a caller's own decode reads the same
+    nested = ScoreSum([(ScoreSum([(pixel, 50.0)]), 1.0), (judge, 1.0)])
+    assert nested.reads_pixels and torch.allclose(nested.score(z, prompts), got, rtol=1e-5, atol=1e-5)
     got.sum().backward()
     assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
     # batched equals one at a time
@@ -37,7 +41,7 @@ def test_the_sum_is_its_members_weighted_scores_and_differentiates(parts):
     assert torch.allclose(one, got.detach(), rtol=1e-4, atol=1e-4)
 
 
-def test_members_it_cannot_read_are_refused_before_any_work(tiny_shapes_pipeline, parts):
+def test_members_it_cannot_read_are_refused_before_any_work(tiny_shapes_pipeline, parts, tmp_path):
     judge, _ = parts
     no_vae = build_shapes_scorer("pixel", tiny_shapes_pipeline.vae.config.scaling_factor)
     with pytest.raises(ValueError, match="vae="):
@@ -48,6 +52,11 @@ def test_members_it_cannot_read_are_refused_before_any_work(tiny_shapes_pipeline
         ScoreSum([(judge, float("nan"))])
     with pytest.raises(ValueError, match="at least one"):
         ScoreSum([])
+    with pytest.raises(ValueError, match="finite"):
+        ScoreSum([(judge, True)])
+    with pytest.raises(ValueError, match="not saved"):
+        save_scorer(ScoreSum([(judge, 1.0)]), tmp_path / "sum")
+    assert not (tmp_path / "sum").exists()
     with pytest.raises(ValueError, match="4-channel"):
         ScoreSum([(judge, 1.0)]).score(torch.randn(1, 3, 8, 8), "a red circle")
 
@@ -73,3 +82,16 @@ def test_the_shipped_sum_loads_by_name_from_its_shipped_members(tiny_shapes_pipe
     assert isinstance(total, ScoreSum) and total.weights == tuple(w for _, w in terms)
     with pytest.raises(ValueError, match="vae="):
         load_scorer(name)
+
+
+def test_as_a_reward_it_decodes_once_an_iterate_through_the_pipeline(tiny_shapes_pipeline, parts):
+    judge, pixel = parts
+    total = ScoreSum([(judge, 1.0), (pixel, 50.0)])
+    runs = {
+        name: generate(
+            tiny_shapes_pipeline, "a red circle", seed=0, method=NoiseOptimization(iterations=2, rewards=[Reward(s)])
+        )
+        for name, s in (("pixel", pixel), ("sum", total))
+    }
+    assert runs["sum"].cost.vae_decodes == runs["pixel"].cost.vae_decodes > 1
+    assert torch.isfinite(runs["sum"].latents).all()

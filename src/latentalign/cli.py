@@ -388,7 +388,9 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--n", type=int, default=None, help="candidates for the Best-of-N methods (default 4)")
     p.add_argument(
-        "--scorer", default=None, help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled)"
+        "--scorer",
+        default=None,
+        help="scorer folder or shipped name (shapes-pixel|latent|noisy|latent-distilled|judge|judge-x0|judge-pixel)",
     )
     p.add_argument("--max-batch", type=int, default=None, help="candidates denoised at once (default 64)")
     p.add_argument("--avoid", default=None, help="noise-optimization: a concept to steer away from (e.g. red)")

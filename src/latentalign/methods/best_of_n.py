@@ -31,9 +31,10 @@ __all__ = ["SEED_STRIDE", "BestOfN", "EarlyExit", "SuccessiveHalving", "early_ex
 # (benchmarks/configs/early_exit_choice_train.toml, benchmarks/results/early_exit_choice_train/): at N = 8, among
 # pruning after 20/30/50% of the steps, keeping 25/50%, with NoisyCLIP or the latent judge reading z_t, the best
 # train accuracy (0.793, full Best-of-8 0.796, plain 0.637) was the judge pruning after 30% and keeping half, at
-# 208 of Best-of-8's 320 denoiser evaluations. The Shapes pipeline's own latentalign.json now overrides them with
-# the judge reading the x0 prediction (pipeline.SHAPES_EARLY_EXIT: after half the steps keeping one, 0.796 at 180);
-# these stay the defaults elsewhere, and on Shapes for a caller who passes their own scorer or schedule.
+# 208 of Best-of-8's 320 denoiser evaluations. The Shapes pipeline's own latentalign.json overrides them with the
+# judge reading the x0 prediction and the judge beside pixel CLIP choosing among the kept (pipeline.SHAPES_EARLY_EXIT:
+# after half the steps keeping half, train 0.837 at 240; benchmarks/results/early_exit_choice_sum_train/). These
+# stay the defaults elsewhere, and on Shapes for a caller who passes their own scorer or schedule.
 EARLY_EXIT_AT = 0.3
 EARLY_EXIT_KEEP = 0.5
 
@@ -75,9 +76,10 @@ def score_rows(scorer: Scorer, run, rows: list[int], view: dict) -> torch.Tensor
     if scorer.space == "noisy_latents":
         t = torch.as_tensor(view["t"]).long().to(z.device).expand(z.shape[0])
         values = scorer.score(z, prompts, t)
+    elif getattr(scorer, "reads_pixels", False):  # a ScoreSum with a pixel member: the pipeline decodes, once
+        values = scorer.score(x0, prompts, pixels=run.den.decode(x0))
     elif scorer.space == "latents":
         values = scorer.score(x0, prompts)
-        run.cost.vae_decodes += scorer.decodes_per_item * len(keep)
     else:
         values = scorer.score(run.den.decode(x0), prompts)
     scores[keep] = values.float().cpu()
@@ -161,7 +163,8 @@ class EarlyExit(BestOfN):
         # a pipeline's recommended schedule was chosen with its recommended scorer: a caller's own scorer or
         # explicit schedule keeps the library's `at` / `keep_share` (and an explicit schedule needs neither)
         given = getattr(self, "_given", None) or set()
-        return {"at", "keep_share"} if given & {"scorer", "prune_steps", "keep"} else set()
+        skip = {"at", "keep_share"} if given & {"scorer", "prune_steps", "keep"} else set()
+        return skip | ({"final_scorer"} if "scorer" in given else set())  # a caller's own scorer also picks
 
     def schedule(self, num_inference_steps: int) -> PruneSchedule:
         if self.prune_steps is not None:

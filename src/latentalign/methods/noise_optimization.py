@@ -66,6 +66,7 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
     total = torch.zeros(latents.shape[0], device=latents.device)
     pixels = None
     for r in rewards:
+        extra = {}
         if r.scorer.space == "pixels":
             if pixels is None:
                 pixels = den.decode(latents)
@@ -74,10 +75,12 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
             x = latents
             noisy = r.scorer.space == "noisy_latents"
             t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device) if noisy else None
+            if getattr(r.scorer, "reads_pixels", False):  # a ScoreSum with a pixel member: the same one decode
+                pixels = den.decode(latents) if pixels is None else pixels
+                extra = {"pixels": pixels}
         cost.scorer_calls += latents.shape[0]
         texts = [r.prompt] if isinstance(r.prompt, str) else (r.prompt or [prompt])
-        cost.vae_decodes += r.scorer.decodes_per_item * latents.shape[0] * len(texts)  # a sum's own decodes
-        scores = torch.stack([r.scorer.score(x, text, t) for text in texts], dim=0)
+        scores = torch.stack([r.scorer.score(x, text, t, **extra) for text in texts], dim=0)
         total = total + r.weight * ((1 - scores.max(0).values) if r.avoid else scores.mean(0))
     return total
 

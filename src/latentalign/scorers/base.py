@@ -64,7 +64,6 @@ class Scorer(nn.Module):
     space: str = ""  # one of SPACES: what `score` reads
     kind: str = ""  # the name `save_scorer` records: "pixel", "latent", "noisy" or "judge"
     needs_t: bool = False
-    decodes_per_item: int = 0  # VAE decodes a `score` call makes per input itself (a sum with a pixel member)
     # latent scorers read raw VAE latents: the pipeline's latents / vae_scaling_factor + vae_shift_factor
     vae_scaling_factor: float | None = None
     vae_shift_factor: float = 0.0

@@ -94,6 +94,8 @@ def build_shapes_scorer(
 
 def save_scorer(scorer: Scorer, folder: str | Path) -> None:
     """Write the CLIPModel (safetensors), its tokenizer and `latentalign_scorer.json` into `folder`."""
+    if isinstance(scorer, ScoreSum):
+        raise ValueError("a ScoreSum is not saved: save its members and build the sum from them")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if isinstance(scorer, LatentJudge):

@@ -1,17 +1,21 @@
 """A weighted sum of scorers on the pipeline's latents: `ScoreSum([(judge, 1.0), (pixel_clip, 50.0)])`.
 
 Scorers that read different things err on different candidates: on the Shapes world the latent judge (a joint
-reading of latent cells and prompt) and pixel CLIP (a dual encoder on the decode) rank a prompt's candidates
-better together than either alone on TRAIN prompts (`benchmarks/judge_with_pixel.py`: within-prompt AUROC 0.813
-against 0.750 and Best-of-8 0.785 against 0.762 at weight 50). The sum reads the pipeline's clean latents: a
-latent member reads them as they are, a pixel member through its VAE (`PixelCLIPScorer.score_latents`), and a judge
-of noisy latents through its clean-latent reading. It is differentiable wherever its members are, so it serves as
-Best-of-N's final pick (`final_scorer=`), a noise-optimisation reward or any other `Scorer` use on final latents.
+reading of latent cells and prompt) and pixel CLIP (a dual encoder on the decode) rank a prompt's candidates better
+together than either alone on TRAIN prompts (`benchmarks/judge_with_pixel.py`: within-prompt AUROC 0.813 against
+0.750 and Best-of-8 0.785 against 0.762 at weight 50). The sum reads the pipeline's clean latents: a latent member
+reads them as they are, a pixel member through its VAE (`PixelCLIPScorer.score_latents`) or the image a method
+decoded once through its own pipeline (`score(..., pixels=)`: Best-of-N and noise optimisation pass theirs, and
+count that decode in their cost), and a judge of noisy latents through its clean-latent reading. It is
+differentiable wherever its members are, so it serves as Best-of-N's final pick (`final_scorer=`), a noise-
+optimisation reward or any other `Scorer` use on final latents.
 """
 
 from __future__ import annotations
 
 import copy
+import math
+from numbers import Real
 
 import torch
 from torch import nn
@@ -24,7 +28,7 @@ def _clean_reader(scorer: Scorer) -> Scorer:
     if not isinstance(scorer, Scorer):
         raise ValueError(f"ScoreSum adds Scorers, got {type(scorer).__name__}")
     if scorer.space == "pixels":
-        if getattr(scorer, "vae", None) is None:
+        if not hasattr(scorer, "score_latents") or getattr(scorer, "vae", None) is None:
             raise ValueError(f"{type(scorer).__name__} reads pixels: load it with vae= so the sum can decode latents")
         return scorer
     if scorer.space == "noisy_latents":
@@ -46,11 +50,15 @@ class ScoreSum(Scorer):
         if not terms:
             raise ValueError("ScoreSum needs at least one (scorer, weight) term")
         for _, w in terms:
-            if not isinstance(w, int | float) or not torch.isfinite(torch.tensor(float(w))):
+            if isinstance(w, bool) or not isinstance(w, Real) or not math.isfinite(float(w)):
                 raise ValueError(f"ScoreSum weights must be finite numbers, got {w!r}")
         self.members = nn.ModuleList(_clean_reader(s) for s, _ in terms)
         self.weights = tuple(float(w) for _, w in terms)
-        self.decodes_per_item = sum(m.space == "pixels" for m in self.members)  # the run counts them
+
+    @property
+    def reads_pixels(self) -> bool:
+        """Whether a member reads the decoded image (a caller may pass `pixels=` to `score`, decoded once)."""
+        return any(m.space == "pixels" or getattr(m, "reads_pixels", False) for m in self.members)
 
     @property
     def in_channels(self) -> int:
@@ -75,13 +83,30 @@ class ScoreSum(Scorer):
         for m in self.members:
             if m.space != "pixels":
                 m.check_input(x, None)
+            elif x.shape[1] != m.vae.config.latent_channels:
+                raise ValueError(f"{type(m).__name__}'s VAE decodes {m.vae.config.latent_channels}-channel latents")
 
-    def score(self, x: torch.Tensor, prompts: str | list[str], t: torch.Tensor | int | None = None) -> torch.Tensor:
-        """The weighted sum of the members' scores of the clean latents `x` (t is ignored: final latents)."""
+    def score(
+        self,
+        x: torch.Tensor,
+        prompts: str | list[str],
+        t: torch.Tensor | int | None = None,
+        *,
+        pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The weighted sum of the members' scores of the clean latents `x` (t is ignored: final latents).
+
+        `pixels`: `x` decoded by the caller (a method passes its pipeline's own decode, counted in its cost); else
+        each pixel member decodes `x` through its VAE."""
         prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
         self.check_input(x)
         total = None
         for m, w in zip(self.members, self.weights, strict=True):
-            s = m.score_latents(x, prompts) if m.space == "pixels" else m.score(x, prompts)
+            if isinstance(m, ScoreSum):
+                s = m.score(x, prompts, pixels=pixels)
+            elif m.space == "pixels":
+                s = m.score_latents(x, prompts) if pixels is None else m.score(pixels, prompts)
+            else:
+                s = m.score(x, prompts)
             total = w * s.float() if total is None else total + w * s.float()
         return total

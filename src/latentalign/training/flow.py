@@ -20,6 +20,7 @@ Resumable from atomic checkpoints; held-out prompts are never touched.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ class FlowTrainConfig:
             raise ValueError(f"high_noise_share must lie in [0, 1], got {self.high_noise_share}")
         if not 0.0 <= self.high_noise_start < 1.0:
             raise ValueError(f"high_noise_start must lie in [0, 1), got {self.high_noise_start}")
-        if len(self.category_weights) != 4 or min(self.category_weights) < 0 or sum(self.category_weights) <= 0:
+        weights = self.category_weights
+        if len(weights) != 4 or not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(
                 "category_weights must be 4 non-negative shares (single object, two objects, relation, counting),"
                 f" not all zero; got {self.category_weights}"
