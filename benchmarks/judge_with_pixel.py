@@ -84,10 +84,14 @@ def best_of_groups(rows: list[dict], scores) -> list[float]:
     return out
 
 
-def train_stage(out: Path, threads: int, limit: int | None) -> None:
+def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "shapes-judge") -> None:
     torch.set_num_threads(threads)
-    judge_name = "shapes-judge"
     prompts = json.loads((scorer_folder(judge_name) / "training.json").read_text())["kept_aside_prompts"][:limit]
+    shipped = json.loads((scorer_folder("shapes-judge") / "training.json").read_text())["kept_aside_prompts"]
+    if sorted(prompts) != sorted(shipped[:limit] if limit else shipped):
+        raise SystemExit(f"{judge_name} kept aside other train prompts than shapes-judge: the tables would not compare")
+    # the same seeds give the same samples and labels as judge_reading_train's; its judge scores are shapes-judge's
+    same_judge = scorer_folder(judge_name).resolve() == scorer_folder("shapes-judge").resolve()
     committed = {r["prompt"]: r for r in read_rows(Path("benchmarks/results/judge_reading_train/rows.jsonl"))}
     pipe = load_pipeline("shapes")
     judge, pixel = load_scorer(judge_name), load_scorer("shapes-pixel", vae=pipe.vae)
@@ -102,7 +106,7 @@ def train_stage(out: Path, threads: int, limit: int | None) -> None:
     labels_differ = sum(a != b for r in rows for a, b in zip(r["ok"], committed[r["prompt"]]["ok"], strict=True))
     judge_gap = max(
         abs(a - b) for r in rows for a, b in zip(r["judge_final"], committed[r["prompt"]]["final"], strict=True)
-    )
+    ) if same_judge else 0.0  # fmt: skip
     if labels_differ or judge_gap > 2e-4:
         raise SystemExit(
             f"the regenerated samples differ from judge_reading_train's ({labels_differ} labels, judge scores by up to"
@@ -124,7 +128,8 @@ def train_stage(out: Path, threads: int, limit: int | None) -> None:
     chosen = min(float(w) for w, v in table.items() if v["best_of_8"] >= best - TIE)
     result = {
         "split": "train (the judge's kept-aside prompts)",
-        "command": f"python benchmarks/judge_with_pixel.py --stage train --out {out}",
+        "judge": judge_name,
+        "command": f"python benchmarks/judge_with_pixel.py --stage train --judge {judge_name} --out {out}",
         "prompts": len(rows),
         "samples": len(labels),
         "labels_differing_from_judge_reading_train": labels_differ,
@@ -140,7 +145,8 @@ def train_stage(out: Path, threads: int, limit: int | None) -> None:
     }
     atomic_write_text(out / "table.json", json.dumps(result, indent=1) + "\n")
     lines = [
-        f"{result['split']}: {result['prompts']} prompts x 16 seeds (judge_reading.py's), Best-of-8 over two groups "
+        f"{result['split']}: judge {judge_name}, {result['prompts']} prompts x 16 seeds (judge_reading.py's), "
+        "Best-of-8 over two groups "
         f"of 8 a prompt ({len(oracle)} picks). Checker labels differing from judge_reading_train: {labels_differ}; "
         f"largest judge-score difference: {judge_gap:.4f}.",
         "",
@@ -306,13 +312,14 @@ def main() -> None:
     ap.add_argument("--stage", choices=("train", "heldout"), required=True)
     ap.add_argument("--out", default=None)
     ap.add_argument("--train-out", default=str(TRAIN_OUT), help="the train stage's folder (its chosen w)")
+    ap.add_argument("--judge", default="shapes-judge", help="train stage: the judge (a shipped name or a folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first train prompts (a smoke test; not a result)")
     args = ap.parse_args()
     out = Path(args.out or (TRAIN_OUT if args.stage == "train" else "benchmarks/results/judge_with_pixel_heldout"))
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "train":
-        train_stage(out, args.threads, args.limit)
+        train_stage(out, args.threads, args.limit, args.judge)
     else:
         if not (Path(args.train_out) / "table.json").exists():
             raise SystemExit(f"run the train stage first: no {Path(args.train_out) / 'table.json'}")
