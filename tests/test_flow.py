@@ -188,6 +188,7 @@ def test_resume_with_another_config_is_refused(trained, tmp_path):
         dict(category_weights=(0.1, 0.4, 0.3, -0.2)),
         dict(category_weights=(0.0, 0.0, 0.0, 0.0)),
         dict(category_weights=(float("nan"), 1.0, 1.0, 1.0)),
+        dict(pair_order="sorted"),
     ],
 )
 def test_bad_flow_config_is_refused_at_once(bad):

@@ -231,6 +231,31 @@ def test_build_dataset():
     assert not np.array_equal(images, other)
 
 
+def test_left_to_right_captions_keep_the_images_and_name_the_left_group_first():
+    from latentalign.world.checker import detect
+
+    kw = dict(seed=5, split="train", categories=("two_objects",), progress=False)
+    images, prompts = build_dataset(40, **kw)
+    ordered_images, ordered = build_dataset(40, pair_order="left-to-right", **kw)
+    assert np.array_equal(images, ordered_images)  # only the captions change
+    train = set(suite("two_objects", "train"))
+    assert set(ordered) <= train
+    assert any(a != b for a, b in zip(prompts, ordered, strict=True))
+    for image, caption in zip(ordered_images, ordered, strict=True):
+        assert check(image, caption).ok  # a true description of the same scene
+        first, second = parse(caption).objects
+        xs = {k: [d.cx for d in detect(image) if (d.colour, d.shape) == (o.colour, o.shape)]
+              for k, o in (("first", first), ("second", second))}  # fmt: skip
+        swapped = f"{second.phrase(second.count > 1)} and {first.phrase(first.count > 1)}"
+        if (first.colour, first.shape) != (second.colour, second.shape) and swapped in train:
+            assert np.mean(xs["first"]) <= np.mean(xs["second"]) + 0.5
+
+
+def test_pair_order_is_checked_before_any_work():
+    with pytest.raises(ValueError, match="pair_order"):
+        build_dataset(3, pair_order="right-to-left", progress=False)
+
+
 def test_build_dataset_respects_split():
     _, prompts = build_dataset(20, seed=0, split="heldout", progress=False)
     heldout = {p for name in SUITE_NAMES for p in suite(name, "heldout")}

@@ -42,6 +42,7 @@ def _train_flow(args: argparse.Namespace) -> int:
         lr=args.lr,
         seed=args.seed,
         high_noise_share=args.high_noise_share,
+        pair_order=args.pair_order,
         **extra,
     )
     import torch
@@ -883,6 +884,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar=("SINGLE", "TWO", "RELATION", "COUNTING"),
         help="shares of the rendered scenes per suite (default 0.1 0.25 0.4 0.25)",
+    )
+    tf.add_argument(
+        "--pair-order",
+        choices=["prompt", "left-to-right"],
+        default="prompt",
+        help="left-to-right: a two-object scene's caption names its left group first, so 'and' carries position",
     )
     tf.add_argument("--threads", type=int, default=2)
     tf.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-flow'")

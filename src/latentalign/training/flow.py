@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from ..adapters import repeat_last_text_token
 from ..checkpoint import checkpoint_exists, load_checkpoint, recover_checkpoint, save_checkpoint
 from ..embedded import SHAPES
-from ..world.dataset import build_dataset
+from ..world.dataset import PAIR_ORDERS, build_dataset
 from .world import (
     _captions,
     _config_json,
@@ -67,6 +67,8 @@ class FlowTrainConfig:
     split: str = "train"
     category_weights: tuple[float, ...] = (0.1, 0.25, 0.4, 0.25)  # as "shapes": relations are learnt slowest
     inverse_phrasing: float = 0.5  # caption a relation scene from its other object this often
+    # "left-to-right": a two-object scene's caption names its left group first (world.dataset.build_dataset)
+    pair_order: str = "prompt"
     checkpoint_every: int = 250
     seed: int = 1
 
@@ -89,6 +91,8 @@ class FlowTrainConfig:
                 "category_weights must be 4 non-negative shares (single object, two objects, relation, counting),"
                 f" not all zero; got {self.category_weights}"
             )
+        if self.pair_order not in PAIR_ORDERS:
+            raise ValueError(f"pair_order must be one of {PAIR_ORDERS}, got {self.pair_order!r}")
 
 
 def text_states(text_encoders, ids: torch.Tensor, joint_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,7 +164,9 @@ def train_flow(out: str | Path, cfg: FlowTrainConfig = FlowTrainConfig(), *, log
             ema[n].load_state_dict(comps[n].state_dict())
     t_start -= meta["seconds"]
 
-    images, prompts = build_dataset(cfg.pool_size, seed=cfg.seed, split=cfg.split, weights=list(cfg.category_weights))
+    images, prompts = build_dataset(
+        cfg.pool_size, seed=cfg.seed, split=cfg.split, weights=list(cfg.category_weights), pair_order=cfg.pair_order
+    )
     captions = _captions(prompts, cfg)
     lat_mean, lat_std = _encode_pool(vae, _to_tensor(images))
     shift = float(lat_mean.mean())
