@@ -4,11 +4,12 @@ The judge (`shapes-judge`) and pixel CLIP read different things (a joint reading
 a dual encoder on the decoded pixels), so a weighted sum may rank candidates better than either. The weight is
 chosen on TRAIN prompts, then reported once held out:
 
-1. `--stage train`: the judge's kept-aside train prompts (never trained on) and `judge_reading.py`'s 16 fresh seeds
-   each (two groups of 8). The final latents are regenerated (the checker's labels and the judge's scores are
-   compared with `benchmarks/results/judge_reading_train`'s rows: the run stops if they differ), pixel CLIP reads
-   their decode, and Best-of-8 is measured for every w in WEIGHTS. The rule: the highest Best-of-8; a w within 0.01
-   of it that is smaller wins (w = 0 is the judge alone, which needs no decode).
+1. `--stage train [--judge J --out DIR]`: the judge's kept-aside train prompts (never trained on; another judge J
+   must have kept aside the same ones) and `judge_reading.py`'s 16 fresh seeds each (two groups of 8). The final
+   latents are regenerated (the checker's labels, and for `shapes-judge` its scores, are compared with
+   `benchmarks/results/judge_reading_train`'s rows: the run stops if they differ), pixel CLIP reads their decode,
+   and Best-of-8 is measured for every w in WEIGHTS. The rule: the highest Best-of-8; a w within 0.01 of it that
+   is smaller wins (w = 0 is the judge alone, which needs no decode).
 2. `--stage heldout`: the chosen w, once, on the held-out candidates both `judge_heldout` (the judge's scores) and
    `best_of_n_heldout` (pixel CLIP's) already scored: full Best-of-N at N = 4, 8, 16 and the judge's early-exit
    schedules with the weighted final pick, replayed with `best_of_n.py`'s replay, and their compute from the unit
@@ -86,28 +87,34 @@ def best_of_groups(rows: list[dict], scores) -> list[float]:
 
 def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "shapes-judge") -> None:
     torch.set_num_threads(threads)
-    prompts = json.loads((scorer_folder(judge_name) / "training.json").read_text())["kept_aside_prompts"][:limit]
+    kept_aside = json.loads((scorer_folder(judge_name) / "training.json").read_text())["kept_aside_prompts"]
     shipped = json.loads((scorer_folder("shapes-judge") / "training.json").read_text())["kept_aside_prompts"]
-    if sorted(prompts) != sorted(shipped[:limit] if limit else shipped):
+    if set(kept_aside) != set(shipped):
         raise SystemExit(f"{judge_name} kept aside other train prompts than shapes-judge: the tables would not compare")
+    prompts = shipped[:limit]
     # the same seeds give the same samples and labels as judge_reading_train's; its judge scores are shapes-judge's
-    same_judge = scorer_folder(judge_name).resolve() == scorer_folder("shapes-judge").resolve()
+    judge_id = str(scorer_folder(judge_name).resolve())
+    same_judge = judge_id == str(scorer_folder("shapes-judge").resolve())
     committed = {r["prompt"]: r for r in read_rows(Path("benchmarks/results/judge_reading_train/rows.jsonl"))}
     pipe = load_pipeline("shapes")
     judge, pixel = load_scorer(judge_name), load_scorer("shapes-pixel", vae=pipe.vae)
     path = out / "rows.jsonl"
-    done = {r["prompt"] for r in read_rows(path)} if path.exists() else set()
+    earlier = read_rows(path) if path.exists() else []
+    others = {r.get("judge_folder", str(scorer_folder("shapes-judge").resolve())) for r in earlier} - {judge_id}
+    if others:
+        raise SystemExit(f"{path} holds rows another judge scored ({sorted(others)[0]}): pass another --out")
+    done = {r["prompt"] for r in earlier}
     with path.open("a") as f:
         for prompt in tqdm([p for p in prompts if p not in done], desc="kept-aside train prompts"):
-            f.write(json.dumps(train_row(pipe, judge, pixel, prompt)) + "\n")
+            f.write(json.dumps({**train_row(pipe, judge, pixel, prompt), "judge_folder": judge_id}) + "\n")
             f.flush()
     rows = {r["prompt"]: r for r in read_rows(path)}
     rows = [rows[p] for p in prompts]
     labels_differ = sum(a != b for r in rows for a, b in zip(r["ok"], committed[r["prompt"]]["ok"], strict=True))
     judge_gap = max(
         abs(a - b) for r in rows for a, b in zip(r["judge_final"], committed[r["prompt"]]["final"], strict=True)
-    ) if same_judge else 0.0  # fmt: skip
-    if labels_differ or judge_gap > 2e-4:
+    ) if same_judge else None  # fmt: skip
+    if labels_differ or (judge_gap is not None and judge_gap > 2e-4):
         raise SystemExit(
             f"the regenerated samples differ from judge_reading_train's ({labels_differ} labels, judge scores by up to"
             f" {judge_gap:.4f}): not the same candidates"
@@ -133,7 +140,8 @@ def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "s
         "prompts": len(rows),
         "samples": len(labels),
         "labels_differing_from_judge_reading_train": labels_differ,
-        "largest_judge_score_difference_from_judge_reading_train": round(judge_gap, 4),
+        # None: another judge than the one judge_reading_train's scores are of (not compared)
+        "largest_judge_score_difference_from_judge_reading_train": None if judge_gap is None else round(judge_gap, 4),
         "first sample (plain)": round(float(np.mean([r["ok"][g] for r in rows for g in (0, reading.GROUP)])), 4),
         "pixel CLIP alone": round(float(np.mean(pixel_alone)), 4),
         "oracle": round(float(np.mean(oracle)), 4),
@@ -148,7 +156,8 @@ def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "s
         f"{result['split']}: judge {judge_name}, {result['prompts']} prompts x 16 seeds (judge_reading.py's), "
         "Best-of-8 over two groups "
         f"of 8 a prompt ({len(oracle)} picks). Checker labels differing from judge_reading_train: {labels_differ}; "
-        f"largest judge-score difference: {judge_gap:.4f}.",
+        "largest judge-score difference: "
+        + ("not compared (another judge)." if judge_gap is None else f"{judge_gap:.4f}."),
         "",
         "| final pick | Best-of-8 | 95% CI | within-prompt AUROC |",
         "|---|---:|---|---:|",
@@ -177,6 +186,8 @@ def final_pick_extra(method: dict, n: int, w: float) -> int:
 
 def heldout_stage(out: Path, train_out: Path) -> None:
     train = json.loads((train_out / "table.json").read_text())
+    if train.get("judge", "shapes-judge") != "shapes-judge":
+        raise SystemExit(f"{train_out} chose w for {train['judge']}; the held-out scores replayed are shapes-judge's")
     kept_aside = json.loads((scorer_folder("shapes-judge") / "training.json").read_text())["kept_aside_prompts"]
     if train["limit"] is not None or train["prompts"] != len(kept_aside) or train["weights"] != list(WEIGHTS):
         raise SystemExit(f"{train_out} is not a full train stage with this grid: run the train stage again")
@@ -316,6 +327,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first train prompts (a smoke test; not a result)")
     args = ap.parse_args()
+    if args.stage == "train" and args.judge != "shapes-judge" and args.out is None:
+        raise SystemExit(f"--judge {args.judge}: pass --out (the default folder holds shapes-judge's table)")
     out = Path(args.out or (TRAIN_OUT if args.stage == "train" else "benchmarks/results/judge_with_pixel_heldout"))
     out.mkdir(parents=True, exist_ok=True)
     if args.stage == "train":

@@ -411,6 +411,7 @@ def test_the_shapes_pipeline_early_exits_with_the_judge_on_x0():
     assert EarlyExit(n=8, scorer="shapes-noisy", at=0.5).with_pipeline_defaults(pipe).keep_share == 0.5
     explicit = EarlyExit(n=8, prune_steps=(5,), keep=(2,)).with_pipeline_defaults(pipe)
     assert (explicit.scorer, explicit.at, explicit.keep_share) == ("shapes-judge-x0", 0.3, 0.5)
+    assert explicit.final_scorer == "shapes-judge-pixel"  # an explicit schedule keeps the file's scorers
     result = latentalign.generate(pipe, PROMPT, seed=0, method="early-exit", n=2)
     assert result.cost.denoiser_evals == 2 * (2 * 10 + 1 * 10)  # both candidates for 10 steps, one after (guidance)
     settings = result.stages[0]["settings"]

@@ -59,16 +59,20 @@ def test_members_it_cannot_read_are_refused_before_any_work(tiny_shapes_pipeline
     assert not (tmp_path / "sum").exists()
     with pytest.raises(ValueError, match="4-channel"):
         ScoreSum([(judge, 1.0)]).score(torch.randn(1, 3, 8, 8), "a red circle")
+    with pytest.raises(ValueError, match="pixels must be"):  # a decode of another batch, before any member runs
+        ScoreSum([(judge, 1.0)]).score(torch.randn(2, 4, 8, 8), "a red circle", pixels=torch.rand(1, 3, 32, 32))
 
 
 def test_best_of_n_with_the_sum_picks_the_candidate_it_scores_highest(tiny_shapes_pipeline, parts):
     judge, pixel = parts
     total = ScoreSum([(judge, 1.0), (pixel, 50.0)])
+    own_decodes = pixel.cost.vae_decodes  # the member's own decodes (score_latents), not the run's
     r = generate(tiny_shapes_pipeline, "a red circle", method=BestOfN(n=4, scorer=total), seed=2)
     finals = [s["final"] for s in r.scores[0]]
     assert r.chosen[0] == int(np.argmax(finals))
     plain = generate(tiny_shapes_pipeline, "a red circle", seed=2)
-    assert r.cost.vae_decodes == plain.cost.vae_decodes + 4  # the sum's pixel member decodes every candidate
+    assert r.cost.vae_decodes == plain.cost.vae_decodes + 4  # the pipeline decodes every candidate for the sum...
+    assert pixel.cost.vae_decodes == own_decodes  # ...once: the member reads that decode, it decodes nothing itself
     # as early exit's final pick: the judge prunes, the sum chooses among the kept
     ee = EarlyExit(n=4, scorer=judge, final_scorer=total, prune_steps=(1,), keep=(2,))
     a = generate(tiny_shapes_pipeline, "a red circle", method=ee, seed=2)
@@ -87,6 +91,7 @@ def test_the_shipped_sum_loads_by_name_from_its_shipped_members(tiny_shapes_pipe
 def test_as_a_reward_it_decodes_once_an_iterate_through_the_pipeline(tiny_shapes_pipeline, parts):
     judge, pixel = parts
     total = ScoreSum([(judge, 1.0), (pixel, 50.0)])
+    own_decodes = pixel.cost.vae_decodes
     runs = {
         name: generate(
             tiny_shapes_pipeline, "a red circle", seed=0, method=NoiseOptimization(iterations=2, rewards=[Reward(s)])
@@ -94,4 +99,5 @@ def test_as_a_reward_it_decodes_once_an_iterate_through_the_pipeline(tiny_shapes
         for name, s in (("pixel", pixel), ("sum", total))
     }
     assert runs["sum"].cost.vae_decodes == runs["pixel"].cost.vae_decodes > 1
+    assert pixel.cost.vae_decodes == own_decodes  # the sum's pixel member read the run's decode, never its own
     assert torch.isfinite(runs["sum"].latents).all()

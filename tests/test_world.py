@@ -252,8 +252,15 @@ def test_left_to_right_captions_keep_the_images_and_name_the_left_group_first():
 
 
 def test_pair_order_is_checked_before_any_work():
+    from latentalign.cli import build_parser
+    from latentalign.world.dataset import PAIR_ORDERS
+
     with pytest.raises(ValueError, match="pair_order"):
         build_dataset(3, pair_order="right-to-left", progress=False)
+    for order in PAIR_ORDERS:  # the CLI's own copy of the choices takes every one
+        assert build_parser().parse_args(["train", "flow", "--pair-order", order]).pair_order == order
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "flow", "--pair-order", "right-to-left"])
 
 
 def test_build_dataset_respects_split():

@@ -887,9 +887,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tf.add_argument(
         "--pair-order",
-        choices=["prompt", "left-to-right"],
+        choices=("prompt", "left-to-right"),  # world.dataset.PAIR_ORDERS (the CLI imports no numpy to start)
         default="prompt",
-        help="left-to-right: a two-object scene's caption names its left group first, so 'and' carries position",
+        help="left-to-right: a two-object scene's caption names its left group first where that phrasing is a train"
+        " prompt too, so 'and' carries position",
     )
     tf.add_argument("--threads", type=int, default=2)
     tf.add_argument("--ship", action="store_true", help="copy the result into the package as 'shapes-flow'")

@@ -76,7 +76,7 @@ def score_rows(scorer: Scorer, run, rows: list[int], view: dict) -> torch.Tensor
     if scorer.space == "noisy_latents":
         t = torch.as_tensor(view["t"]).long().to(z.device).expand(z.shape[0])
         values = scorer.score(z, prompts, t)
-    elif getattr(scorer, "reads_pixels", False):  # a ScoreSum with a pixel member: the pipeline decodes, once
+    elif scorer.reads_pixels:  # a ScoreSum with a pixel member: the pipeline decodes, once
         values = scorer.score(x0, prompts, pixels=run.den.decode(x0))
     elif scorer.space == "latents":
         values = scorer.score(x0, prompts)

@@ -75,7 +75,7 @@ def _reward(rewards: list[Reward], den: Denoiser, latents: torch.Tensor, prompt:
             x = latents
             noisy = r.scorer.space == "noisy_latents"
             t = torch.zeros(latents.shape[0], dtype=torch.long, device=latents.device) if noisy else None
-            if getattr(r.scorer, "reads_pixels", False):  # a ScoreSum with a pixel member: the same one decode
+            if r.scorer.reads_pixels:  # a ScoreSum with a pixel member: the same one decode
                 pixels = den.decode(latents) if pixels is None else pixels
                 extra = {"pixels": pixels}
         cost.scorer_calls += latents.shape[0]

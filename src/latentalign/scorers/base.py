@@ -64,6 +64,9 @@ class Scorer(nn.Module):
     space: str = ""  # one of SPACES: what `score` reads
     kind: str = ""  # the name `save_scorer` records: "pixel", "latent", "noisy" or "judge"
     needs_t: bool = False
+    # whether `score` of latents reads their decode and takes it as `pixels=` (a ScoreSum with a pixel member), so a
+    # method that decodes anyway passes its own decode, counted in its cost
+    reads_pixels: bool = False
     # latent scorers read raw VAE latents: the pipeline's latents / vae_scaling_factor + vae_shift_factor
     vae_scaling_factor: float | None = None
     vae_shift_factor: float = 0.0

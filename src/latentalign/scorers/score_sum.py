@@ -28,7 +28,9 @@ def _clean_reader(scorer: Scorer) -> Scorer:
     if not isinstance(scorer, Scorer):
         raise ValueError(f"ScoreSum adds Scorers, got {type(scorer).__name__}")
     if scorer.space == "pixels":
-        if not hasattr(scorer, "score_latents") or getattr(scorer, "vae", None) is None:
+        if not hasattr(scorer, "score_latents"):
+            raise ValueError(f"{type(scorer).__name__} reads pixels but cannot decode latents (no score_latents)")
+        if getattr(scorer, "vae", None) is None:
             raise ValueError(f"{type(scorer).__name__} reads pixels: load it with vae= so the sum can decode latents")
         return scorer
     if scorer.space == "noisy_latents":
@@ -58,7 +60,7 @@ class ScoreSum(Scorer):
     @property
     def reads_pixels(self) -> bool:
         """Whether a member reads the decoded image (a caller may pass `pixels=` to `score`, decoded once)."""
-        return any(m.space == "pixels" or getattr(m, "reads_pixels", False) for m in self.members)
+        return any(m.space == "pixels" or m.reads_pixels for m in self.members)
 
     @property
     def in_channels(self) -> int:
@@ -100,6 +102,13 @@ class ScoreSum(Scorer):
         each pixel member decodes `x` through its VAE."""
         prompts = as_prompts(prompts, x.shape[0] if isinstance(x, torch.Tensor) and x.ndim else None)
         self.check_input(x)
+        if pixels is not None and not (
+            isinstance(pixels, torch.Tensor) and pixels.ndim == 4 and pixels.shape[0] == x.shape[0]
+        ):
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise ValueError(
+                f"pixels must be the latents' decode, a (B, C, H, W) tensor with B = {x.shape[0]}; got {shape}"
+            )
         total = None
         for m, w in zip(self.members, self.weights, strict=True):
             if isinstance(m, ScoreSum):

@@ -36,7 +36,9 @@ def build_dataset(
 
     `pair_order="left-to-right"` captions a two-object scene by its layout: the group whose objects lie further left
     (by their mean centre) is named first, when that phrasing is a prompt of `split` (both phrasings describe the
-    scene; the images are the same either way). "A and B" then carries where each group is, as a relation does.
+    scene; the images are the same either way). Where both phrasings are in the split (on Shapes' train split, 2 812
+    of 3 726 two-object prompts), "A and B" then carries where each group is, as a relation does; the others keep
+    the prompt's order whatever the layout.
     """
     if n <= 0:
         raise ValueError(f"n must be positive, got {n}")
