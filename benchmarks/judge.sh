@@ -4,9 +4,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 A="accelerate launch --multi_gpu --num_processes 2"
 
-# the shipped shapes-judge: 1 536 train prompts x 8 seeds, 2 000 steps (about 33 min with the data)
-$A -m latentalign.cli train judge --model shapes --prompts 1536 --steps 2000 --out runs/judge_final
-python -c "from latentalign.scorers.factory import ship_scorer; print(ship_scorer('runs/judge_final/judge', 'shapes-judge'))"
+# the first shapes-judge (archived: results/archive/shapes-judge_run1): 1 536 train prompts x 8 seeds, 2 000 steps
+# $A -m latentalign.cli train judge --model shapes --prompts 1536 --seeds-per-prompt 8 --steps 2000 --out runs/judge_final
+# the shipped second run: 1 536 train prompts x 16 seeds, 3 000 steps (the command's defaults; 36 min recording and
+# dense targets, 26.5 min training, 2 processes)
+$A -m latentalign.cli train judge --model shapes --prompts 1536 --seeds-per-prompt 16 --steps 3000 --out runs/judge_v2
+python -c "from latentalign.scorers.factory import ship_scorer; print(ship_scorer('runs/judge_v2/judge', 'shapes-judge'))"
+# the second run against the first on the kept-aside TRAIN prompts (its rule: alone > 0.762 + 0.01, beside pixel CLIP
+# >= 0.785 - 0.01; about 4 min; first run as --judge runs/judge_v2/judge before shipping, the table rewritten after)
+python benchmarks/judge_with_pixel.py --stage train --judge shapes-judge --out benchmarks/results/judge_v2_with_pixel_train
+# held out, once: the study (about 17 min) and the replay with the weight chosen above
+$A benchmarks/judge_study.py --judge shapes-judge --out benchmarks/results/judge_v2_heldout
+python benchmarks/judge_with_pixel.py --stage heldout --train-out benchmarks/results/judge_v2_with_pixel_train \
+  --judge-heldout benchmarks/results/judge_v2_heldout --out benchmarks/results/judge_v2_with_pixel_heldout
+
+# Below: the first judge's runs, as they were made (their folders hold its numbers; to remake one, pass the archived
+# folder benchmarks/results/archive/shapes-judge_run1/judge as --judge / --latent-scorer)
 
 # held out: detection per step, Best-of-N and early exit at N in {4, 8, 16}, honesty (about 10 min)
 $A benchmarks/judge_study.py --out benchmarks/results/judge_heldout

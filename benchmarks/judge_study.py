@@ -16,6 +16,7 @@ accelerate launch --multi_gpu --num_processes 2 benchmarks/judge_study.py  # sam
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -234,6 +235,10 @@ def main() -> None:
         "prompts": len({r["prompt"] for r in rows}),
         "labels_disagreeing": disagree,
         "judge": args.judge,
+        # which weights scored: the first 16 hex digits of judge.safetensors' sha256 (judge_with_pixel.py checks it)
+        "judge_weights": hashlib.sha256((scorer_folder(args.judge) / "judge.safetensors").read_bytes()).hexdigest()[
+            :16
+        ],
         "unit_seconds": unit,
         "detection": det,
         "table": table,

@@ -23,6 +23,7 @@ python benchmarks/judge_with_pixel.py --stage heldout --out benchmarks/results/j
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -51,6 +52,13 @@ WEIGHTS = (0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0)  #
 TIE = 0.01  # a smaller weight within this of the best train Best-of-8 wins
 TRAIN_OUT = Path("benchmarks/results/judge_with_pixel_train")
 HELDOUT = {"judge": Path("benchmarks/results/judge_heldout"), "pixel": Path("benchmarks/results/best_of_n_heldout")}
+# which judge scored a row or chose a weight: the first 16 hex digits of its weights' sha256 (rows and tables written
+# before this was recorded are the first shipped judge's, archived at benchmarks/results/archive/shapes-judge_run1)
+FIRST_JUDGE = "01628ddf15ea910b"
+
+
+def judge_weights(source: str | Path) -> str:
+    return hashlib.sha256((scorer_folder(source) / "judge.safetensors").read_bytes()).hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -93,20 +101,20 @@ def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "s
         raise SystemExit(f"{judge_name} kept aside other train prompts than shapes-judge: the tables would not compare")
     prompts = shipped[:limit]
     # the same seeds give the same samples and labels as judge_reading_train's; its judge scores are shapes-judge's
-    judge_id = str(scorer_folder(judge_name).resolve())
-    same_judge = judge_id == str(scorer_folder("shapes-judge").resolve())
+    judge_id = judge_weights(judge_name)
+    same_judge = judge_id == FIRST_JUDGE  # judge_reading_train's scores are the first judge's
     committed = {r["prompt"]: r for r in read_rows(Path("benchmarks/results/judge_reading_train/rows.jsonl"))}
     pipe = load_pipeline("shapes")
     judge, pixel = load_scorer(judge_name), load_scorer("shapes-pixel", vae=pipe.vae)
     path = out / "rows.jsonl"
     earlier = read_rows(path) if path.exists() else []
-    others = {r.get("judge_folder", str(scorer_folder("shapes-judge").resolve())) for r in earlier} - {judge_id}
+    others = {r.get("judge_weights", FIRST_JUDGE) for r in earlier} - {judge_id}
     if others:
         raise SystemExit(f"{path} holds rows another judge scored ({sorted(others)[0]}): pass another --out")
     done = {r["prompt"] for r in earlier}
     with path.open("a") as f:
         for prompt in tqdm([p for p in prompts if p not in done], desc="kept-aside train prompts"):
-            f.write(json.dumps({**train_row(pipe, judge, pixel, prompt), "judge_folder": judge_id}) + "\n")
+            f.write(json.dumps({**train_row(pipe, judge, pixel, prompt), "judge_weights": judge_id}) + "\n")
             f.flush()
     rows = {r["prompt"]: r for r in read_rows(path)}
     rows = [rows[p] for p in prompts]
@@ -136,6 +144,7 @@ def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "s
     result = {
         "split": "train (the judge's kept-aside prompts)",
         "judge": judge_name,
+        "judge_weights": judge_id,
         "command": f"python benchmarks/judge_with_pixel.py --stage train --judge {judge_name} --out {out}",
         "prompts": len(rows),
         "samples": len(labels),
@@ -184,20 +193,21 @@ def final_pick_extra(method: dict, n: int, w: float) -> int:
     return 0
 
 
-def heldout_stage(out: Path, train_out: Path) -> None:
+def heldout_stage(out: Path, train_out: Path, heldout: dict[str, Path] = HELDOUT) -> None:
     train = json.loads((train_out / "table.json").read_text())
-    if train.get("judge", "shapes-judge") != "shapes-judge":
-        raise SystemExit(f"{train_out} chose w for {train['judge']}; the held-out scores replayed are shapes-judge's")
+    scored_by = json.loads((heldout["judge"] / "table.json").read_text()).get("judge_weights", FIRST_JUDGE)
+    if train.get("judge_weights", FIRST_JUDGE) != scored_by:
+        raise SystemExit(f"{train_out} chose w for another judge than the one that scored {heldout['judge']}")
     kept_aside = json.loads((scorer_folder("shapes-judge") / "training.json").read_text())["kept_aside_prompts"]
     if train["limit"] is not None or train["prompts"] != len(kept_aside) or train["weights"] != list(WEIGHTS):
         raise SystemExit(f"{train_out} is not a full train stage with this grid: run the train stage again")
     chosen = train["chosen_w"]
     pixel_rows = {
         (r["prompt"], r["group"]): r
-        for path in sorted(HELDOUT["pixel"].glob("candidates.rank*.jsonl"))
+        for path in sorted(heldout["pixel"].glob("candidates.rank*.jsonl"))
         for r in read_rows(path)
     }
-    judge_rows = [r for path in sorted(HELDOUT["judge"].glob("judge_scores.rank*.jsonl")) for r in read_rows(path)]
+    judge_rows = [r for path in sorted(heldout["judge"].glob("judge_scores.rank*.jsonl")) for r in read_rows(path)]
     if len({(r["prompt"], r["group"]) for r in judge_rows}) != len(judge_rows) or len(judge_rows) != len(pixel_rows):
         raise SystemExit("the two held-out runs do not hold the same (prompt, group) rows")
     rows = []
@@ -207,7 +217,7 @@ def heldout_stage(out: Path, train_out: Path) -> None:
             raise SystemExit(f"the two held-out runs disagree on the labels of {j['prompt']!r}, group {j['group']}")
         rows.append({**p, **j, "mix_final": mixed({**j, "pixel_final": p["pixel_final"]}, chosen)})
     rows.sort(key=lambda r: (SUITE_NAMES.index(r["suite"]), r["prompt"], r["group"]))
-    unit = json.loads((HELDOUT["judge"] / "table.json").read_text())["unit_seconds"]
+    unit = json.loads((heldout["judge"] / "table.json").read_text())["unit_seconds"]
     steps = len(rows[0]["judge_steps"][0])
     rng = random.Random(0)
     table = []
@@ -324,6 +334,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--train-out", default=str(TRAIN_OUT), help="the train stage's folder (its chosen w)")
     ap.add_argument("--judge", default="shapes-judge", help="train stage: the judge (a shipped name or a folder)")
+    ap.add_argument("--judge-heldout", default=str(HELDOUT["judge"]), help="held-out stage: judge_study.py's folder")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first train prompts (a smoke test; not a result)")
     args = ap.parse_args()
@@ -336,7 +347,7 @@ def main() -> None:
     else:
         if not (Path(args.train_out) / "table.json").exists():
             raise SystemExit(f"run the train stage first: no {Path(args.train_out) / 'table.json'}")
-        heldout_stage(out, Path(args.train_out))
+        heldout_stage(out, Path(args.train_out), {**HELDOUT, "judge": Path(args.judge_heldout)})
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ latentalign report benchmarks/results/methods/shapes/* benchmarks/results/method
 # 7. shapes-flow's own latent judge (resumable), shipped as shapes-flow-judge, its scorer rows on TRAIN prompts, then
 #    held out once
 accelerate launch --multi_gpu --num_processes 2 -m latentalign.cli train judge --model shapes-flow --prompts 1536 \
-    --steps 2000 --out runs/judge_flow
+    --seeds-per-prompt 8 --steps 2000 --out runs/judge_flow
 python -c "from latentalign.scorers.factory import ship_scorer; ship_scorer('runs/judge_flow/judge', 'shapes-flow-judge')"
 latentalign bench --config benchmarks/configs/flow_own_judge_choice_train.toml \
     --out benchmarks/results/flow_own_judge_choice_train --threads 2

@@ -994,7 +994,7 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--prompt-file", default=None, help="train prompts, one per line (outside the Shapes world)")
     tj.add_argument("--out", default=None, help="working folder (default runs/judge_<model>)")
     tj.add_argument("--prompts", type=int, default=1536, help="train prompts recorded")
-    tj.add_argument("--seeds-per-prompt", type=int, default=8, help="trajectories per prompt")
+    tj.add_argument("--seeds-per-prompt", type=int, default=16, help="trajectories per prompt")
     tj.add_argument("--renders", type=int, default=8000, help="Shapes: rendered (prompt, corruption) pairs")
     tj.add_argument("--render-share", type=float, default=0.5, help="share of each batch from the renders")
     tj.add_argument(
@@ -1008,7 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--foresight-weight", type=float, default=5.0, help="weight of the foresight head's final-image term"
     )
     tj.add_argument("--object-weight", type=float, default=1.0, help="weight of the object head's cell term")
-    tj.add_argument("--steps", type=int, default=2000)
+    tj.add_argument("--steps", type=int, default=3000)
     tj.add_argument("--checkpoint-every", type=int, default=250, help="steps between checkpoints and AUROC reports")
     tj.add_argument("--batch", type=int, default=256)
     tj.add_argument("--lr", type=float, default=5e-4)

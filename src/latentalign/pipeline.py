@@ -53,13 +53,14 @@ SHAPES_ITERREF = {"steps": [4], "loss": "attend-and-excite", "step_size": 5.0}
 # evaluations (Best-of-8 0.796 at 320, the best z_t setting 0.793 at 208, plain 0.637). Then the judge beside pixel
 # CLIP as the final pick among the kept (.../early_exit_choice_sum_train, the same prompts and seeds, keeping 1/4 or
 # 1/2): the best over all three folders is after half the steps keeping half, 0.837 at 240 evaluations (Best-of-8
-# with the sum 0.830 at 320; the judge choosing at that schedule 0.781): the default now
+# with the sum 0.830 at 320; the judge choosing at that schedule 0.781): the default now. All three with the first
+# shipped judge (benchmarks/results/archive/shapes-judge_run1); not re-chosen for the second
 SHAPES_EARLY_EXIT = {"scorer": "shapes-judge-x0", "final_scorer": "shapes-judge-pixel", "at": 0.5, "keep_share": 0.5}
-# Best-of-N's scorer: the latent judge beside pixel CLIP on the decode (`shapes-judge-pixel`, judge + 50 x pixel
-# CLIP), Best-of-8 on the judge's kept-aside TRAIN prompts 0.785 against the judge alone 0.762 and pixel CLIP 0.659
-# (benchmarks/results/judge_with_pixel_train: the weight and this choice; more than 0.01 better, so the costlier call
-# wins: N decodes and pixel-CLIP calls more, about 2% of a Best-of-N's compute). Held out, reported once after the
-# choice: 0.819 at N = 8, the judge alone's 0.819 too (benchmarks/results/judge_with_pixel_heldout)
+# Best-of-N's scorer: the latent judge beside pixel CLIP on the decode (`shapes-judge-pixel`), Best-of-8 on the
+# judge's kept-aside TRAIN prompts more than 0.01 above the judge alone, so the costlier call wins (N decodes and
+# pixel-CLIP calls more, about 2% of a Best-of-N's compute): for the shipped second judge, + 5 x pixel CLIP 0.822
+# against 0.794 (benchmarks/results/judge_v2_with_pixel_train); for the first, + 50 x 0.785 against 0.762
+# (results/judge_with_pixel_train; held out 0.819 either way, results/judge_with_pixel_heldout)
 SHAPES_BEST_OF_N = {"scorer": "shapes-judge-pixel"}
 
 
