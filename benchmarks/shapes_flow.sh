@@ -41,6 +41,11 @@ latentalign train flow --out runs/flow3 --steps 3300 --category-weights 0.1 0.4 
 cp runs/flow3/pipeline/training.json benchmarks/results/flow_training/training_run3.json
 python benchmarks/guidance_sweep.py --model runs/flow3/pipeline --steps 10 --shifts 1 3 --scales 1.5 3 5 \
     --limit-prompts 12 --seeds 2 --threads 2 --out benchmarks/results/archive/shapes-flow_run3/flow_sweep
+# 9. a fourth run: two-object captions name the left group first (--pair-order left-to-right), else the second run's
+latentalign train flow --out runs/flow4 --pair-order left-to-right
+cp runs/flow4/pipeline/training.json benchmarks/results/flow_training/training_run4.json
+python benchmarks/guidance_sweep.py --model runs/flow4/pipeline --steps 10 --shifts 1 3 --scales 1.5 3 5 \
+    --limit-prompts 12 --seeds 2 --threads 2 --out benchmarks/results/archive/shapes-flow_run4/flow_sweep
 exit 0
 # ---- the first run (archived results) ----
 # 1. train (about 45 min on 2 cores), then finish the folder (the zero T5) by running the same command again
