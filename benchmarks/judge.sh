@@ -6,7 +6,7 @@ A="accelerate launch --multi_gpu --num_processes 2"
 
 # the first shapes-judge (archived: results/archive/shapes-judge_run1): 1 536 train prompts x 8 seeds, 2 000 steps
 # $A -m latentalign.cli train judge --model shapes --prompts 1536 --seeds-per-prompt 8 --steps 2000 --out runs/judge_final
-# the shipped second run: 1 536 train prompts x 16 seeds, 3 000 steps (the command's defaults; 36 min recording and
+# the shipped second run: 1 536 train prompts x 16 seeds, 3 000 steps (the command's defaults; 44 min recording and
 # dense targets, 26.5 min training, 2 processes)
 $A -m latentalign.cli train judge --model shapes --prompts 1536 --seeds-per-prompt 16 --steps 3000 --out runs/judge_v2
 python -c "from latentalign.scorers.factory import ship_scorer; print(ship_scorer('runs/judge_v2/judge', 'shapes-judge'))"

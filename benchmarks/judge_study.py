@@ -157,6 +157,11 @@ def unit_judge_seconds(judge, repeats: int = 10, verdict: bool = True) -> float:
         return median_seconds(call, repeats) / bon.MAX_N
 
 
+def judge_weights(source: str) -> str:
+    """Which weights a judge is: the first 16 hex digits of its judge.safetensors' sha256."""
+    return hashlib.sha256((scorer_folder(source) / "judge.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--candidates", default="benchmarks/results/best_of_n_heldout", help="best_of_n.py's folder")
@@ -235,10 +240,7 @@ def main() -> None:
         "prompts": len({r["prompt"] for r in rows}),
         "labels_disagreeing": disagree,
         "judge": args.judge,
-        # which weights scored: the first 16 hex digits of judge.safetensors' sha256 (judge_with_pixel.py checks it)
-        "judge_weights": hashlib.sha256((scorer_folder(args.judge) / "judge.safetensors").read_bytes()).hexdigest()[
-            :16
-        ],
+        "judge_weights": judge_weights(args.judge),  # judge_with_pixel.py checks it
         "unit_seconds": unit,
         "detection": det,
         "table": table,

@@ -23,7 +23,6 @@ python benchmarks/judge_with_pixel.py --stage heldout --out benchmarks/results/j
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import sys
@@ -54,11 +53,7 @@ TRAIN_OUT = Path("benchmarks/results/judge_with_pixel_train")
 HELDOUT = {"judge": Path("benchmarks/results/judge_heldout"), "pixel": Path("benchmarks/results/best_of_n_heldout")}
 # which judge scored a row or chose a weight: the first 16 hex digits of its weights' sha256 (rows and tables written
 # before this was recorded are the first shipped judge's, archived at benchmarks/results/archive/shapes-judge_run1)
-FIRST_JUDGE = "01628ddf15ea910b"
-
-
-def judge_weights(source: str | Path) -> str:
-    return hashlib.sha256((scorer_folder(source) / "judge.safetensors").read_bytes()).hexdigest()[:16]
+FIRST_JUDGE = "01628ddf15ea910b"  # judge_study.judge_weights of the archived first judge
 
 
 @torch.no_grad()
@@ -100,9 +95,9 @@ def train_stage(out: Path, threads: int, limit: int | None, judge_name: str = "s
     if set(kept_aside) != set(shipped):
         raise SystemExit(f"{judge_name} kept aside other train prompts than shapes-judge: the tables would not compare")
     prompts = shipped[:limit]
-    # the same seeds give the same samples and labels as judge_reading_train's; its judge scores are shapes-judge's
-    judge_id = judge_weights(judge_name)
-    same_judge = judge_id == FIRST_JUDGE  # judge_reading_train's scores are the first judge's
+    # the same seeds give the same samples and labels as judge_reading_train's; its scores are the first judge's
+    judge_id = study.judge_weights(judge_name)
+    same_judge = judge_id == FIRST_JUDGE
     committed = {r["prompt"]: r for r in read_rows(Path("benchmarks/results/judge_reading_train/rows.jsonl"))}
     pipe = load_pipeline("shapes")
     judge, pixel = load_scorer(judge_name), load_scorer("shapes-pixel", vae=pipe.vae)
@@ -195,8 +190,8 @@ def final_pick_extra(method: dict, n: int, w: float) -> int:
 
 def heldout_stage(out: Path, train_out: Path, heldout: dict[str, Path] = HELDOUT) -> None:
     train = json.loads((train_out / "table.json").read_text())
-    scored_by = json.loads((heldout["judge"] / "table.json").read_text()).get("judge_weights", FIRST_JUDGE)
-    if train.get("judge_weights", FIRST_JUDGE) != scored_by:
+    study_table = json.loads((heldout["judge"] / "table.json").read_text())
+    if train.get("judge_weights", FIRST_JUDGE) != study_table.get("judge_weights", FIRST_JUDGE):
         raise SystemExit(f"{train_out} chose w for another judge than the one that scored {heldout['judge']}")
     kept_aside = json.loads((scorer_folder("shapes-judge") / "training.json").read_text())["kept_aside_prompts"]
     if train["limit"] is not None or train["prompts"] != len(kept_aside) or train["weights"] != list(WEIGHTS):
@@ -217,7 +212,7 @@ def heldout_stage(out: Path, train_out: Path, heldout: dict[str, Path] = HELDOUT
             raise SystemExit(f"the two held-out runs disagree on the labels of {j['prompt']!r}, group {j['group']}")
         rows.append({**p, **j, "mix_final": mixed({**j, "pixel_final": p["pixel_final"]}, chosen)})
     rows.sort(key=lambda r: (SUITE_NAMES.index(r["suite"]), r["prompt"], r["group"]))
-    unit = json.loads((heldout["judge"] / "table.json").read_text())["unit_seconds"]
+    unit = study_table["unit_seconds"]
     steps = len(rows[0]["judge_steps"][0])
     rng = random.Random(0)
     table = []
